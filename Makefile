@@ -1,0 +1,47 @@
+# One task runner. Needs only Python 3.11+ and make: uv is installed into .tools/ on first
+# use (unless already on PATH), dependencies come from uv.lock.
+SHELL := /bin/bash
+PYTHON ?= python3
+UV := $(shell command -v uv 2>/dev/null || echo $(CURDIR)/.tools/bin/uv)
+export UV_PYTHON_DOWNLOADS := never
+export UV_PYTHON := $(shell command -v $(PYTHON))
+SYNCED := .venv/.synced
+
+.PHONY: serve worker test lint typecheck format bench migrate clean
+
+$(CURDIR)/.tools/bin/uv:
+	$(PYTHON) -m venv .tools
+	.tools/bin/pip install --quiet --disable-pip-version-check uv
+
+$(SYNCED): uv.lock pyproject.toml | $(UV)
+	$(UV) sync --frozen --quiet
+	@touch $@
+
+serve: $(SYNCED)
+	$(UV) run --frozen --no-sync vivix serve
+
+worker: $(SYNCED)
+	$(UV) run --frozen --no-sync vivix worker
+
+migrate: $(SYNCED)
+	$(UV) run --frozen --no-sync vivix migrate
+
+# The whole suite: SQLite always; PostgreSQL + Redis too when VIVIX_TEST_POSTGRES_URL /
+# VIVIX_TEST_REDIS_URL are set (CI=true sets them to the local services and requires them).
+test: $(SYNCED)
+	$(UV) run --frozen --no-sync python -m pytest -q -n 2 $(PYTEST_ARGS)
+
+lint: $(SYNCED)
+	$(UV) run --frozen --no-sync ruff check src tests bench
+	$(UV) run --frozen --no-sync ruff format --check src tests bench
+	$(UV) run --frozen --no-sync mypy
+
+format: $(SYNCED)
+	$(UV) run --frozen --no-sync ruff format src tests bench
+	$(UV) run --frozen --no-sync ruff check --fix src tests bench
+
+bench: $(SYNCED)
+	$(UV) run --frozen --no-sync python -m bench
+
+clean:
+	rm -rf .venv .tools .vivix

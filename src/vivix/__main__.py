@@ -1,0 +1,3 @@
+from vivix.cli import main
+
+main()

@@ -1,0 +1,99 @@
+"""/admin/v1: the operator's API, the same operations as the CLI."""
+
+from __future__ import annotations
+
+import hmac
+
+from fastapi import APIRouter, Depends
+from starlette.requests import Request
+from starlette.responses import Response
+
+from vivix.accounts.endpoints import runtime_of
+from vivix.admin import schemas, service
+from vivix.kit.errors import AdminUnauthorized
+from vivix.kit.http import json_response
+
+
+async def require_admin(request: Request) -> None:
+    token = runtime_of(request).settings.admin_token
+    if not token:
+        raise AdminUnauthorized("The admin API is disabled: VIVIX_ADMIN_TOKEN is not set.")
+    header = request.headers.get("authorization", "")
+    scheme, _, given = header.partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+        raise AdminUnauthorized()
+
+
+router = APIRouter(prefix="/admin/v1", tags=["admin"], dependencies=[Depends(require_admin)])
+
+
+@router.get("/accounts")
+async def list_accounts(request: Request) -> Response:
+    return json_response({"data": await service.list_accounts(runtime_of(request))})
+
+
+@router.post("/accounts", status_code=201)
+async def create_account(request: Request, body: schemas.AccountCreate) -> Response:
+    out = await service.create_account(runtime_of(request), body.name, body.tier, body.credits)
+    return json_response(out, 201)
+
+
+@router.get("/accounts/{account}")
+async def show_account(request: Request, account: str) -> Response:
+    return json_response(await service.show_account(runtime_of(request), account))
+
+
+@router.patch("/accounts/{account}")
+async def update_account(request: Request, account: str, body: schemas.AccountUpdate) -> Response:
+    changes = body.model_dump(exclude_none=True)
+    return json_response(await service.update_account(runtime_of(request), account, **changes))
+
+
+@router.post("/accounts/{account}/keys", status_code=201)
+async def create_key(request: Request, account: str, body: schemas.KeyCreate) -> Response:
+    out = await service.create_key(runtime_of(request), account, body.name, body.test)
+    return json_response(out, 201)
+
+
+@router.post("/keys/{prefix_or_id}/revoke")
+async def revoke_key(request: Request, prefix_or_id: str) -> Response:
+    return json_response(await service.revoke_key(runtime_of(request), prefix_or_id))
+
+
+@router.post("/accounts/{account}/credits")
+async def grant_credits(request: Request, account: str, body: schemas.CreditGrant) -> Response:
+    out = await service.grant_credits(runtime_of(request), account, body.amount, body.reason)
+    return json_response(out)
+
+
+@router.post("/accounts/{account}/models/allow")
+async def allow_models(request: Request, account: str, body: schemas.ModelSlugs) -> Response:
+    return json_response(await service.set_models(runtime_of(request), account, body.slugs, allow=True))
+
+
+@router.post("/accounts/{account}/models/deny")
+async def deny_models(request: Request, account: str, body: schemas.ModelSlugs) -> Response:
+    return json_response(await service.set_models(runtime_of(request), account, body.slugs, allow=False))
+
+
+@router.put("/accounts/{account}/pricing/{slug}")
+async def override_price(
+    request: Request, account: str, slug: str, body: schemas.PriceOverrideIn
+) -> Response:
+    factor = None if body.factor is None else str(body.factor)
+    out = await service.set_price_override(
+        runtime_of(request), account, slug, factor=factor, rows=body.rows
+    )
+    return json_response(out)
+
+
+@router.delete("/accounts/{account}/pricing/{slug}")
+async def clear_price(request: Request, account: str, slug: str) -> Response:
+    return json_response(
+        await service.set_price_override(runtime_of(request), account, slug, clear=True)
+    )
+
+
+@router.get("/catalog")
+async def catalog(request: Request) -> Response:
+    return json_response({"data": service.catalog_list(runtime_of(request))})

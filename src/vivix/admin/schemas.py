@@ -1,0 +1,41 @@
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class AccountCreate(_Strict):
+    name: str
+    tier: str = "pro"
+    credits: int | None = Field(default=None, ge=0)
+
+
+class AccountUpdate(_Strict):
+    tier: str | None = None
+    calls_per_minute: int | None = Field(default=None, ge=1)
+    concurrent_jobs: int | None = Field(default=None, ge=1)
+    monthly_credits: int | None = Field(default=None, ge=0)
+
+
+class KeyCreate(_Strict):
+    name: str = Field(default="", max_length=100)
+    test: bool = False
+
+
+class CreditGrant(_Strict):
+    amount: int = Field(ge=1)
+    reason: str | None = Field(default=None, max_length=500)
+
+
+class ModelSlugs(_Strict):
+    slugs: list[str] = Field(min_length=1)
+
+
+class PriceOverrideIn(_Strict):
+    factor: str | float | None = None
+    rows: list[dict[str, Any]] | None = None

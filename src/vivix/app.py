@@ -1,0 +1,142 @@
+"""The ASGI app: factory and lifespan (engines and clients are created here, never at import)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import structlog
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy import text
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+
+from vivix.admin.endpoints import router as admin_router
+from vivix.billing.endpoints import router as credits_router
+from vivix.catalog.endpoints import router as models_router
+from vivix.generations.endpoints import router as generations_router
+from vivix.kit.errors import InvalidParams, MethodNotAllowed, NotFound, VivixError
+from vivix.kit.http import RequestContext, ResponseHeadersMiddleware, json_response
+from vivix.kit.ids import request_id as new_request_id
+from vivix.kit.metrics import Metrics, MetricsMiddleware
+from vivix.kit.runtime import Runtime, build_runtime, close_runtime
+from vivix.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+
+def create_app(
+    settings: Settings, *, runtime: Runtime | None = None, embedded_worker: bool = False
+) -> FastAPI:
+    """The app. Pass `runtime` to share one (tests, benchmarks); otherwise the lifespan
+    builds it from `settings` and closes it on shutdown."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        owned = runtime is None
+        app.state.runtime = runtime or await build_runtime(settings)
+        try:
+            yield
+        finally:
+            if owned:
+                await close_runtime(app.state.runtime)
+
+    app = FastAPI(
+        title="Vivix",
+        version="1",
+        lifespan=lifespan,
+        docs_url="/docs",
+        redoc_url=None,
+    )
+    if runtime is not None:
+        app.state.runtime = runtime
+    metrics = Metrics()
+    app.state.metrics = metrics
+    app.include_router(generations_router)
+    app.include_router(models_router)
+    app.include_router(credits_router)
+    app.include_router(admin_router)
+    _install_operations_routes(app)
+    _install_error_handlers(app)
+    app.add_middleware(ResponseHeadersMiddleware)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    return app
+
+
+def _context(request: Request) -> RequestContext:
+    state = request.scope.setdefault("state", {})
+    ctx = state.get("vivix_ctx")
+    if ctx is None:
+        ctx = state["vivix_ctx"] = RequestContext(new_request_id())
+    return ctx  # type: ignore[no-any-return]
+
+
+def _error_response(request: Request, error: VivixError, *, with_context_headers: bool = False) -> Response:
+    ctx = _context(request)
+    headers = dict(error.headers)
+    if with_context_headers:
+        headers.update({k.decode(): v.decode() for k, v in ctx.headers()})
+    return json_response(error.body(ctx.request_id), error.status, headers)
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(VivixError)
+    async def vivix_error(request: Request, exc: VivixError) -> Response:
+        return _error_response(request, exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> Response:
+        first = exc.errors()[0] if exc.errors() else {"loc": ("body",), "msg": "invalid"}
+        loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path")]
+        if first.get("type") == "json_invalid":
+            from vivix.kit.errors import InvalidJson
+
+            return _error_response(request, InvalidJson())
+        return _error_response(request, InvalidParams(".".join(loc) or "body", str(first.get("msg"))))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code == 405:
+            return _error_response(request, MethodNotAllowed())
+        if exc.status_code == 404:
+            return _error_response(request, NotFound())
+        error = VivixError(str(exc.detail))
+        error.status = exc.status_code  # type: ignore[misc]
+        return _error_response(request, error)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> Response:
+        # Runs outside the header middleware, so it stamps the context headers itself.
+        log.exception("unhandled_error", path=request.url.path)
+        return _error_response(request, VivixError(), with_context_headers=True)
+
+
+def _install_operations_routes(app: FastAPI) -> None:
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> Response:
+        return json_response({"status": "ok"})
+
+    @app.get("/readyz", include_in_schema=False)
+    async def readyz(request: Request) -> Response:
+        runtime: Runtime = request.app.state.runtime
+        checks: dict[str, str] = {}
+        try:
+            async with runtime.db.read() as session:
+                await session.execute(text("SELECT 1"))
+            checks["database"] = "ok"
+        except Exception as exc:
+            checks["database"] = f"error: {type(exc).__name__}"
+        if runtime.limiter.uses_redis:
+            # Redis down degrades rate limiting but does not stop serving: report, stay ready.
+            checks["redis"] = "ok" if await runtime.limiter.check_redis() else "degraded"
+        ready = checks["database"] == "ok"
+        return json_response({"status": "ready" if ready else "unavailable", "checks": checks},
+                             200 if ready else 503)
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics(request: Request) -> Response:
+        registry = request.app.state.metrics.registry
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

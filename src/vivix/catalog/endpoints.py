@@ -1,0 +1,34 @@
+from __future__ import annotations
+
+from fastapi import APIRouter
+from starlette.requests import Request
+from starlette.responses import Response
+
+from vivix.accounts.endpoints import authorize, runtime_of
+from vivix.catalog.schemas import ModelsOut, RateLimitInfo
+from vivix.kit.http import json_response
+
+router = APIRouter(prefix="/api/v1", tags=["models"])
+
+
+@router.get("/models", summary="Models this key can call")
+async def list_models(request: Request) -> Response:
+    caller = await authorize(request)
+    catalog = runtime_of(request).catalog
+    account = caller.account
+    allowed = set(account.allowed_models)
+    models = [
+        catalog.describe(model, account.price_overrides.get(model.slug))
+        for model in catalog.all()
+        if model.slug in allowed
+    ]
+    out = ModelsOut(
+        tier=account.tier,
+        credits_balance=account.balance,
+        rate_limit=RateLimitInfo(
+            calls_per_minute=caller.limits.calls_per_minute,
+            concurrent_jobs=caller.limits.concurrent_jobs,
+        ),
+        models=models,
+    )
+    return json_response(out.model_dump())

@@ -1,0 +1,315 @@
+"""The `vivix` command: serve, worker, migrate, and the operator commands (API.md §6)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from vivix.admin import service as admin
+from vivix.catalog.repository import CatalogError
+from vivix.kit.errors import VivixError
+from vivix.kit.runtime import Runtime, build_runtime, close_runtime
+from vivix.settings import Settings, SettingsError, load_settings
+
+app = typer.Typer(
+    help="Vivix: a self-hostable API gateway for generative media.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+accounts_app = typer.Typer(help="Accounts, tiers and limits.", no_args_is_help=True)
+keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
+credits_app = typer.Typer(help="Credits.", no_args_is_help=True)
+models_app = typer.Typer(help="Per-account model allowlists.", no_args_is_help=True)
+pricing_app = typer.Typer(help="Per-account price overrides.", no_args_is_help=True)
+catalog_app = typer.Typer(help="The model catalog.", no_args_is_help=True)
+app.add_typer(accounts_app, name="accounts")
+app.add_typer(keys_app, name="keys")
+app.add_typer(credits_app, name="credits")
+app.add_typer(models_app, name="models")
+app.add_typer(pricing_app, name="pricing")
+app.add_typer(catalog_app, name="catalog")
+
+console = Console()
+err_console = Console(stderr=True)
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+T = TypeVar("T")
+
+
+def _settings(**overrides: Any) -> Settings:
+    try:
+        return load_settings(**{k: v for k, v in overrides.items() if v is not None})
+    except SettingsError as exc:
+        err_console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+
+
+def _run(as_json: bool, work: Callable[[Runtime], Awaitable[T]], settings: Settings | None = None) -> T:
+    """Run one operator operation against the configured database."""
+    settings = settings or _settings()
+
+    async def go() -> T:
+        await _prepare_database(settings)
+        runtime = await build_runtime(settings)
+        try:
+            return await work(runtime)
+        finally:
+            await close_runtime(runtime)
+
+    try:
+        return asyncio.run(go())
+    except VivixError as exc:
+        if as_json:
+            print(json.dumps({"error": exc.code, "message": exc.message, **exc.extra}))
+        else:
+            err_console.print(f"[red]error:[/red] {exc.message}")
+        raise typer.Exit(1) from None
+    except (CatalogError, SchemaNotReady) as exc:
+        err_console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+
+
+class SchemaNotReady(Exception):
+    pass
+
+
+async def _prepare_database(settings: Settings) -> None:
+    """Embedded SQLite is migrated automatically; PostgreSQL must be migrated explicitly
+    (`vivix migrate`) so replicas never race to change the schema."""
+    from vivix.migrations import current_revision, head_revision, upgrade_to_head
+
+    if settings.is_sqlite:
+        await upgrade_to_head(settings.resolved_database_url)
+        return
+    current = await current_revision(settings.resolved_database_url)
+    if current != head_revision():
+        raise SchemaNotReady(
+            f"the database schema is at {current or 'nothing'}, this version needs {head_revision()}: "
+            "run `vivix migrate` first"
+        )
+
+
+def _emit(data: Any, as_json: bool, render: Callable[[Any], None]) -> None:
+    if as_json:
+        print(json.dumps(data, indent=2, default=str))
+    else:
+        render(data)
+
+
+def _render_account(data: dict[str, Any]) -> None:
+    table = Table(show_header=False, box=None)
+    for key in (
+        "name", "id", "tier", "api_access", "calls_per_minute", "concurrent_jobs",
+        "monthly_credits", "balance", "held", "spent_this_cycle", "granted_this_cycle",
+        "cycle_resets_at", "ledger_sum",
+    ):
+        if key in data:
+            table.add_row(f"[bold]{key}[/bold]", str(data[key]))
+    table.add_row("[bold]allowed_models[/bold]", ", ".join(data["allowed_models"]) or "(none)")
+    if data.get("price_overrides"):
+        table.add_row("[bold]price_overrides[/bold]", json.dumps(data["price_overrides"]))
+    console.print(table)
+    if data.get("keys"):
+        keys = Table("prefix", "id", "name", "test", "created", "revoked")
+        for k in data["keys"]:
+            keys.add_row(k["prefix"], k["id"], k["name"], str(k["test"]), k["created_at"], k["revoked_at"] or "")
+        console.print(keys)
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Interface to bind (default 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default 8000).")] = None,
+    no_worker: Annotated[bool, typer.Option("--no-worker", help="API only, no embedded worker.")] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Run the API (and, unless --no-worker, an embedded worker)."""
+    import uvicorn
+
+    from vivix.app import create_app
+
+    settings = _settings(host=host, port=port)
+    demo_key = _run(as_json, admin.ensure_demo_account, settings)
+    url = settings.resolved_public_url
+    if demo_key:
+        if as_json:
+            print(json.dumps({"demo_account": admin.DEMO_ACCOUNT, "demo_key": demo_key, "url": url}))
+        else:
+            console.print(f"\n[bold green]Demo account created.[/bold green] Its API key (shown once):\n\n  {demo_key}\n")
+            console.print(
+                f"Try: curl -X POST {url}/api/v1/generate -H 'Authorization: Bearer {demo_key}' "
+                "-H 'Content-Type: application/json' "
+                "-d '{\"model\": \"vivix-local-image\", \"prompt\": \"a misty forest at dawn\"}'\n"
+            )
+    elif not as_json:
+        console.print("Using the existing database; create keys with `vivix keys create ACCOUNT`.")
+    fastapi_app = create_app(settings, embedded_worker=not no_worker)
+    uvicorn.run(
+        fastapi_app, host=settings.host, port=settings.port, log_level=settings.log_level,
+        access_log=False,
+    )
+
+
+@app.command()
+def migrate(as_json: JsonFlag = False) -> None:
+    """Apply database migrations."""
+    from vivix.migrations import head_revision, upgrade_to_head
+
+    settings = _settings()
+    asyncio.run(upgrade_to_head(settings.resolved_database_url))
+    _emit({"revision": head_revision()}, as_json, lambda d: console.print(f"schema at {d['revision']}"))
+
+
+@accounts_app.command("create")
+def accounts_create(
+    name: str,
+    tier: Annotated[str, typer.Option(help="free, standard, pro or ultimate.")] = "pro",
+    credits: Annotated[int | None, typer.Option(help="Opening credits instead of the tier's monthly grant.")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Create an account (first cycle granted, tier's default models allowed)."""
+    data = _run(as_json, lambda rt: admin.create_account(rt, name, tier, credits))
+    _emit(data, as_json, _render_account)
+
+
+@accounts_app.command("show")
+def accounts_show(account: str, as_json: JsonFlag = False) -> None:
+    """Show an account, its keys and its ledger sum."""
+    _emit(_run(as_json, lambda rt: admin.show_account(rt, account)), as_json, _render_account)
+
+
+@accounts_app.command("list")
+def accounts_list(as_json: JsonFlag = False) -> None:
+    """List accounts."""
+
+    def render(rows: list[dict[str, Any]]) -> None:
+        table = Table("name", "tier", "balance", "held", "models")
+        for r in rows:
+            table.add_row(r["name"], r["tier"], str(r["balance"]), str(r["held"]), str(len(r["allowed_models"])))
+        console.print(table)
+
+    _emit(_run(as_json, admin.list_accounts), as_json, render)
+
+
+@accounts_app.command("update")
+def accounts_update(
+    account: str,
+    tier: Annotated[str | None, typer.Option()] = None,
+    calls_per_minute: Annotated[int | None, typer.Option()] = None,
+    concurrent_jobs: Annotated[int | None, typer.Option()] = None,
+    monthly_credits: Annotated[int | None, typer.Option()] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Change an account's tier or override its limits."""
+    data = _run(
+        as_json,
+        lambda rt: admin.update_account(
+            rt, account, tier=tier, calls_per_minute=calls_per_minute,
+            concurrent_jobs=concurrent_jobs, monthly_credits=monthly_credits,
+        ),
+    )
+    _emit(data, as_json, _render_account)
+
+
+@keys_app.command("create")
+def keys_create(
+    account: str,
+    name: Annotated[str, typer.Option(help="A label for the key.")] = "",
+    test: Annotated[bool, typer.Option("--test", help="A vvx_test_ key: local renderer, no charge.")] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Create an API key; it is printed once."""
+    data = _run(as_json, lambda rt: admin.create_key(rt, account, name, test))
+    _emit(data, as_json, lambda d: console.print(f"{d['key']}\n(shown once; listed as {d['prefix']})"))
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_prefix_or_id: str, as_json: JsonFlag = False) -> None:
+    """Revoke a key by its 15-char prefix or its id (effective immediately)."""
+    data = _run(as_json, lambda rt: admin.revoke_key(rt, key_prefix_or_id))
+    _emit(data, as_json, lambda d: console.print(f"revoked {d['prefix']} at {d['revoked_at']}"))
+
+
+@credits_app.command("grant")
+def credits_grant(
+    account: str,
+    amount: int,
+    reason: Annotated[str | None, typer.Option()] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Grant credits to an account."""
+    data = _run(as_json, lambda rt: admin.grant_credits(rt, account, amount, reason))
+    _emit(data, as_json, lambda d: console.print(f"{d['name']}: balance {d['balance']}"))
+
+
+@models_app.command("allow")
+def models_allow(account: str, slugs: list[str], as_json: JsonFlag = False) -> None:
+    """Add models to an account's allowlist."""
+    data = _run(as_json, lambda rt: admin.set_models(rt, account, slugs, allow=True))
+    _emit(data, as_json, lambda d: console.print(", ".join(d["allowed_models"]) or "(none)"))
+
+
+@models_app.command("deny")
+def models_deny(account: str, slugs: list[str], as_json: JsonFlag = False) -> None:
+    """Remove models from an account's allowlist."""
+    data = _run(as_json, lambda rt: admin.set_models(rt, account, slugs, allow=False))
+    _emit(data, as_json, lambda d: console.print(", ".join(d["allowed_models"]) or "(none)"))
+
+
+@pricing_app.command("override")
+def pricing_override(
+    account: str,
+    slug: str,
+    factor: Annotated[str | None, typer.Option(help="Scale the model's prices, e.g. 0.8.")] = None,
+    rows: Annotated[str | None, typer.Option(help="Replacement pricing rows as a JSON array.")] = None,
+    clear: Annotated[bool, typer.Option("--clear", help="Remove the override.")] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Override one model's prices for one account."""
+    parsed_rows = None
+    if rows is not None:
+        try:
+            parsed_rows = json.loads(rows)
+        except json.JSONDecodeError:
+            err_console.print("[red]error:[/red] --rows must be a JSON array")
+            raise typer.Exit(2) from None
+    data = _run(
+        as_json,
+        lambda rt: admin.set_price_override(rt, account, slug, factor=factor, rows=parsed_rows, clear=clear),
+    )
+    _emit(
+        data, as_json,
+        lambda d: console.print(f"{slug} for {d['name']}: band {d['credits_band']['min']}-{d['credits_band']['max']}"),
+    )
+
+
+@catalog_app.command("list")
+def catalog_list(as_json: JsonFlag = False) -> None:
+    """Models, their provider routes and whether each is available now."""
+
+    async def work(rt: Runtime) -> list[dict[str, Any]]:
+        return admin.catalog_list(rt)
+
+    def render(rows: list[dict[str, Any]]) -> None:
+        table = Table("slug", "category", "credits", "routes (provider: available)")
+        for r in rows:
+            routes = ", ".join(
+                f"{x['provider']}:{'[green]yes[/green]' if x['available'] else '[red]no[/red]'}" for x in r["routes"]
+            )
+            table.add_row(r["slug"], r["category"], f"{r['credits_band']['min']}-{r['credits_band']['max']}", routes)
+        console.print(table)
+
+    _emit(_run(as_json, work), as_json, render)
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)

@@ -1,0 +1,56 @@
+"""The generation object as the API shows it (API.md §3), by status."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from vivix.kit.clock import iso, utcnow
+from vivix.models import Generation, GenerationStatus
+
+
+def _ms(start: datetime, end: datetime) -> int:
+    return max(0, int((end - start).total_seconds() * 1000))
+
+
+def generation_out(gen: Generation, *, queue_position: int | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "generation_id": gen.id,
+        "status": gen.status,
+        "model": gen.model,
+        "credits_estimate": gen.credits_estimate,
+        "created_at": iso(gen.created_at),
+    }
+    status = gen.status
+    if status in (GenerationStatus.PENDING, GenerationStatus.PROCESSING):
+        out["elapsed_ms"] = _ms(gen.created_at, utcnow())
+        if status == GenerationStatus.PENDING and queue_position is not None:
+            out["queue_position"] = queue_position
+        if status == GenerationStatus.PROCESSING and gen.progress is not None:
+            out["progress"] = round(gen.progress, 3)
+    else:
+        completed = gen.completed_at or gen.created_at
+        out["completed_at"] = iso(completed)
+        out["credits_used"] = gen.credits_used or 0
+        if status == GenerationStatus.COMPLETED:
+            outputs = gen.outputs or []
+            out["output_url"] = outputs[0]["url"] if outputs else None
+            out["output_urls"] = [o["url"] for o in outputs]
+            out["duration_ms"] = _ms(gen.created_at, completed)
+            out["outputs"] = outputs
+        elif status == GenerationStatus.FAILED:
+            out["error"] = gen.error_code
+            out["message"] = gen.error_message
+    out["params"] = gen.params
+    out["metadata"] = gen.metadata_
+    return out
+
+
+def submitted_out(gen: Generation) -> dict[str, Any]:
+    return {
+        "generation_id": gen.id,
+        "status": gen.status,
+        "model": gen.model,
+        "credits_estimate": gen.credits_estimate,
+        "created_at": iso(gen.created_at),
+    }

@@ -1,0 +1,184 @@
+"""Submitting and reading generations.
+
+Admission (API.md §2 order after the caller gate): params validation (model existence
+first) → allowlist → provider availability → concurrency → credits. The last two, the
+generation row and the hold happen in one transaction under the account row lock, so a
+rejected submit leaves no trace and replicas cannot race past a limit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy.exc import IntegrityError
+
+from vivix.accounts import repository as accounts_repository
+from vivix.accounts.endpoints import Caller
+from vivix.billing import service as billing
+from vivix.catalog import pricing
+from vivix.catalog.params import validate_metadata, validate_params
+from vivix.catalog.service import CatalogModel
+from vivix.generations import repository
+from vivix.kit.clock import utcnow
+from vivix.kit.errors import (
+    ConcurrencyLimited,
+    IdempotencyConflict,
+    InsufficientCredits,
+    InvalidParams,
+    ModelNotAllowed,
+    ModelNotFound,
+    ProviderDown,
+)
+from vivix.kit.ids import uuid7
+from vivix.kit.runtime import Runtime
+from vivix.models import Generation, GenerationStatus
+from vivix.providers.registry import LOCAL, is_configured
+
+IDEMPOTENCY_KEY_MAX = 255
+SEED_MAX = 2**32 - 1
+
+
+@dataclass(frozen=True, slots=True)
+class Submitted:
+    generation: Generation
+    replayed: bool
+    balance: int
+
+
+def request_fingerprint(body: dict[str, Any]) -> str:
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def resolve_model(runtime: Runtime, body: dict[str, Any]) -> CatalogModel:
+    slug = body.get("model")
+    if slug is None:
+        raise InvalidParams("model", "is required")
+    if not isinstance(slug, str):
+        raise InvalidParams("model", "must be a string (a model slug)")
+    model = runtime.catalog.get(slug)
+    if model is None:
+        raise ModelNotFound(f"There is no model called {slug[:100]!r}.", model=slug[:100])
+    return model
+
+
+def check_idempotency_key(key: str | None) -> str | None:
+    if key is None:
+        return None
+    if not key or len(key) > IDEMPOTENCY_KEY_MAX or not key.isprintable():
+        raise InvalidParams("Idempotency-Key", f"must be 1 to {IDEMPOTENCY_KEY_MAX} printable characters")
+    return key
+
+
+def ensure_routable(runtime: Runtime, model: CatalogModel, caller: Caller) -> None:
+    if caller.is_test:
+        return  # test keys render every model on the local renderer
+    for route in model.spec.routes:
+        if route.provider == LOCAL or is_configured(route.provider, runtime.settings):
+            return
+    retry_after = runtime.settings.provider_down_retry_after_s
+    raise ProviderDown(
+        f"No provider route for {model.slug} is available right now.",
+        headers={"Retry-After": str(retry_after)},
+    )
+
+
+async def submit(
+    runtime: Runtime, caller: Caller, body: dict[str, Any], idempotency_key: str | None
+) -> Submitted:
+    account = caller.account
+    model = resolve_model(runtime, body)
+    params = validate_params(model.spec, body)
+    metadata = validate_metadata(body.get("metadata"))
+    idempotency_key = check_idempotency_key(idempotency_key)
+    fingerprint = request_fingerprint(body) if idempotency_key else None
+
+    if idempotency_key is not None:
+        replay = await _find_replay(runtime, account.id, idempotency_key, fingerprint)
+        if replay is not None:
+            return Submitted(replay, True, account.balance)
+
+    if model.slug not in account.allowed_models:
+        raise ModelNotAllowed(model=model.slug)
+    ensure_routable(runtime, model, caller)
+
+    if "seed" in model.spec.params and "seed" not in params:
+        params["seed"] = secrets.randbelow(SEED_MAX + 1)  # recorded so the result can be redone
+    override = pricing.parse_override(account.price_overrides.get(model.slug))
+    estimate = 0 if caller.is_test else pricing.estimate(model.spec, params, override)
+
+    now = utcnow()
+    generation = Generation(
+        id=uuid7(),
+        account_id=account.id,
+        api_key_id=caller.key.id,
+        model=model.slug,
+        status=GenerationStatus.PENDING.value,
+        is_test=caller.is_test,
+        params=params,
+        metadata_=metadata,
+        credits_estimate=estimate,
+        credits_used=None,
+        idempotency_key=idempotency_key,
+        request_hash=fingerprint,
+        created_at=now,
+        run_after=now,
+        attempts=0,
+        cancel_requested=False,
+    )
+    try:
+        async with runtime.db.transaction() as session:
+            locked = await accounts_repository.lock_account(session, account.id)
+            active = await repository.count_active(session, account.id)
+            if active >= caller.limits.concurrent_jobs:
+                raise ConcurrencyLimited(
+                    f"{active} generations are in flight; the limit is {caller.limits.concurrent_jobs}.",
+                    limit=caller.limits.concurrent_jobs,
+                )
+            if locked.balance < estimate:
+                raise InsufficientCredits(
+                    f"This generation needs {estimate} credits; {locked.balance} are available.",
+                    balance=locked.balance,
+                    needed=estimate,
+                )
+            if idempotency_key is not None:
+                window = timedelta(hours=runtime.settings.idempotency_window_hours)
+                await repository.expire_idempotency_key(
+                    session, account.id, idempotency_key, now - window
+                )
+            session.add(generation)
+            await session.flush()
+            if estimate:
+                billing.hold(session, locked, generation.id, estimate)
+            await session.flush()
+            balance = locked.balance
+    except IntegrityError:
+        # Another request with the same Idempotency-Key committed first.
+        if idempotency_key is None:
+            raise
+        replay = await _find_replay(runtime, account.id, idempotency_key, fingerprint)
+        if replay is None:
+            raise
+        return Submitted(replay, True, account.balance)
+    await runtime.notify_enqueued()
+    return Submitted(generation, False, balance)
+
+
+async def _find_replay(
+    runtime: Runtime, account_id: str, key: str, fingerprint: str | None
+) -> Generation | None:
+    async with runtime.db.read() as session:
+        existing = await repository.find_by_idempotency_key(session, account_id, key)
+    if existing is None:
+        return None
+    window = timedelta(hours=runtime.settings.idempotency_window_hours)
+    if existing.created_at < utcnow() - window:
+        return None  # expired: this key may start a new generation
+    if existing.request_hash != fingerprint:
+        raise IdempotencyConflict()
+    return existing

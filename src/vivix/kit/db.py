@@ -1,0 +1,112 @@
+"""Database engine and transaction boundaries.
+
+Services only `flush()`; the request or job boundary opens a transaction here and commits.
+
+SQLite (embedded default) runs in WAL mode. Write transactions start with `BEGIN IMMEDIATE`
+so the write lock is taken up front (no deferred-upgrade deadlocks), and are serialized
+inside the process by an asyncio lock so waiting writers queue instead of spinning on
+busy_timeout. Other processes on the same file wait on busy_timeout. On PostgreSQL, write
+transactions lock the rows they change (`SELECT … FOR UPDATE`), so replicas can run them
+concurrently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.pool import NullPool
+
+_WRITE_OPTION = "vivix_write"
+
+
+class Database:
+    def __init__(
+        self,
+        url: str,
+        *,
+        pool_size: int = 10,
+        max_overflow: int = 20,
+        sqlite_busy_timeout_ms: int = 30_000,
+        echo: bool = False,
+    ) -> None:
+        self.url = url
+        self.is_sqlite = url.startswith("sqlite")
+        kwargs: dict[str, Any] = {"echo": echo}
+        if self.is_sqlite:
+            ensure_sqlite_directory(url)
+            kwargs["connect_args"] = {"timeout": sqlite_busy_timeout_ms / 1000}
+            kwargs["pool_size"] = pool_size
+            kwargs["max_overflow"] = max_overflow
+        else:
+            kwargs["pool_size"] = pool_size
+            kwargs["max_overflow"] = max_overflow
+            kwargs["pool_pre_ping"] = False
+        self.engine: AsyncEngine = create_async_engine(url, **kwargs)
+        if self.is_sqlite:
+            _install_sqlite_hooks(self.engine, sqlite_busy_timeout_ms)
+        self._write_engine = self.engine.execution_options(**{_WRITE_OPTION: True})
+        self._read_sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+        self._write_sessions = async_sessionmaker(self._write_engine, expire_on_commit=False)
+        self._sqlite_write_lock = asyncio.Lock() if self.is_sqlite else None
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[AsyncSession]:
+        """A session for reads; nothing it does is committed."""
+        async with self._read_sessions() as session:
+            yield session
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AsyncSession]:
+        """A write transaction, committed when the block exits without an exception."""
+        if self._sqlite_write_lock is not None:
+            async with self._sqlite_write_lock, self._write_sessions() as session, session.begin():
+                yield session
+        else:
+            async with self._write_sessions() as session, session.begin():
+                yield session
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()
+
+
+def _install_sqlite_hooks(engine: AsyncEngine, busy_timeout_ms: int) -> None:
+    sync_engine = engine.sync_engine
+
+    @event.listens_for(sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let us issue BEGIN ourselves (pysqlite's implicit BEGIN is deferred).
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+        cursor.close()
+
+    @event.listens_for(sync_engine, "begin")
+    def _on_begin(connection: Any) -> None:
+        if connection.get_execution_options().get(_WRITE_OPTION):
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+        else:
+            connection.exec_driver_sql("BEGIN")
+
+
+def ensure_sqlite_directory(url: str) -> None:
+    if not url.startswith("sqlite"):
+        return
+    database = make_url(url).database
+    if database and database != ":memory:":
+        Path(database).parent.mkdir(parents=True, exist_ok=True)
+
+
+def null_pool_engine(url: str) -> AsyncEngine:
+    """A throwaway engine for one-off admin work (migrations, creating databases)."""
+    ensure_sqlite_directory(url)
+    return create_async_engine(url, poolclass=NullPool)

@@ -1,0 +1,113 @@
+"""HTTP plumbing: per-request context, the headers every response carries, JSON bodies."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from vivix.kit.errors import InvalidJson, PayloadTooLarge, UnsupportedMediaType
+from vivix.kit.ids import request_id as new_request_id
+
+_SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}$")
+
+
+@dataclass(slots=True)
+class RequestContext:
+    request_id: str
+    rate_limit: int | None = None
+    rate_remaining: int | None = None
+    rate_reset_s: int | None = None
+    balance: int | None = None
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        out = [(b"x-request-id", self.request_id.encode())]
+        if self.rate_remaining is not None:
+            out += [
+                (b"x-ratelimit-limit", str(self.rate_limit).encode()),
+                (b"x-ratelimit-remaining", str(self.rate_remaining).encode()),
+                (b"x-ratelimit-reset", str(self.rate_reset_s).encode()),
+            ]
+        if self.balance is not None:
+            out.append((b"x-credits-balance", str(self.balance).encode()))
+        return out
+
+
+def context_of(request: Request) -> RequestContext:
+    ctx: RequestContext = request.scope["state"]["vivix_ctx"]
+    return ctx
+
+
+class ResponseHeadersMiddleware:
+    """Gives each request a RequestContext and stamps its headers on the response, whether
+    the response is a success or an error. Pure ASGI (no per-request task overhead)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        incoming = None
+        for name, value in scope["headers"]:
+            if name == b"x-request-id":
+                incoming = value.decode("latin-1")
+                break
+        ctx = RequestContext(
+            incoming if incoming and _SANE_REQUEST_ID.match(incoming) else new_request_id()
+        )
+        scope.setdefault("state", {})["vivix_ctx"] = ctx
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = [
+                    (k, v) for k, v in message.get("headers", [])
+                    if k not in (b"x-request-id", b"x-credits-balance")
+                ]
+                message["headers"] = headers + ctx.headers()
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(
+        content=json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode(),
+        status_code=status,
+        media_type="application/json",
+        headers=headers,
+    )
+
+
+async def read_json_object(request: Request, max_bytes: int) -> tuple[dict[str, Any], bytes]:
+    """The body as a JSON object (and its raw bytes), enforcing content type and size."""
+    content_type = request.headers.get("content-type", "")
+    media_type = content_type.split(";", 1)[0].strip().lower()
+    if media_type != "application/json" and not (
+        media_type.startswith("application/") and media_type.endswith("+json")
+    ):
+        raise UnsupportedMediaType()
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+        raise PayloadTooLarge()
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise PayloadTooLarge()
+        chunks.append(chunk)
+    raw = b"".join(chunks)
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        raise InvalidJson() from None
+    if not isinstance(data, dict):
+        raise InvalidJson()
+    return data, raw

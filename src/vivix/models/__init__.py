@@ -1,0 +1,18 @@
+"""SQLAlchemy tables, one module per table."""
+
+from vivix.models.account import Account
+from vivix.models.api_key import ApiKey
+from vivix.models.base import Base
+from vivix.models.generation import ACTIVE_STATUSES, Generation, GenerationStatus
+from vivix.models.ledger_entry import LedgerEntry, LedgerKind
+
+__all__ = [
+    "ACTIVE_STATUSES",
+    "Account",
+    "ApiKey",
+    "Base",
+    "Generation",
+    "GenerationStatus",
+    "LedgerEntry",
+    "LedgerKind",
+]

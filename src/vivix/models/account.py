@@ -1,0 +1,40 @@
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import CheckConstraint, Integer, String
+from sqlalchemy.orm import Mapped, mapped_column
+
+from vivix.models.base import Base, JsonValue
+
+
+class Account(Base):
+    """A tenant. `balance` and `held` are a cache of the ledger kept in the same transaction
+    as every entry (reads never sum the ledger); the ledger remains the source of truth."""
+
+    __tablename__ = "accounts"
+    __table_args__ = (
+        CheckConstraint("balance >= 0", name="balance_not_negative"),
+        CheckConstraint("held >= 0", name="held_not_negative"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    tier: Mapped[str] = mapped_column(String(16))
+    # Per-account overrides of the tier defaults; NULL = use the tier's value.
+    calls_per_minute: Mapped[int | None] = mapped_column(Integer)
+    concurrent_jobs: Mapped[int | None] = mapped_column(Integer)
+    monthly_credits: Mapped[int | None] = mapped_column(Integer)
+    balance: Mapped[int] = mapped_column(Integer, default=0)
+    held: Mapped[int] = mapped_column(Integer, default=0)
+    cycle_anchor: Mapped[datetime]
+    cycle_started_at: Mapped[datetime]
+    cycle_resets_at: Mapped[datetime]
+    spent_this_cycle: Mapped[int] = mapped_column(Integer, default=0)
+    granted_this_cycle: Mapped[int] = mapped_column(Integer, default=0)
+    allowed_models: Mapped[list[str]] = mapped_column(JsonValue, default=list)
+    # {slug: {"factor": 0.8}} or {slug: {"rows": [...pricing rows...]}}
+    price_overrides: Mapped[dict[str, Any]] = mapped_column(JsonValue, default=dict)
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]

@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import Boolean, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from vivix.models.base import Base, JsonValue
+
+
+class GenerationStatus(StrEnum):
+    PENDING = "pending"
+    PROCESSING = "processing"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELED = "canceled"
+
+
+ACTIVE_STATUSES = (GenerationStatus.PENDING.value, GenerationStatus.PROCESSING.value)
+
+
+class Generation(Base):
+    """One generation; the table is also the work queue (pending rows with `run_after`
+    due are claimable, a claim sets a lease that the worker renews)."""
+
+    __tablename__ = "generations"
+    __table_args__ = (
+        Index("ix_generations_account_id_id", "account_id", "id"),
+        Index("ix_generations_account_id_status", "account_id", "status"),
+        Index("ix_generations_status_id", "status", "id"),
+        Index(
+            "uq_generations_account_id_idempotency_key",
+            "account_id",
+            "idempotency_key",
+            unique=True,
+        ),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"))
+    api_key_id: Mapped[str] = mapped_column(String(36))
+    model: Mapped[str] = mapped_column(String(100))
+    status: Mapped[str] = mapped_column(String(16))
+    is_test: Mapped[bool] = mapped_column(Boolean, default=False)
+    params: Mapped[dict[str, Any]] = mapped_column(JsonValue)
+    metadata_: Mapped[dict[str, str]] = mapped_column("metadata", JsonValue, default=dict)
+    credits_estimate: Mapped[int] = mapped_column(Integer)
+    credits_used: Mapped[int | None] = mapped_column(Integer)
+    idempotency_key: Mapped[str | None] = mapped_column(String(255))
+    request_hash: Mapped[str | None] = mapped_column(String(64))
+    error_code: Mapped[str | None] = mapped_column(String(40))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime]
+    started_at: Mapped[datetime | None]
+    completed_at: Mapped[datetime | None]
+    # Queue and engine state.
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    run_after: Mapped[datetime]
+    lease_owner: Mapped[str | None] = mapped_column(String(64))
+    lease_expires_at: Mapped[datetime | None]
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    route_index: Mapped[int | None] = mapped_column(Integer)
+    provider: Mapped[str | None] = mapped_column(String(40))
+    upstream_handle: Mapped[dict[str, Any] | None] = mapped_column(JsonValue)
+    progress: Mapped[float | None] = mapped_column(Float)
+    outputs: Mapped[list[dict[str, Any]] | None] = mapped_column(JsonValue)

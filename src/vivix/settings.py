@@ -1,0 +1,189 @@
+"""Operator settings: environment variables with the `VIVIX_` prefix, `__` for nesting.
+
+Validated once at start-up; a bad value stops the process with a message naming the
+variable instead of failing later in a request.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Tier(StrEnum):
+    FREE = "free"
+    STANDARD = "standard"
+    PRO = "pro"
+    ULTIMATE = "ultimate"
+
+
+class TierDefaults(BaseModel):
+    api_access: bool
+    calls_per_minute: Annotated[int, Field(ge=1)]
+    concurrent_jobs: Annotated[int, Field(ge=1)]
+    monthly_credits: Annotated[int, Field(ge=0)]
+
+
+def _default_tiers() -> dict[Tier, TierDefaults]:
+    return {
+        Tier.FREE: TierDefaults(
+            api_access=False, calls_per_minute=10, concurrent_jobs=1, monthly_credits=0
+        ),
+        Tier.STANDARD: TierDefaults(
+            api_access=False, calls_per_minute=60, concurrent_jobs=2, monthly_credits=3000
+        ),
+        Tier.PRO: TierDefaults(
+            api_access=True, calls_per_minute=240, concurrent_jobs=5, monthly_credits=15000
+        ),
+        Tier.ULTIMATE: TierDefaults(
+            api_access=True, calls_per_minute=600, concurrent_jobs=20, monthly_credits=60000
+        ),
+    }
+
+
+class DatabaseSettings(BaseModel):
+    pool_size: Annotated[int, Field(ge=1)] = 10
+    max_overflow: Annotated[int, Field(ge=0)] = 20
+    sqlite_busy_timeout_ms: Annotated[int, Field(ge=0)] = 30_000
+    echo: bool = False
+
+
+class RedisSettings(BaseModel):
+    socket_timeout_s: Annotated[float, Field(gt=0)] = 0.5
+    # When Redis is unreachable each process enforces calls_per_minute / this divisor on its
+    # own: reduced, never unlimited. Set it to the number of API replicas.
+    fallback_divisor: Annotated[int, Field(ge=1)] = 4
+
+
+class WorkerSettings(BaseModel):
+    concurrency: Annotated[int, Field(ge=1)] = 4
+    lease_seconds: Annotated[float, Field(gt=0)] = 30.0
+    heartbeat_seconds: Annotated[float, Field(gt=0)] = 10.0
+    poll_interval_seconds: Annotated[float, Field(gt=0)] = 1.0
+    max_attempts: Annotated[int, Field(ge=1)] = 3
+    retry_backoff_seconds: Annotated[float, Field(ge=0)] = 5.0
+    shutdown_grace_seconds: Annotated[float, Field(ge=0)] = 20.0
+    render_processes: Annotated[int, Field(ge=0)] = 0  # 0: one per CPU core
+
+
+class ProviderSettings(BaseModel):
+    api_key: str | None = None
+    base_url: str | None = None
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="VIVIX_",
+        env_nested_delimiter="__",
+        extra="ignore",
+        case_sensitive=False,
+    )
+
+    data_dir: Path = Path("./.vivix")
+    database_url: str | None = None
+    redis_url: str | None = None
+    storage_url: str | None = None
+    public_url: str | None = None
+    admin_token: str | None = None
+    catalog_path: Path | None = None
+    # Keys are stored as HMAC(secret, key). Unset: a random secret is created in the data
+    # dir on first start and reused after (every replica must share it).
+    secret_key: str | None = None
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=1, le=65535)] = 8000
+    log_level: str = "info"
+    max_body_bytes: Annotated[int, Field(ge=1024)] = 64 * 1024
+    idempotency_window_hours: Annotated[int, Field(ge=1)] = 24
+    provider_down_retry_after_s: Annotated[int, Field(ge=1)] = 30
+
+    db: DatabaseSettings = DatabaseSettings()
+    redis: RedisSettings = RedisSettings()
+    worker: WorkerSettings = WorkerSettings()
+    providers: dict[str, ProviderSettings] = Field(default_factory=dict)
+    tiers: dict[Tier, TierDefaults] = Field(default_factory=_default_tiers)
+
+    @field_validator("providers", mode="before")
+    @classmethod
+    def _lowercase_provider_names(cls, value: object) -> object:
+        if isinstance(value, dict):
+            return {str(k).lower(): v for k, v in value.items()}
+        return value
+
+    @field_validator("tiers", mode="before")
+    @classmethod
+    def _merge_tier_overrides(cls, value: object) -> object:
+        # VIVIX_TIERS__PRO__CALLS_PER_MINUTE=300 overrides one field, keeping the rest.
+        if not isinstance(value, dict):
+            return value
+        merged = {t.value: d.model_dump() for t, d in _default_tiers().items()}
+        for name, fields in value.items():
+            key = str(name).lower()
+            if key not in merged:
+                raise ValueError(f"unknown tier {name!r}; tiers are {', '.join(merged)}")
+            if isinstance(fields, TierDefaults):
+                fields = fields.model_dump()
+            merged[key] = {**merged[key], **dict(fields)}
+        return merged
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_database_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if value.startswith("postgresql://") or value.startswith("postgres://"):
+            value = "postgresql+asyncpg://" + value.split("://", 1)[1]
+        if value.startswith("sqlite://"):
+            value = "sqlite+aiosqlite://" + value.split("://", 1)[1]
+        if not (value.startswith("postgresql+asyncpg://") or value.startswith("sqlite+aiosqlite://")):
+            raise ValueError("must be a postgresql:// or sqlite:// URL")
+        return value
+
+    @model_validator(mode="after")
+    def _check_public_url(self) -> Settings:
+        if self.public_url is not None and not self.public_url.startswith(("http://", "https://")):
+            raise ValueError("VIVIX_PUBLIC_URL must start with http:// or https://")
+        return self
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'vivix.db').resolve()}"
+
+    @property
+    def resolved_storage_url(self) -> str:
+        if self.storage_url:
+            return self.storage_url
+        return (self.data_dir / "outputs").resolve().as_uri()
+
+    @property
+    def resolved_public_url(self) -> str:
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.resolved_database_url.startswith("sqlite")
+
+    def provider(self, name: str) -> ProviderSettings:
+        return self.providers.get(name.lower(), ProviderSettings())
+
+
+class SettingsError(Exception):
+    """Settings could not be loaded; the message names each bad variable."""
+
+
+def load_settings(**overrides: object) -> Settings:
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            loc = "__".join(str(p).upper() for p in err["loc"]) or "settings"
+            lines.append(f"  VIVIX_{loc}: {err['msg']}")
+        raise SettingsError("invalid settings:\n" + "\n".join(lines)) from exc
