@@ -24,6 +24,7 @@ from vivix.kit.ids import request_id as new_request_id
 from vivix.kit.metrics import Metrics, MetricsMiddleware
 from vivix.kit.runtime import Runtime, build_runtime, close_runtime
 from vivix.settings import Settings
+from vivix.storage.endpoints import router as files_router
 
 log = structlog.get_logger(__name__)
 
@@ -38,9 +39,17 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         owned = runtime is None
         app.state.runtime = runtime or await build_runtime(settings)
+        worker = None
+        if embedded_worker:
+            from vivix.worker.runner import Worker
+
+            worker = Worker(app.state.runtime)
+            await worker.start()
         try:
             yield
         finally:
+            if worker is not None:
+                await worker.stop()
             if owned:
                 await close_runtime(app.state.runtime)
 
@@ -59,6 +68,7 @@ def create_app(
     app.include_router(models_router)
     app.include_router(credits_router)
     app.include_router(admin_router)
+    app.include_router(files_router)
     _install_operations_routes(app)
     _install_error_handlers(app)
     app.add_middleware(ResponseHeadersMiddleware)

@@ -157,6 +157,39 @@ def serve(
 
 
 @app.command()
+def worker(
+    concurrency: Annotated[int | None, typer.Option(help="Jobs run at once (default VIVIX_WORKER__CONCURRENCY).")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Run a standalone worker. SIGTERM/SIGINT: stop claiming, let running jobs finish
+    within the grace period, hand the rest back to the queue."""
+    import signal
+
+    from vivix.worker.runner import Worker
+
+    settings = _settings()
+
+    async def work(runtime: Runtime) -> int:
+        worker = Worker(runtime, concurrency=concurrency)
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, worker.request_stop)
+        if as_json:
+            print(json.dumps({"worker": worker.owner, "concurrency": worker.concurrency}), flush=True)
+        else:
+            console.print(f"worker {worker.owner} running {worker.concurrency} jobs at once")
+        try:
+            await worker.run_until_stopped()
+        finally:
+            await worker.stop()
+        return worker.claimed
+
+    claimed = _run(as_json, work, settings)
+    if not as_json:
+        console.print(f"worker stopped after {claimed} jobs")
+
+
+@app.command()
 def migrate(as_json: JsonFlag = False) -> None:
     """Apply database migrations."""
     from vivix.migrations import head_revision, upgrade_to_head
@@ -293,19 +326,22 @@ def pricing_override(
 def catalog_list(as_json: JsonFlag = False) -> None:
     """Models, their provider routes and whether each is available now."""
 
-    async def work(rt: Runtime) -> list[dict[str, Any]]:
-        return admin.catalog_list(rt)
-
     def render(rows: list[dict[str, Any]]) -> None:
         table = Table("slug", "category", "credits", "routes (provider: available)")
         for r in rows:
-            routes = ", ".join(
-                f"{x['provider']}:{'[green]yes[/green]' if x['available'] else '[red]no[/red]'}" for x in r["routes"]
-            )
+            routes = ", ".join(f"{x['provider']}:{_route_state(x)}" for x in r["routes"])
             table.add_row(r["slug"], r["category"], f"{r['credits_band']['min']}-{r['credits_band']['max']}", routes)
         console.print(table)
 
-    _emit(_run(as_json, work), as_json, render)
+    _emit(_run(as_json, admin.catalog_list), as_json, render)
+
+
+def _route_state(route: dict[str, Any]) -> str:
+    if not route["configured"]:
+        return "[red]no credentials[/red]"
+    if route["circuit_open_until"]:
+        return f"[yellow]circuit open until {route['circuit_open_until']}[/yellow]"
+    return "[green]available[/green]"
 
 
 def main() -> None:

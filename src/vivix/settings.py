@@ -10,7 +10,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -73,6 +73,22 @@ class WorkerSettings(BaseModel):
 class ProviderSettings(BaseModel):
     api_key: str | None = None
     base_url: str | None = None
+    timeout_seconds: Annotated[float, Field(gt=0)] = 60.0
+    max_concurrency: Annotated[int, Field(ge=1)] = 8  # requests in flight per process
+
+
+class FetchSettings(BaseModel):
+    """Fetching client-supplied reference image URLs (SSRF-guarded)."""
+
+    allow_private_hosts: list[str] = Field(default_factory=list)  # trusted internal hosts
+    max_bytes: Annotated[int, Field(ge=1024)] = 20 * 1024 * 1024
+    timeout_seconds: Annotated[float, Field(gt=0)] = 10.0
+    resolve_timeout_seconds: Annotated[float, Field(gt=0)] = 5.0
+
+
+class CircuitSettings(BaseModel):
+    failure_threshold: Annotated[int, Field(ge=1)] = 5
+    cooldown_seconds: Annotated[float, Field(gt=0)] = 30.0
 
 
 class Settings(BaseSettings):
@@ -87,6 +103,9 @@ class Settings(BaseSettings):
     database_url: str | None = None
     redis_url: str | None = None
     storage_url: str | None = None
+    # Base of output URLs when the store is served directly (a public bucket or a CDN; include
+    # the bucket prefix): `<storage_public_url>/<key>`. Unset: `<public_url>/files/<key>`.
+    storage_public_url: str | None = None
     public_url: str | None = None
     admin_token: str | None = None
     catalog_path: Path | None = None
@@ -103,6 +122,8 @@ class Settings(BaseSettings):
     db: DatabaseSettings = DatabaseSettings()
     redis: RedisSettings = RedisSettings()
     worker: WorkerSettings = WorkerSettings()
+    circuit: CircuitSettings = CircuitSettings()
+    fetch: FetchSettings = FetchSettings()
     providers: dict[str, ProviderSettings] = Field(default_factory=dict)
     tiers: dict[Tier, TierDefaults] = Field(default_factory=_default_tiers)
 
@@ -142,11 +163,13 @@ class Settings(BaseSettings):
             raise ValueError("must be a postgresql:// or sqlite:// URL")
         return value
 
-    @model_validator(mode="after")
-    def _check_public_url(self) -> Settings:
-        if self.public_url is not None and not self.public_url.startswith(("http://", "https://")):
-            raise ValueError("VIVIX_PUBLIC_URL must start with http:// or https://")
-        return self
+    @field_validator("public_url")
+    @classmethod
+    def _check_public_url(cls, value: str | None) -> str | None:
+        # A field validator (not a model one) so the error names VIVIX_PUBLIC_URL.
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value
 
     @property
     def resolved_database_url(self) -> str:

@@ -96,4 +96,4 @@ async def clear_price(request: Request, account: str, slug: str) -> Response:
 
 @router.get("/catalog")
 async def catalog(request: Request) -> Response:
-    return json_response({"data": service.catalog_list(runtime_of(request))})
+    return json_response({"data": await service.catalog_list(runtime_of(request))})

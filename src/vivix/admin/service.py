@@ -15,6 +15,7 @@ from vivix.kit.clock import iso, utcnow
 from vivix.kit.errors import AdminInvalid
 from vivix.kit.runtime import Runtime
 from vivix.models import Account, ApiKey
+from vivix.providers.circuits import route_key
 from vivix.providers.registry import LOCAL, is_configured
 
 DEMO_ACCOUNT = "demo"
@@ -187,18 +188,26 @@ async def set_price_override(
     return out
 
 
-def catalog_list(runtime: Runtime) -> list[dict[str, Any]]:
+async def catalog_list(runtime: Runtime) -> list[dict[str, Any]]:
+    """Every model with its routes and whether each can take work now (credentials
+    configured and circuit closed)."""
+    open_routes = await runtime.circuits.open_routes()
     models = []
     for model in runtime.catalog.all():
         low, high = pricing.credits_band(model.spec, None)
-        routes = [
-            {
-                "provider": r.provider,
-                "upstream_model": r.upstream_model,
-                "available": r.provider == LOCAL or is_configured(r.provider, runtime.settings),
-            }
-            for r in model.spec.routes
-        ]
+        routes = []
+        for r in model.spec.routes:
+            configured = r.provider == LOCAL or is_configured(r.provider, runtime.settings)
+            open_until = open_routes.get(route_key(r.provider, r.upstream_model))
+            routes.append(
+                {
+                    "provider": r.provider,
+                    "upstream_model": r.upstream_model,
+                    "configured": configured,
+                    "circuit_open_until": iso(open_until),
+                    "available": configured and open_until is None,
+                }
+            )
         models.append(
             {
                 "slug": model.slug,

@@ -40,8 +40,14 @@ class Catalog:
             except ValueError as exc:
                 raise CatalogError(str(exc)) from None
             example = spec.example_request or {"model": spec.slug, "prompt": "a quiet harbour at dusk"}
+            # /models hands the example to clients as a ready request: it must name this model.
+            if example.get("model") != spec.slug:
+                raise CatalogError(
+                    f"{spec.slug}: example_request is invalid: its `model` must be {spec.slug!r}"
+                )
             try:
                 param_rules.validate_params(spec, example)
+                param_rules.validate_metadata(example.get("metadata"))
             except Exception as exc:
                 raise CatalogError(f"{spec.slug}: example_request is invalid: {exc}") from None
             self._models[spec.slug] = CatalogModel(

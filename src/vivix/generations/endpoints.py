@@ -7,6 +7,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from vivix.accounts.endpoints import authorize, runtime_of
+from vivix.accounts.repository import find_account
 from vivix.generations import repository, service
 from vivix.generations.schemas import generation_out, submitted_out
 from vivix.kit.clock import parse_iso
@@ -24,9 +25,17 @@ async def generate(request: Request) -> Response:
     caller = await authorize(request)
     runtime = runtime_of(request)
     body, _raw = await read_json_object(request, runtime.settings.max_body_bytes)
+    wait_s = _prefer_wait(request.headers.get("prefer"))
     result = await service.submit(runtime, caller, body, request.headers.get("idempotency-key"))
     context_of(request).balance = result.balance
     location = f"/api/v1/generations/{result.generation.id}"
+    if wait_s and not result.replayed:
+        waited = await service.wait_until_settled(
+            runtime, caller.account.id, result.generation.id, wait_s
+        )
+        if waited is not None:
+            headers = {"Location": location, "Preference-Applied": f"wait={wait_s:g}"}
+            return json_response(await _with_queue_position(request, waited), 201, headers)
     if result.replayed:
         return json_response(
             await _with_queue_position(request, result.generation),
@@ -51,6 +60,20 @@ async def read_generation(request: Request, generation_id: str) -> Response:
             else None
         )
     return json_response(generation_out(gen, queue_position=position))
+
+
+@router.post("/generations/{generation_id}/cancel", summary="Cancel a generation")
+async def cancel_generation(request: Request, generation_id: str) -> Response:
+    caller = await authorize(request)
+    if not is_uuid(generation_id):
+        raise GenerationNotFound()
+    runtime = runtime_of(request)
+    gen = await service.cancel(runtime, caller.account.id, generation_id.lower())
+    async with runtime.db.read() as session:
+        account = await find_account(session, caller.account.id)
+    if account is not None:
+        context_of(request).balance = account.balance
+    return json_response(generation_out(gen))
 
 
 @router.get("/generations", summary="List generations, newest first")
@@ -88,6 +111,27 @@ async def list_generations(request: Request) -> Response:
             "has_more": has_more,
         }
     )
+
+
+MAX_PREFER_WAIT_S = 60
+
+
+def _prefer_wait(header: str | None) -> float:
+    """Seconds from `Prefer: wait=N` (capped at 60); anything unparsable is ignored, as
+    RFC 7240 asks of unknown preferences."""
+    if not header:
+        return 0.0
+    for part in header.split(","):
+        name, _, value = part.strip().partition("=")
+        if name.strip().lower() == "wait":
+            try:
+                seconds = float(value.strip().strip('"'))
+            except ValueError:
+                return 0.0
+            if seconds != seconds or seconds <= 0:  # NaN or non-positive
+                return 0.0
+            return min(seconds, MAX_PREFER_WAIT_S)
+    return 0.0
 
 
 def _timestamp(raw: str | None, field: str) -> datetime | None:

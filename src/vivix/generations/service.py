@@ -8,8 +8,10 @@ rejected submit leaves no trace and replicas cannot race past a limit.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
+import math
 import secrets
 from dataclasses import dataclass
 from datetime import timedelta
@@ -24,20 +26,27 @@ from vivix.catalog import pricing
 from vivix.catalog.params import validate_metadata, validate_params
 from vivix.catalog.service import CatalogModel
 from vivix.generations import repository
+from vivix.generations.settlement import finalize
 from vivix.kit.clock import utcnow
 from vivix.kit.errors import (
     ConcurrencyLimited,
+    GenerationNotFound,
     IdempotencyConflict,
     InsufficientCredits,
     InvalidParams,
     ModelNotAllowed,
     ModelNotFound,
+    NotCancelable,
     ProviderDown,
 )
 from vivix.kit.ids import uuid7
 from vivix.kit.runtime import Runtime
-from vivix.models import Generation, GenerationStatus
+from vivix.models import ACTIVE_STATUSES, Generation, GenerationStatus
+from vivix.providers.circuits import route_key
+from vivix.providers.guarded_fetch import UrlRefused, check_url
 from vivix.providers.registry import LOCAL, is_configured
+from vivix.worker import repository as queue_repository
+from vivix.worker.wakeup import notify_canceled, notify_enqueued
 
 IDEMPOTENCY_KEY_MAX = 255
 SEED_MAX = 2**32 - 1
@@ -75,13 +84,41 @@ def check_idempotency_key(key: str | None) -> str | None:
     return key
 
 
-def ensure_routable(runtime: Runtime, model: CatalogModel, caller: Caller) -> None:
+async def check_reference_images(runtime: Runtime, params: dict[str, Any]) -> None:
+    """Refuse at submit any reference image URL whose host resolves to a non-public
+    address; the worker checks again (and on every redirect) when it fetches."""
+    settings = runtime.settings.fetch
+    for index, url in enumerate(params.get("reference_images") or []):
+        try:
+            async with asyncio.timeout(settings.resolve_timeout_seconds):
+                await check_url(
+                    url, runtime.resolver, allow_private_hosts=frozenset(settings.allow_private_hosts)
+                )
+        except UrlRefused as exc:
+            raise InvalidParams("reference_images", f"item {index} {exc.reason}") from None
+        except TimeoutError:
+            raise InvalidParams(
+                "reference_images", f"item {index}: its host name did not resolve in time"
+            ) from None
+
+
+async def ensure_routable(runtime: Runtime, model: CatalogModel, caller: Caller) -> None:
+    """At least one route is configured and its circuit closed, else 503 before any hold."""
     if caller.is_test:
         return  # test keys render every model on the local renderer
+    open_routes = await runtime.circuits.open_routes()
+    reopens: list[float] = []
+    now = utcnow()
     for route in model.spec.routes:
-        if route.provider == LOCAL or is_configured(route.provider, runtime.settings):
+        if route.provider != LOCAL and not is_configured(route.provider, runtime.settings):
+            continue
+        until = open_routes.get(route_key(route.provider, route.upstream_model))
+        if until is None:
             return
-    retry_after = runtime.settings.provider_down_retry_after_s
+        reopens.append((until - now).total_seconds())
+    retry_after = (
+        max(1, math.ceil(min(reopens))) if reopens else runtime.settings.provider_down_retry_after_s
+    )
     raise ProviderDown(
         f"No provider route for {model.slug} is available right now.",
         headers={"Retry-After": str(retry_after)},
@@ -95,6 +132,7 @@ async def submit(
     model = resolve_model(runtime, body)
     params = validate_params(model.spec, body)
     metadata = validate_metadata(body.get("metadata"))
+    await check_reference_images(runtime, params)
     idempotency_key = check_idempotency_key(idempotency_key)
     fingerprint = request_fingerprint(body) if idempotency_key else None
 
@@ -105,7 +143,7 @@ async def submit(
 
     if model.slug not in account.allowed_models:
         raise ModelNotAllowed(model=model.slug)
-    ensure_routable(runtime, model, caller)
+    await ensure_routable(runtime, model, caller)
 
     if "seed" in model.spec.params and "seed" not in params:
         params["seed"] = secrets.randbelow(SEED_MAX + 1)  # recorded so the result can be redone
@@ -156,6 +194,7 @@ async def submit(
             if estimate:
                 billing.hold(session, locked, generation.id, estimate)
             await session.flush()
+            await notify_enqueued(session)  # PostgreSQL delivers it only after commit
             balance = locked.balance
     except IntegrityError:
         # Another request with the same Idempotency-Key committed first.
@@ -182,3 +221,44 @@ async def _find_replay(
     if existing.request_hash != fingerprint:
         raise IdempotencyConflict()
     return existing
+
+
+async def cancel(runtime: Runtime, account_id: str, generation_id: str) -> Generation:
+    """Pending or processing → canceled with a full refund, at once. A processing job's
+    worker is told (in-process signal / NOTIFY / its next heartbeat) and stops the render
+    and the upstream job; its own settlement then finds the job no longer leased."""
+    async with runtime.db.transaction() as session:
+        generation = await queue_repository.lock_generation(session, generation_id)
+        if generation is None or generation.account_id != account_id:
+            raise GenerationNotFound()
+        if generation.status not in ACTIVE_STATUSES:
+            raise NotCancelable(
+                f"This generation is already {generation.status}.", status=generation.status
+            )
+        was_processing = generation.status == GenerationStatus.PROCESSING
+        generation.cancel_requested = True
+        await finalize(session, generation, GenerationStatus.CANCELED)
+        if was_processing:
+            await notify_canceled(session, generation.id)
+    if was_processing:
+        runtime.notify_canceled(generation.id)
+    return generation
+
+
+async def wait_until_settled(
+    runtime: Runtime, account_id: str, generation_id: str, seconds: float
+) -> Generation | None:
+    """`Prefer: wait=N`: the generation once it is finished or after N seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    delay = 0.05
+    while True:
+        async with runtime.db.read() as session:
+            generation = await repository.get_for_account(session, account_id, generation_id)
+        if generation is None or generation.status not in ACTIVE_STATUSES:
+            return generation
+        left = deadline - loop.time()
+        if left <= 0:
+            return generation
+        await asyncio.sleep(min(delay, left))
+        delay = min(0.5, delay * 1.5)

@@ -20,7 +20,12 @@ from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
 from sqlalchemy.pool import NullPool
 
 _WRITE_OPTION = "vivix_write"
@@ -76,7 +81,9 @@ class Database:
         await self.engine.dispose()
 
 
-def _install_sqlite_hooks(engine: AsyncEngine, busy_timeout_ms: int) -> None:
+def _install_sqlite_hooks(
+    engine: AsyncEngine, busy_timeout_ms: int, *, always_immediate: bool = False
+) -> None:
     sync_engine = engine.sync_engine
 
     @event.listens_for(sync_engine, "connect")
@@ -92,7 +99,7 @@ def _install_sqlite_hooks(engine: AsyncEngine, busy_timeout_ms: int) -> None:
 
     @event.listens_for(sync_engine, "begin")
     def _on_begin(connection: Any) -> None:
-        if connection.get_execution_options().get(_WRITE_OPTION):
+        if always_immediate or connection.get_execution_options().get(_WRITE_OPTION):
             connection.exec_driver_sql("BEGIN IMMEDIATE")
         else:
             connection.exec_driver_sql("BEGIN")
@@ -106,7 +113,18 @@ def ensure_sqlite_directory(url: str) -> None:
         Path(database).parent.mkdir(parents=True, exist_ok=True)
 
 
-def null_pool_engine(url: str) -> AsyncEngine:
-    """A throwaway engine for one-off admin work (migrations, creating databases)."""
+def null_pool_engine(url: str, *, sqlite_busy_timeout_ms: int = 30_000) -> AsyncEngine:
+    """A throwaway engine for one-off admin work (migrations, creating databases).
+
+    On SQLite every transaction takes the write lock up front (`BEGIN IMMEDIATE`): processes
+    started together on a new file (several `vivix serve`) then migrate one after the other.
+    With pysqlite's deferred BEGIN each read "no schema yet" and all but one failed with
+    "table accounts already exists"."""
     ensure_sqlite_directory(url)
-    return create_async_engine(url, poolclass=NullPool)
+    if not url.startswith("sqlite"):
+        return create_async_engine(url, poolclass=NullPool)
+    engine = create_async_engine(
+        url, poolclass=NullPool, connect_args={"timeout": sqlite_busy_timeout_ms / 1000}
+    )
+    _install_sqlite_hooks(engine, sqlite_busy_timeout_ms, always_immediate=True)
+    return engine

@@ -8,7 +8,10 @@ from dataclasses import dataclass, field
 from vivix.catalog.service import Catalog
 from vivix.kit.db import Database
 from vivix.limits.service import RateLimiter
+from vivix.providers.circuits import CircuitBreakers
+from vivix.providers.guarded_fetch import Resolver
 from vivix.settings import Settings
+from vivix.storage.service import OutputStore
 
 
 @dataclass
@@ -18,12 +21,22 @@ class Runtime:
     catalog: Catalog
     limiter: RateLimiter
     secret: str
-    # Called after a generation's transaction commits, to wake workers.
+    storage: OutputStore
+    circuits: CircuitBreakers
+    # In-process signals, called after the transaction commits (embedded worker); other
+    # processes learn through PostgreSQL NOTIFY (see vivix.worker.wakeup) or polling.
     on_enqueued: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    on_canceled: list[Callable[[str], None]] = field(default_factory=list)
+    # DNS for client-supplied URLs; None = the system resolver.
+    resolver: Resolver | None = None
 
     async def notify_enqueued(self) -> None:
         for callback in self.on_enqueued:
             await callback()
+
+    def notify_canceled(self, generation_id: str) -> None:
+        for callback in self.on_canceled:
+            callback(generation_id)
 
 
 def load_or_create_secret(settings: Settings) -> str:
@@ -56,6 +69,7 @@ async def build_runtime(settings: Settings) -> Runtime:
     return Runtime(
         settings=settings,
         db=db,
+        circuits=CircuitBreakers(db, settings.circuit),
         catalog=Catalog.load(settings.catalog_path),
         limiter=RateLimiter(
             settings.redis_url,
@@ -63,6 +77,11 @@ async def build_runtime(settings: Settings) -> Runtime:
             socket_timeout_s=settings.redis.socket_timeout_s,
         ),
         secret=load_or_create_secret(settings),
+        storage=OutputStore.from_url(
+            settings.resolved_storage_url,
+            public_base_url=settings.resolved_public_url,
+            storage_public_url=settings.storage_public_url,
+        ),
     )
 
 

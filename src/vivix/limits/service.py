@@ -14,9 +14,10 @@ import time
 from dataclasses import dataclass
 
 import structlog
-from limits import RateLimitItemPerMinute
 from limits.aio.storage import MemoryStorage, RedisStorage, Storage
 from limits.aio.strategies import FixedWindowRateLimiter
+
+from limits import RateLimitItemPerMinute
 
 log = structlog.get_logger(__name__)
 

@@ -5,6 +5,7 @@ from vivix.models.api_key import ApiKey
 from vivix.models.base import Base
 from vivix.models.generation import ACTIVE_STATUSES, Generation, GenerationStatus
 from vivix.models.ledger_entry import LedgerEntry, LedgerKind
+from vivix.models.provider_circuit import ProviderCircuit
 
 __all__ = [
     "ACTIVE_STATUSES",
@@ -15,4 +16,5 @@ __all__ = [
     "GenerationStatus",
     "LedgerEntry",
     "LedgerKind",
+    "ProviderCircuit",
 ]

@@ -1,0 +1,1 @@
+"""The built-in local renderer: procedural, deterministic media made offline."""

@@ -1,0 +1,140 @@
+"""The `local` provider: renders on this machine with the procedural renderer.
+
+Renders run in a process pool so the event loop (and the API sharing it) stays
+responsive. There is no upstream job to resume: a retried attempt renders again, which is
+safe because the output is deterministic. Cancellation reaches the render process through
+a flag file the renderer checks between frames.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import multiprocessing
+import os
+import secrets
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from vivix.providers.base import (
+    OutputFile,
+    ProviderRejectedError,
+    RenderCanceled,
+    RenderRequest,
+    RenderResult,
+    UpstreamHandle,
+)
+from vivix.providers.local import render
+
+IMAGE_TYPES = {"png": "image/png", "jpeg": "image/jpeg"}
+AUDIO_TYPES = {"mp3": "audio/mpeg", "wav": "audio/wav"}
+
+
+@dataclass(frozen=True, slots=True)
+class StopFlag:
+    """Picklable `should_stop` for a render in another process."""
+
+    path: str
+
+    def __call__(self) -> bool:
+        return os.path.exists(self.path)
+
+    def raise_(self) -> None:
+        with open(self.path, "w"):
+            pass
+
+    def clear(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+
+
+def render_outputs(category: str, params: dict[str, Any], should_stop: StopFlag) -> list[OutputFile]:
+    """Runs in a pool process: render every requested result."""
+    prompt = str(params["prompt"])
+    seed = int(params.get("seed", 0))
+    negative = params.get("negative_prompt")
+    if category == "image":
+        aspect = str(params.get("aspect_ratio", "1:1"))
+        width, height = render.image_size(aspect, str(params.get("resolution", "1K")))
+        fmt = str(params.get("output_format", "png"))
+        outputs = []
+        for variation in range(int(params.get("number_results", 1))):
+            if should_stop():
+                raise RenderCanceled()
+            data = render.render_image(
+                prompt, width=width, height=height, seed=seed, variation=variation,
+                fmt=fmt, negative_prompt=negative,
+            )
+            outputs.append(OutputFile(data, IMAGE_TYPES[fmt], width=width, height=height))
+        return outputs
+    if category == "video":
+        width, height = render.video_size(
+            str(params.get("aspect_ratio", "16:9")), str(params.get("resolution", "720p"))
+        )
+        duration = int(params.get("duration", 5))
+        data = render.render_video(
+            prompt, width=width, height=height, duration_s=duration, seed=seed,
+            audio=bool(params.get("audio", False)), negative_prompt=negative,
+            should_stop=should_stop,
+        )
+        return [OutputFile(data, "video/mp4", width=width, height=height, duration_s=float(duration))]
+    if category == "audio":
+        duration = int(params.get("duration", 5))
+        fmt = str(params.get("output_format", "mp3"))
+        data = render.render_audio(
+            prompt, duration_s=duration, seed=seed, fmt=fmt, should_stop=should_stop
+        )
+        return [OutputFile(data, AUDIO_TYPES[fmt], duration_s=float(duration))]
+    raise ValueError(f"unknown category {category!r}")
+
+
+class LocalAdapter:
+    name = "local"
+
+    def __init__(self, scratch_dir: Path, processes: int = 0) -> None:
+        self._scratch = scratch_dir
+        self._processes = processes or os.cpu_count() or 1
+        self._pool: ProcessPoolExecutor | None = None
+
+    def _executor(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            self._scratch.mkdir(parents=True, exist_ok=True)
+            # forkserver: children don't inherit the event loop's threads and sockets.
+            self._pool = ProcessPoolExecutor(
+                max_workers=self._processes, mp_context=multiprocessing.get_context("forkserver")
+            )
+        return self._pool
+
+    async def submit(self, request: RenderRequest) -> UpstreamHandle:
+        return {"local": True}
+
+    async def poll(self, handle: UpstreamHandle, request: RenderRequest) -> RenderResult:
+        flag = StopFlag(str(self._scratch / f"stop-{request.generation_id}-{secrets.token_hex(6)}"))
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(
+            self._executor(), render_outputs, request.category, request.params, flag
+        )
+        try:
+            outputs = await asyncio.shield(future)
+        except asyncio.CancelledError:
+            flag.raise_()  # tell the render process to stop, then let it finish
+            with contextlib.suppress(Exception):
+                await future
+            raise
+        except RenderCanceled:
+            raise ProviderRejectedError("render canceled") from None
+        except ValueError as exc:
+            raise ProviderRejectedError(f"local renderer refused the params: {exc}") from None
+        finally:
+            flag.clear()
+        return RenderResult(outputs)
+
+    async def cancel(self, handle: UpstreamHandle) -> None:
+        return None  # the running poll() is canceled by the worker, which stops the render
+
+    async def aclose(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None

@@ -1,0 +1,457 @@
+"""The `replicate` provider: renders on Replicate through its predictions API.
+
+Protocol (Replicate HTTP API reference, header `Authorization: Bearer <token>`):
+- create  `POST /v1/models/{owner}/{name}/predictions` for official models, or
+  `POST /v1/predictions` with `version` for a pinned version; body `{"input": {...}}`.
+  201 with the prediction object. With `Prefer: wait=N` the request is held up to N s
+  (max 60) and the answer may already be terminal.
+- get     `GET /v1/predictions/{id}` (the prediction's `urls.get`).
+- cancel  `POST /v1/predictions/{id}/cancel` (`urls.cancel`).
+- prediction `{id, status, input, output, error, logs, metrics, data_removed, urls}`;
+  status `starting` | `processing` | `succeeded` | `failed` | `canceled` | `aborted`
+  (aborted: a `Cancel-After` deadline hit before it started). Output files are URLs
+  (replicate.delivery, deleted after an hour for API predictions).
+- errors are RFC 7807 problem details `{"title", "detail", "status"}`; 422 for invalid
+  input, 429 with `Retry-After` when throttled.
+
+We don't send `Prefer: wait` by default (`prefer_wait_s=None`): a held connection
+occupies a request slot, and a read timeout on it would be ambiguous. When enabled and the
+answer is already terminal, the prediction rides in the handle's in-memory `result` key
+(stripped before the handle is persisted); the persisted part - id and URLs - is enough to
+resume, because a resumed `poll` simply fetches the prediction again.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import mimetypes
+import re
+from typing import Any
+from urllib.parse import unquote_to_bytes, urlsplit
+
+import httpx
+import structlog
+
+from vivix.providers.base import (
+    OutputFile,
+    Progress,
+    ProviderError,
+    ProviderFatalError,
+    ProviderRejectedError,
+    ProviderRetriableError,
+    RenderRequest,
+    RenderResult,
+    UpstreamHandle,
+)
+from vivix.providers.http import DEFAULT_TIMEOUT, ProviderHttp
+
+log = structlog.get_logger(__name__)
+
+DEFAULT_BASE_URL = "https://api.replicate.com"
+MAX_PREFER_WAIT_S = 60  # Replicate holds a sync request at most this long
+
+# Our canonical param → Replicate input field, the usual names in model schemas. A
+# route's `options.fields` renames or drops any of them; other params are not sent.
+DEFAULT_FIELDS: dict[str, str] = {
+    "prompt": "prompt",
+    "negative_prompt": "negative_prompt",
+    "aspect_ratio": "aspect_ratio",
+    "resolution": "resolution",
+    "duration": "duration",
+    "audio": "generate_audio",
+    "seed": "seed",
+    "number_results": "num_outputs",
+}
+DEFAULT_REFERENCE_FIELD = {"image": "image_input", "video": "image", "audio": "audio"}
+SIZE_MODES = frozenset({"width_height"})
+ASPECT_RATIOS = {"1:1": (1, 1), "4:5": (4, 5), "9:16": (9, 16), "16:9": (16, 9)}
+IMAGE_LONG_SIDE = {"1K": 1024, "2K": 2048, "4K": 4096}
+VIDEO_SHORT_SIDE = {"720p": 720, "1080p": 1080, "2160p": 2160}
+
+TERMINAL = frozenset({"succeeded", "failed", "canceled", "aborted"})
+VERSION_ID = re.compile(r"^[0-9a-f]{64}$")
+# tqdm bars in the logs ("42%|████      | 21/50 [...]"), parsed as replicate-python does.
+PROGRESS_LINE = re.compile(r"^\s*(\d+)%\s*\|.+?\|\s*(\d+)/(\d+)")
+# A failed prediction's `error` is free text (sometimes with an E#### code). These mark a
+# moderation refusal (E005 is Replicate's "flagged as sensitive")...
+CONTENT_MARKERS = (
+    "nsfw",
+    "flagged",
+    "sensitive",
+    "content policy",
+    "content_policy",
+    "safety",
+    "moderation",
+    "(e005)",
+)
+# ...and these a problem with the input; any other failure counts as transient.
+INPUT_MARKERS = (
+    "invalid",
+    "validation",
+    "must be",
+    "not supported",
+    "unsupported",
+    "out of range",
+    "too long",
+    "too large",
+    "too many",
+    "could not download",
+    "cannot identify image",
+)
+GENERIC_CONTENT_TYPES = frozenset({"", "application/octet-stream", "binary/octet-stream"})
+
+
+class ReplicateAdapter:
+    """Replicate predictions adapter. One instance per process, shared by all jobs.
+
+    `poll_backoff_s` is the first backoff between retried HTTP calls (doubling, jittered);
+    a `Retry-After` from Replicate takes precedence. A create is retried only when it
+    provably was not accepted (connect error, 429, 503) - never after a read timeout -
+    so a prediction is never paid for twice; `ProviderHttp` implements that rule.
+    """
+
+    name = "replicate"
+
+    def __init__(
+        self,
+        *,
+        api_key: str,
+        base_url: str | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        poll_backoff_s: float = 0.5,
+        timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
+        retries: int = 3,
+        max_concurrent_requests: int = 8,
+        max_retry_after_s: float = 30.0,
+        prefer_wait_s: int | None = None,
+    ) -> None:
+        self.base_url = (base_url or DEFAULT_BASE_URL).rstrip("/")
+        self.prefer_wait_s = min(prefer_wait_s, MAX_PREFER_WAIT_S) if prefer_wait_s else None
+        client_timeout = timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout)
+        if self.prefer_wait_s:
+            # The held create must not time out on our side first: that read timeout
+            # would leave us unsure whether the prediction exists.
+            read = max(client_timeout.read or 0.0, self.prefer_wait_s + 15.0)
+            client_timeout = httpx.Timeout(
+                client_timeout.connect,
+                read=read,
+                write=client_timeout.write,
+                pool=client_timeout.pool,
+            )
+        self._http = ProviderHttp(
+            self.name,
+            self.base_url,
+            headers={"Authorization": f"Bearer {api_key}"},
+            timeout=client_timeout,
+            max_concurrent_requests=max_concurrent_requests,
+            retries=retries,
+            backoff_s=poll_backoff_s,
+            max_retry_after_s=max_retry_after_s,
+            transport=transport,
+        )
+
+    async def submit(self, request: RenderRequest) -> UpstreamHandle:
+        path, body = prediction_request(request.upstream_model, build_input(request))
+        headers = {"Prefer": f"wait={self.prefer_wait_s}"} if self.prefer_wait_s else None
+        response = await self._http.request(
+            "POST", path, json=body, headers=headers, idempotent=False
+        )
+        if not response.is_success:
+            raise submit_error(response, request.upstream_model)
+        prediction = _json_object(response)
+        prediction_id = prediction.get("id")
+        if not isinstance(prediction_id, str) or not prediction_id:
+            raise ProviderRetriableError("Replicate accepted the prediction but returned no id")
+        raw_urls = prediction.get("urls")
+        urls: dict[str, Any] = raw_urls if isinstance(raw_urls, dict) else {}
+        handle: UpstreamHandle = {
+            "prediction_id": prediction_id,
+            "get_url": self._on_api_host(urls.get("get"), f"/v1/predictions/{prediction_id}"),
+            "cancel_url": self._on_api_host(
+                urls.get("cancel"), f"/v1/predictions/{prediction_id}/cancel"
+            ),
+        }
+        if prediction.get("status") in TERMINAL:
+            handle["result"] = prediction  # in memory only; see the module docstring
+        return handle
+
+    async def poll(self, handle: UpstreamHandle, request: RenderRequest) -> Progress | RenderResult:
+        prediction = handle.get("result")
+        if not isinstance(prediction, dict) or prediction.get("status") not in TERMINAL:
+            response = await self._http.request("GET", self._get_url(handle))
+            if not response.is_success:
+                raise poll_error(response)
+            prediction = _json_object(response)
+        status = prediction.get("status")
+        if status == "succeeded":
+            if prediction.get("data_removed"):
+                raise ProviderRetriableError("Replicate already deleted this prediction's output")
+            return RenderResult(await self._download(output_urls(prediction.get("output"))))
+        if status == "failed":
+            raise failure_error(prediction.get("error"))
+        if status in ("canceled", "aborted"):
+            raise ProviderRejectedError("canceled upstream")
+        return Progress(
+            fraction=progress_from_logs(prediction.get("logs")), status=str(status or "processing")
+        )
+
+    async def cancel(self, handle: UpstreamHandle) -> None:
+        try:
+            url = self._on_api_host(
+                handle.get("cancel_url"), f"/v1/predictions/{handle.get('prediction_id')}/cancel"
+            )
+            response = await self._http.request("POST", url, idempotent=True)
+        except ProviderError as exc:
+            log.warning(
+                "replicate_cancel_failed",
+                prediction_id=handle.get("prediction_id"),
+                error=exc.message,
+            )
+            return
+        # A finished prediction is answered unchanged; unknown ids are 404. Neither matters
+        # for a best-effort cancel.
+        if response.status_code not in (200, 201, 202, 404):
+            log.warning(
+                "replicate_cancel_refused",
+                prediction_id=handle.get("prediction_id"),
+                status=response.status_code,
+            )
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    def _get_url(self, handle: UpstreamHandle) -> str:
+        prediction_id = handle.get("prediction_id")
+        if not isinstance(prediction_id, str) or not prediction_id:
+            raise ProviderRejectedError("Replicate handle lacks prediction_id")
+        return self._on_api_host(handle.get("get_url"), f"/v1/predictions/{prediction_id}")
+
+    def _on_api_host(self, url: Any, fallback_path: str) -> str:
+        """The returned URL's path on the configured API host (credentials go only there)."""
+        if not isinstance(url, str) or not url:
+            return f"{self.base_url}{fallback_path}"
+        parts = urlsplit(url)
+        base = urlsplit(self.base_url)
+        if (parts.scheme, parts.netloc) == (base.scheme, base.netloc):
+            return url
+        path = parts.path
+        if base.path and path.startswith(base.path + "/"):
+            path = path[len(base.path) :]
+        query = f"?{parts.query}" if parts.query else ""
+        return f"{self.base_url}{path}{query}"
+
+    async def _download(self, urls: list[str]) -> list[OutputFile]:
+        outputs = []
+        for url in urls:
+            if url.startswith("data:"):
+                data, content_type = decode_data_uri(url)
+            else:
+                data, content_type = await self._http.download(url)
+            if content_type in GENERIC_CONTENT_TYPES:
+                content_type = _guess_type(url)
+            outputs.append(OutputFile(data, content_type))
+        return outputs
+
+
+def prediction_request(model: str, model_input: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """Path and body of the create call for a route's upstream model id:
+    `owner/name` (official model), `owner/name:version` or a bare 64-hex version id."""
+    model = model.strip().strip("/")
+    if VERSION_ID.match(model):
+        return "/v1/predictions", {"version": model, "input": model_input}
+    name, _, version = model.partition(":")
+    owner, _, model_name = name.partition("/")
+    if not owner or not model_name or "/" in model_name:
+        raise ProviderFatalError(f"Replicate route model {model!r} is not owner/name[:version]")
+    if version:
+        return "/v1/predictions", {"version": version, "input": model_input}
+    return f"/v1/models/{owner}/{model_name}/predictions", {"input": model_input}
+
+
+def build_input(request: RenderRequest) -> dict[str, Any]:
+    """The Replicate `input` for one render, from our params and the route's options.
+
+    Route options (all optional), the same vocabulary as the fal adapter's:
+    - `fields`: our param → input field, overriding `DEFAULT_FIELDS`; `false` or `""`
+      drops it. Params with no field (model-specific ones included) are not sent.
+    - `values`: per param, our value as a key (5 → "5", true → "true") → the upstream
+      value, e.g. `values.resolution = {"1080p" = "1080"}`; values not listed pass unchanged.
+    - `size`: `width_height` sends top-level `width`/`height` instead of aspect ratio and
+      resolution.
+    - `reference_images`: `"list"` (the default for images, field `image_input`) or
+      `"first"` (the default for video, field `image`).
+    - `input`: fixed input fields merged last (they win), e.g. `output_format`.
+    """
+    options = request.options
+    params = request.params
+    fields = {**DEFAULT_FIELDS, **_table(options, "fields")}
+    values = _table(options, "values")
+    body: dict[str, Any] = {}
+    consumed: set[str] = set()
+
+    size_mode = options.get("size")
+    if size_mode is not None:
+        if size_mode not in SIZE_MODES:
+            raise ProviderFatalError(
+                f"Replicate route option size={size_mode!r} is not one of {sorted(SIZE_MODES)}"
+            )
+        consumed |= {"aspect_ratio", "resolution"}
+        aspect = str(
+            params.get("aspect_ratio") or ("16:9" if request.category == "video" else "1:1")
+        )
+        body["width"], body["height"] = pixel_size(
+            request.category, aspect, params.get("resolution")
+        )
+
+    references = _reference_urls(request)
+    if references:
+        consumed.add("reference_images")
+        target = fields.get("reference_images", DEFAULT_REFERENCE_FIELD.get(request.category))
+        mode = options.get("reference_images", "first" if request.category == "video" else "list")
+        if mode not in ("list", "first"):
+            raise ProviderFatalError(
+                f"Replicate route option reference_images={mode!r} is not list|first"
+            )
+        if target:
+            body[target] = references if mode == "list" else references[0]
+
+    for name, value in params.items():
+        target = fields.get(name)
+        if name in consumed or not target or value is None:
+            continue
+        mapped = values.get(name)
+        if isinstance(mapped, dict) and _value_key(value) in mapped:
+            value = mapped[_value_key(value)]
+        body[str(target)] = value
+
+    body.update(_table(options, "input"))
+    return body
+
+
+def pixel_size(category: str, aspect: str, resolution: Any) -> tuple[int, int]:
+    """Pixel dimensions for our aspect ratio and resolution: images by their long side
+    (1K = 1024), video by its short side (720p = 720); multiples of 8."""
+    ratio_w, ratio_h = ASPECT_RATIOS.get(aspect, (1, 1))
+    if category == "video":
+        short = VIDEO_SHORT_SIDE.get(str(resolution), 720)
+        long_side = short * max(ratio_w, ratio_h) / min(ratio_w, ratio_h)
+        sides = (long_side, short) if ratio_w >= ratio_h else (short, long_side)
+    else:
+        long_edge = IMAGE_LONG_SIDE.get(str(resolution), 1024)
+        short_side = long_edge * min(ratio_w, ratio_h) / max(ratio_w, ratio_h)
+        sides = (long_edge, short_side) if ratio_w >= ratio_h else (short_side, long_edge)
+    width, height = (max(8, round(side / 8) * 8) for side in sides)
+    return width, height
+
+
+def output_urls(output: Any) -> list[str]:
+    """Every file URL in a prediction's output, in order: a URL string, a list of them,
+    or objects holding them (file objects with `url`, or named outputs)."""
+    if isinstance(output, str):
+        return [output] if output.startswith(("https://", "http://", "data:")) else []
+    if isinstance(output, list):
+        return [url for item in output for url in output_urls(item)]
+    if isinstance(output, dict):
+        if isinstance(output.get("url"), str):
+            return output_urls(output["url"])
+        return [url for value in output.values() for url in output_urls(value)]
+    return []
+
+
+def progress_from_logs(logs: Any) -> float | None:
+    if not isinstance(logs, str):
+        return None
+    for line in reversed(logs.splitlines()):
+        match = PROGRESS_LINE.match(line)
+        if match:
+            return min(1.0, int(match.group(1)) / 100.0)
+    return None
+
+
+def failure_error(error: Any) -> ProviderError:
+    """A `failed` prediction: moderation → content rejection; an input problem →
+    rejection; anything else (E1000 unknown, E6716 start timeout, crashes) → transient."""
+    text = str(error or "the prediction failed without an error message")
+    lowered = text.lower()
+    if any(marker in lowered for marker in CONTENT_MARKERS):
+        return ProviderRejectedError(f"Replicate: content rejected: {text}", content=True)
+    if any(marker in lowered for marker in INPUT_MARKERS):
+        return ProviderRejectedError(f"Replicate rejected the input: {text}")
+    return ProviderRetriableError(f"Replicate prediction failed: {text}")
+
+
+def submit_error(response: httpx.Response, model: str) -> ProviderError:
+    if response.status_code == 404:
+        return ProviderFatalError(f"Replicate does not know model {model!r} (HTTP 404)")
+    return _error_for(response, "create")
+
+
+def poll_error(response: httpx.Response) -> ProviderError:
+    if response.status_code == 404:
+        return ProviderRetriableError("Replicate no longer knows this prediction (HTTP 404)")
+    return _error_for(response, "get")
+
+
+def _error_for(response: httpx.Response, stage: str) -> ProviderError:
+    status = response.status_code
+    problem = _json_object(response)
+    parts = [str(problem[key]) for key in ("title", "detail") if problem.get(key)]
+    text = ": ".join(parts) or response.text[:300].replace("\n", " ") or "<empty body>"
+    where = f"Replicate {stage} (HTTP {status})"
+    if status in (401, 402, 403):
+        return ProviderFatalError(f"{where}: credentials or account refused: {text}")
+    lowered = text.lower()
+    if any(marker in lowered for marker in CONTENT_MARKERS):
+        return ProviderRejectedError(f"{where}: content rejected: {text}", content=True)
+    if status >= 500:
+        return ProviderRetriableError(f"{where}: {text}")
+    return ProviderRejectedError(f"{where}: {text}")
+
+
+def decode_data_uri(uri: str) -> tuple[bytes, str]:
+    header, _, payload = uri.partition(",")
+    meta = header[len("data:") :].split(";")
+    content_type = (meta[0] or "application/octet-stream").lower()
+    try:
+        data = (
+            base64.b64decode(payload, validate=True)
+            if "base64" in meta[1:]
+            else unquote_to_bytes(payload)
+        )
+    except (binascii.Error, ValueError):
+        raise ProviderRetriableError("Replicate returned an unreadable data URI") from None
+    return data, content_type
+
+
+def _guess_type(url: str) -> str:
+    if url.startswith("data:"):
+        return "application/octet-stream"
+    guessed, _ = mimetypes.guess_type(urlsplit(url).path)
+    return guessed or "application/octet-stream"
+
+
+def _reference_urls(request: RenderRequest) -> list[str]:
+    urls = request.params.get("reference_images") or [ref.url for ref in request.reference_images]
+    return [str(url) for url in urls]
+
+
+def _value_key(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _table(options: dict[str, Any], key: str) -> dict[str, Any]:
+    value = options.get(key, {})
+    if not isinstance(value, dict):
+        raise ProviderFatalError(f"Replicate route option {key!r} must be a table")
+    return value
+
+
+def _json_object(response: httpx.Response) -> dict[str, Any]:
+    try:
+        data = response.json()
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}

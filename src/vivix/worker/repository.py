@@ -1,0 +1,118 @@
+"""Queue queries over the generations table.
+
+A claim moves one due `pending` row to `processing` with a lease (owner + expiry). On
+PostgreSQL the candidate row is selected `FOR UPDATE SKIP LOCKED`, so concurrent workers
+never block on or double-claim a row; on SQLite the claim runs inside the serialized
+write transaction. Every later write by the worker is guarded by `lease_owner = me AND
+status = 'processing'`, so a worker that lost its lease (reaped, canceled) changes nothing.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from vivix.models import Generation, GenerationStatus
+
+PENDING = GenerationStatus.PENDING.value
+PROCESSING = GenerationStatus.PROCESSING.value
+
+
+async def claim_next_generation(
+    session: AsyncSession, owner: str, now: datetime, lease: timedelta
+) -> Generation | None:
+    candidate = (
+        await session.execute(
+            select(Generation)
+            .where(Generation.status == PENDING, Generation.run_after <= now)
+            .order_by(Generation.id)
+            .limit(1)
+            .with_for_update(skip_locked=True)
+        )
+    ).scalar_one_or_none()
+    if candidate is None:
+        return None
+    candidate.status = PROCESSING
+    candidate.lease_owner = owner
+    candidate.lease_expires_at = now + lease
+    candidate.attempts += 1
+    if candidate.started_at is None:
+        candidate.started_at = now
+    await session.flush()
+    return candidate
+
+
+async def extend_lease(
+    session: AsyncSession, generation_id: str, owner: str, expires_at: datetime
+) -> bool:
+    """Renew the lease; False means it is no longer ours (reaped or canceled)."""
+    result = await session.execute(
+        update(Generation)
+        .where(
+            Generation.id == generation_id,
+            Generation.lease_owner == owner,
+            Generation.status == PROCESSING,
+        )
+        .values(lease_expires_at=expires_at)
+    )
+    return (result.rowcount or 0) == 1  # type: ignore[attr-defined]
+
+
+async def update_if_leased(
+    session: AsyncSession, generation_id: str, owner: str, **values: Any
+) -> bool:
+    result = await session.execute(
+        update(Generation)
+        .where(
+            Generation.id == generation_id,
+            Generation.lease_owner == owner,
+            Generation.status == PROCESSING,
+        )
+        .values(**values)
+    )
+    return (result.rowcount or 0) == 1  # type: ignore[attr-defined]
+
+
+async def lock_leased_generation(
+    session: AsyncSession, generation_id: str, owner: str
+) -> Generation | None:
+    return (
+        await session.execute(
+            select(Generation)
+            .where(
+                Generation.id == generation_id,
+                Generation.lease_owner == owner,
+                Generation.status == PROCESSING,
+            )
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        )
+    ).scalar_one_or_none()
+
+
+async def lock_generation(session: AsyncSession, generation_id: str) -> Generation | None:
+    return (
+        await session.execute(
+            select(Generation)
+            .where(Generation.id == generation_id)
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        )
+    ).scalar_one_or_none()
+
+
+async def expired_leases(session: AsyncSession, now: datetime, limit: int = 100) -> list[Generation]:
+    return list(
+        (
+            await session.execute(
+                select(Generation)
+                .where(Generation.status == PROCESSING, Generation.lease_expires_at < now)
+                .order_by(Generation.lease_expires_at)
+                .limit(limit)
+                .with_for_update(skip_locked=True)
+            )
+        ).scalars()
+    )

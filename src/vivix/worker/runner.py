@@ -1,0 +1,243 @@
+"""The worker: claims generations and runs up to `concurrency` of them at once.
+
+Each running job has a heartbeat that renews its lease; a lost lease (reaped, or the
+client canceled) cancels the job, which stops the render and asks the upstream to stop.
+Every worker also reaps expired leases: back to `pending` with exponential backoff via
+`run_after`, or failed and refunded once `max_attempts` is used up.
+
+Shutdown (SIGTERM): stop claiming, give running jobs `shutdown_grace_seconds` to finish,
+then release the rest to `pending` (attempt not counted) so another worker resumes them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import socket
+from datetime import timedelta
+
+import structlog
+
+from vivix.generations.settlement import finalize
+from vivix.kit.clock import utcnow
+from vivix.kit.ids import base62
+from vivix.kit.runtime import Runtime
+from vivix.models import Generation, GenerationStatus
+from vivix.providers.guarded_fetch import GuardedFetcher
+from vivix.providers.registry import ProviderRegistry, build_registry
+from vivix.worker import repository
+from vivix.worker.service import JobExecutor, LeaseLost
+from vivix.worker.wakeup import PostgresListener
+
+log = structlog.get_logger(__name__)
+
+
+class Worker:
+    def __init__(
+        self,
+        runtime: Runtime,
+        *,
+        concurrency: int | None = None,
+        registry: ProviderRegistry | None = None,
+        owner: str | None = None,
+    ) -> None:
+        self.runtime = runtime
+        settings = runtime.settings.worker
+        self.concurrency = concurrency or settings.concurrency
+        self.lease = timedelta(seconds=settings.lease_seconds)
+        self.owner = owner or f"{socket.gethostname()[:30]}:{os.getpid()}:{base62(8)}"
+        self._owns_registry = registry is None
+        self.registry = registry or build_registry(runtime.settings)
+        fetch = runtime.settings.fetch
+        self.fetcher = GuardedFetcher(
+            resolver=runtime.resolver,
+            max_bytes=fetch.max_bytes,
+            timeout_s=fetch.timeout_seconds,
+            allow_private_hosts=frozenset(fetch.allow_private_hosts),
+        )
+        self.executor = JobExecutor(runtime, self.registry, self.owner, self.fetcher)
+        self._wake = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._running: dict[str, asyncio.Task[None]] = {}
+        self._listener: PostgresListener | None = None
+        self._main: asyncio.Task[None] | None = None
+        self._reaper: asyncio.Task[None] | None = None
+        self.claimed = 0
+
+    # -- signals -------------------------------------------------------------------------
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def wake_async(self) -> None:
+        self._wake.set()
+
+    def cancel_job(self, generation_id: str) -> None:
+        task = self._running.get(generation_id)
+        if task is not None:
+            task.cancel()
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if not self.runtime.db.is_sqlite:
+            self._listener = PostgresListener(
+                self.runtime.settings.resolved_database_url, self.wake, self.cancel_job
+            )
+            self._listener.start()
+        self.runtime.on_enqueued.append(self.wake_async)
+        self.runtime.on_canceled.append(self.cancel_job)
+        self._main = asyncio.create_task(self._claim_loop(), name="vivix-worker")
+        self._reaper = asyncio.create_task(self._reap_loop(), name="vivix-reaper")
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        grace = self.runtime.settings.worker.shutdown_grace_seconds if grace_s is None else grace_s
+        self._stopping.set()
+        self._wake.set()
+        for task in (self._main, self._reaper):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        if self._running:
+            log.info("worker_draining", running=len(self._running), grace_s=grace)
+            await asyncio.wait(list(self._running.values()), timeout=grace)
+        leftovers = dict(self._running)
+        for task in leftovers.values():
+            task.cancel()
+        if leftovers:
+            await asyncio.gather(*leftovers.values(), return_exceptions=True)
+            await self._release(list(leftovers))
+        if self._listener is not None:
+            await self._listener.stop()
+        if self.wake_async in self.runtime.on_enqueued:
+            self.runtime.on_enqueued.remove(self.wake_async)
+        if self.cancel_job in self.runtime.on_canceled:
+            self.runtime.on_canceled.remove(self.cancel_job)
+        await self.fetcher.aclose()
+        if self._owns_registry:
+            await self.registry.aclose()
+
+    async def run_until_stopped(self) -> None:
+        await self.start()
+        await self._stopping.wait()
+
+    def request_stop(self) -> None:
+        self._stopping.set()
+
+    # -- loops ---------------------------------------------------------------------------
+
+    async def _claim_loop(self) -> None:
+        poll = self.runtime.settings.worker.poll_interval_seconds
+        while not self._stopping.is_set():
+            self._wake.clear()
+            while len(self._running) < self.concurrency and not self._stopping.is_set():
+                try:
+                    generation = await self._claim()
+                except Exception as exc:
+                    log.warning("claim_failed", error=repr(exc))
+                    generation = None
+                if generation is None:
+                    break
+                self._spawn(generation)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=poll)
+
+    async def _claim(self) -> Generation | None:
+        async with self.runtime.db.transaction() as session:
+            generation = await repository.claim_next_generation(session, self.owner, utcnow(), self.lease)
+        if generation is not None:
+            self.claimed += 1
+        return generation
+
+    def _spawn(self, generation: Generation) -> None:
+        task = asyncio.create_task(self._run_job(generation), name=f"job-{generation.id}")
+        self._running[generation.id] = task
+
+    async def _run_job(self, generation: Generation) -> None:
+        heartbeat = asyncio.create_task(self._heartbeat(generation.id, asyncio.current_task()))
+        try:
+            await self.executor.run(generation)
+        except LeaseLost:
+            log.info("lease_lost", generation_id=generation.id)
+        except asyncio.CancelledError:
+            # Canceled by the client, a lost lease or shutdown: ask the upstream to stop.
+            await self.executor._cancel_upstream(generation)
+            if not self._stopping.is_set():
+                return
+            raise
+        except Exception:
+            # Unexpected: leave the lease to expire; the reaper retries or fails + refunds.
+            log.exception("job_crashed", generation_id=generation.id)
+        finally:
+            heartbeat.cancel()
+            self._running.pop(generation.id, None)
+            self._wake.set()  # a slot is free
+
+    async def _heartbeat(self, generation_id: str, job: asyncio.Task[None] | None) -> None:
+        every = self.runtime.settings.worker.heartbeat_seconds
+        while True:
+            await asyncio.sleep(every)
+            try:
+                async with self.runtime.db.transaction() as session:
+                    ours = await repository.extend_lease(
+                        session, generation_id, self.owner, utcnow() + self.lease
+                    )
+            except Exception as exc:
+                log.warning("heartbeat_failed", generation_id=generation_id, error=repr(exc))
+                continue
+            if not ours and job is not None:
+                job.cancel()
+                return
+
+    async def _reap_loop(self) -> None:
+        every = max(1.0, self.runtime.settings.worker.lease_seconds / 3)
+        while True:
+            try:
+                await reap_expired_leases(self.runtime)
+            except Exception as exc:
+                log.warning("reap_failed", error=repr(exc))
+            await asyncio.sleep(every * (0.75 + random.random() / 2))
+
+    async def _release(self, generation_ids: list[str]) -> None:
+        """Hand unfinished jobs back to the queue without spending an attempt."""
+        async with self.runtime.db.transaction() as session:
+            for generation_id in generation_ids:
+                locked = await repository.lock_leased_generation(session, generation_id, self.owner)
+                if locked is None:
+                    continue
+                locked.status = GenerationStatus.PENDING.value
+                locked.lease_owner = None
+                locked.lease_expires_at = None
+                locked.attempts = max(0, locked.attempts - 1)
+                locked.run_after = utcnow()
+        log.info("worker_released_jobs", count=len(generation_ids))
+
+
+async def reap_expired_leases(runtime: Runtime) -> int:
+    """Return expired leases to the queue (with backoff) or fail + refund them."""
+    settings = runtime.settings.worker
+    now = utcnow()
+    reaped = 0
+    async with runtime.db.transaction() as session:
+        for generation in await repository.expired_leases(session, now):
+            reaped += 1
+            if generation.cancel_requested:
+                await finalize(session, generation, GenerationStatus.CANCELED)
+            elif generation.attempts >= settings.max_attempts:
+                await finalize(
+                    session, generation, GenerationStatus.FAILED,
+                    error_code="INTERNAL_ERROR",
+                    error_message=f"Rendering was interrupted {generation.attempts} times; the charge was refunded.",
+                )
+            else:
+                delay = settings.retry_backoff_seconds * 2 ** max(0, generation.attempts - 1)
+                generation.status = GenerationStatus.PENDING.value
+                generation.lease_owner = None
+                generation.lease_expires_at = None
+                generation.run_after = now + timedelta(seconds=delay)
+    if reaped:
+        log.info("reaped_expired_leases", count=reaped)
+    return reaped

@@ -1,0 +1,268 @@
+"""Running one claimed generation to its end.
+
+Routes are tried in catalog order (test keys: the local renderer only). On a route:
+submit → persist the upstream handle (guarded by our lease) → poll until a result →
+copy outputs into our storage → settle. A retried attempt after a crash finds the stored
+handle and resumes polling instead of submitting again. Retriable errors retry the same
+route with backoff, then move to the next mirror; rejected input fails the generation;
+fatal (misconfigured) routes are skipped. The model's deadline ends it with TIMEOUT.
+Every failure releases the hold.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import structlog
+
+from vivix.catalog.schemas import RouteSpec
+from vivix.generations.settlement import delivered_charge, finalize
+from vivix.kit.clock import utcnow
+from vivix.kit.runtime import Runtime
+from vivix.models import Generation, GenerationStatus
+from vivix.providers.base import (
+    ProviderAdapter,
+    ProviderFatalError,
+    ProviderRejectedError,
+    ProviderRetriableError,
+    ReferenceImage,
+    RenderRequest,
+    RenderResult,
+    UpstreamHandle,
+)
+from vivix.providers.circuits import route_key
+from vivix.providers.guarded_fetch import FetchFailed, GuardedFetcher, UrlRefused
+from vivix.providers.media import probe
+from vivix.providers.registry import LOCAL, ProviderRegistry
+from vivix.storage.service import extension_for
+from vivix.worker import repository
+
+log = structlog.get_logger(__name__)
+
+ROUTE_RETRIES = 3
+POLL_INTERVAL_S = (0.5, 5.0)  # first and longest wait between upstream status checks
+
+
+class LeaseLost(Exception):
+    """The generation is no longer ours (reaped, canceled or settled elsewhere)."""
+
+
+@dataclass
+class Failure:
+    code: str
+    message: str
+
+
+class JobExecutor:
+    def __init__(
+        self, runtime: Runtime, registry: ProviderRegistry, owner: str, fetcher: GuardedFetcher
+    ) -> None:
+        self.runtime = runtime
+        self.registry = registry
+        self.owner = owner
+        self.fetcher = fetcher
+
+    def routes_for(self, generation: Generation) -> list[RouteSpec]:
+        model = self.runtime.catalog.get(generation.model)
+        if model is None:
+            return []
+        if generation.is_test:
+            return [RouteSpec(provider=LOCAL, upstream_model=model.spec.category)]
+        return model.spec.routes
+
+    async def run(self, generation: Generation) -> None:
+        model = self.runtime.catalog.get(generation.model)
+        if model is None:
+            await self.fail(generation, Failure("PROVIDER_ERROR", "This model is no longer in the catalog."))
+            return
+        started = generation.started_at or utcnow()
+        remaining = (started + timedelta(seconds=model.spec.deadline_seconds) - utcnow()).total_seconds()
+        request = RenderRequest(
+            generation_id=generation.id,
+            model=generation.model,
+            category=model.spec.category,
+            upstream_model="",
+            params=dict(generation.params),
+        )
+        outcome: RenderResult | Failure
+        try:
+            async with asyncio.timeout(max(remaining, 0.001)):
+                refused = await self._fetch_reference_images(request)
+                outcome = refused or await self._run_routes(generation, request)
+        except TimeoutError:
+            await self._cancel_upstream(generation)
+            outcome = Failure(
+                "TIMEOUT", f"The generation did not finish within {model.spec.deadline_seconds} s."
+            )
+        if isinstance(outcome, Failure):
+            await self.fail(generation, outcome)
+        else:
+            await self.complete(generation, outcome)
+
+    async def _fetch_reference_images(self, request: RenderRequest) -> Failure | None:
+        """Every reference image through the SSRF guard (redirects re-checked), so adapters
+        get verified bytes; a refusal fails the generation before any provider is paid."""
+        images = []
+        for index, url in enumerate(request.params.get("reference_images") or []):
+            try:
+                fetched = await self.fetcher.fetch(url)
+            except (UrlRefused, FetchFailed) as exc:
+                return Failure(
+                    "INVALID_REFERENCE_IMAGE",
+                    f"Reference image {index} ({url[:200]}) could not be used: {exc.reason}",
+                )
+            images.append(ReferenceImage(url, fetched.data, fetched.content_type))
+        request.reference_images = images
+        return None
+
+    async def _run_routes(self, generation: Generation, request: RenderRequest) -> RenderResult | Failure:
+        routes = self.routes_for(generation)
+        start = generation.route_index or 0
+        last_error = "no provider route is available"
+        open_routes = await self.runtime.circuits.open_routes()
+        for index in range(start, len(routes)):
+            route = routes[index]
+            adapter = self.registry.get(route.provider)
+            circuit = route_key(route.provider, route.upstream_model)
+            resuming = generation.route_index == index and generation.upstream_handle is not None
+            if adapter is None or (circuit in open_routes and not resuming):
+                continue
+            request.upstream_model = route.upstream_model
+            request.options = route.options
+            resume = generation.upstream_handle if generation.route_index == index else None
+            for attempt in range(ROUTE_RETRIES):
+                try:
+                    handle = resume if resume is not None else await self._submit(generation, index, route, adapter, request)
+                    result = await self._poll(generation, adapter, handle, request)
+                except ProviderRetriableError as exc:
+                    last_error = exc.message
+                    handle_now = generation.upstream_handle if generation.route_index == index else None
+                    # Keep polling the same upstream job unless it is gone: never pay twice.
+                    resume = None if exc.resubmit else handle_now
+                    if attempt + 1 < ROUTE_RETRIES:
+                        await asyncio.sleep(_backoff(attempt, exc.retry_after_s))
+                        continue
+                    await self._route_failed(circuit, route, exc.message)
+                except ProviderRejectedError as exc:
+                    code = "CONTENT_REJECTED" if exc.content else "PROVIDER_ERROR"
+                    return Failure(code, exc.message)
+                except ProviderFatalError as exc:
+                    last_error = exc.message
+                    await self._route_failed(circuit, route, exc.message)
+                    break
+                else:
+                    await self.runtime.circuits.record_success(circuit)
+                    return result
+        return Failure("PROVIDER_ERROR", f"Every provider route failed: {last_error}")
+
+    async def _route_failed(self, circuit: str, route: RouteSpec, error: str) -> None:
+        opened = await self.runtime.circuits.record_failure(circuit, error)
+        log.warning("provider_route_failed", route=circuit, error=error, circuit_opened=opened)
+
+    async def _submit(
+        self, generation: Generation, index: int, route: RouteSpec,
+        adapter: ProviderAdapter, request: RenderRequest,
+    ) -> UpstreamHandle:
+        handle = await adapter.submit(request)
+        persisted = {k: v for k, v in handle.items() if k != "result"}
+        # Stored before we wait on it: a crash from here on resumes this upstream job.
+        async with self.runtime.db.transaction() as session:
+            ok = await repository.update_if_leased(
+                session, generation.id, self.owner,
+                route_index=index, provider=route.provider, upstream_handle=persisted,
+            )
+        if not ok:
+            await adapter.cancel(handle)
+            raise LeaseLost()
+        generation.route_index = index
+        generation.upstream_handle = persisted
+        return handle
+
+    async def _poll(
+        self, generation: Generation, adapter: ProviderAdapter, handle: UpstreamHandle,
+        request: RenderRequest,
+    ) -> RenderResult:
+        wait = POLL_INTERVAL_S[0]
+        last_progress: float | None = None
+        while True:
+            outcome = await adapter.poll(handle, request)
+            if isinstance(outcome, RenderResult):
+                return outcome
+            if outcome.fraction is not None and outcome.fraction != last_progress:
+                last_progress = outcome.fraction
+                async with self.runtime.db.transaction() as session:
+                    await repository.update_if_leased(
+                        session, generation.id, self.owner, progress=min(1.0, max(0.0, outcome.fraction))
+                    )
+            await asyncio.sleep(wait)
+            wait = min(POLL_INTERVAL_S[1], wait * 1.5)
+
+    async def _cancel_upstream(self, generation: Generation) -> None:
+        routes = self.routes_for(generation)
+        if generation.upstream_handle is None or generation.route_index is None:
+            return
+        if generation.route_index >= len(routes):
+            return
+        adapter = self.registry.get(routes[generation.route_index].provider)
+        if adapter is not None:
+            try:
+                await adapter.cancel(generation.upstream_handle)
+            except Exception as exc:
+                log.warning("upstream_cancel_failed", generation_id=generation.id, error=repr(exc))
+
+    async def complete(self, generation: Generation, result: RenderResult) -> None:
+        storage = self.runtime.storage
+        stored: list[dict[str, Any]] = []
+        keys: list[str] = []
+        for index, delivered in enumerate(result.outputs):
+            output = await asyncio.to_thread(probe, delivered)
+            key = storage.new_key(generation.id, index, extension_for(output.content_type))
+            url = await storage.put(key, output.data, output.content_type)
+            keys.append(key)
+            stored.append(
+                {
+                    "url": url,
+                    "content_type": output.content_type,
+                    "bytes": len(output.data),
+                    "width": output.width,
+                    "height": output.height,
+                    "duration_s": output.duration_s,
+                }
+            )
+        requested = int(generation.params.get("number_results", 1))
+        charge = 0 if generation.is_test else delivered_charge(generation, requested, len(stored))
+        async with self.runtime.db.transaction() as session:
+            locked = await repository.lock_leased_generation(session, generation.id, self.owner)
+            if locked is not None:
+                if stored:
+                    await finalize(session, locked, GenerationStatus.COMPLETED, charge=charge, outputs=stored)
+                else:
+                    await finalize(
+                        session, locked, GenerationStatus.FAILED,
+                        error_code="PROVIDER_ERROR", error_message="The provider delivered no output.",
+                    )
+        if locked is None:
+            for key in keys:  # lost the race (canceled/reaped): don't leave orphans behind
+                await storage.delete(key)
+            raise LeaseLost()
+
+    async def fail(self, generation: Generation, failure: Failure) -> None:
+        async with self.runtime.db.transaction() as session:
+            locked = await repository.lock_leased_generation(session, generation.id, self.owner)
+            if locked is None:
+                raise LeaseLost()
+            await finalize(
+                session, locked, GenerationStatus.FAILED,
+                error_code=failure.code, error_message=failure.message,
+            )
+        log.info("generation_failed", generation_id=generation.id, code=failure.code, reason=failure.message)
+
+
+def _backoff(attempt: int, retry_after_s: float | None) -> float:
+    if retry_after_s is not None:
+        return min(max(retry_after_s, 0.0), 60.0)
+    return min(30.0, 0.5 * 2.0**attempt) * (0.5 + random.random() / 2)

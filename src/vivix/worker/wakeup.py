@@ -1,0 +1,88 @@
+"""Waking idle workers when work appears, and running jobs when they are canceled.
+
+In-process: `Signals` are plain asyncio primitives the API calls after its transaction
+commits (embedded worker). Across processes on PostgreSQL: `NOTIFY` issued inside the
+submitting/canceling transaction (delivered by PostgreSQL only once it commits) and a
+`LISTEN` connection per worker. SQLite across processes has no notification channel:
+workers fall back to polling (`worker.poll_interval_seconds`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+
+import structlog
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncSession
+
+log = structlog.get_logger(__name__)
+
+JOBS_CHANNEL = "vivix_jobs"
+CANCEL_CHANNEL = "vivix_cancel"
+
+
+async def notify_enqueued(session: AsyncSession) -> None:
+    """Inside the enqueuing transaction; a no-op on SQLite."""
+    if session.get_bind().dialect.name == "postgresql":
+        await session.execute(text(f"NOTIFY {JOBS_CHANNEL}"))
+
+
+async def notify_canceled(session: AsyncSession, generation_id: str) -> None:
+    if session.get_bind().dialect.name == "postgresql":
+        await session.execute(
+            text("SELECT pg_notify(:channel, :payload)"),
+            {"channel": CANCEL_CHANNEL, "payload": generation_id},
+        )
+
+
+class PostgresListener:
+    """A dedicated asyncpg connection LISTENing on both channels; reconnects on loss."""
+
+    def __init__(
+        self, database_url: str, on_job: Callable[[], None], on_cancel: Callable[[str], None]
+    ) -> None:
+        url = make_url(database_url).set(drivername="postgresql")
+        self._dsn = url.render_as_string(hide_password=False)
+        self._on_job = on_job
+        self._on_cancel = on_cancel
+        self._task: asyncio.Task[None] | None = None
+        self.connected = asyncio.Event()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="vivix-pg-listener")
+
+    async def _run(self) -> None:
+        import asyncpg
+
+        while True:
+            connection = None
+            try:
+                connection = await asyncpg.connect(self._dsn)
+                await connection.add_listener(JOBS_CHANNEL, lambda *_: self._on_job())
+                await connection.add_listener(
+                    CANCEL_CHANNEL, lambda _c, _p, _ch, payload: self._on_cancel(str(payload))
+                )
+                self.connected.set()
+                self._on_job()  # catch up on anything enqueued while we weren't listening
+                lost = asyncio.Event()
+                connection.add_termination_listener(lambda *_, event=lost: event.set())
+                await lost.wait()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("pg_listener_disconnected", error=repr(exc))
+            finally:
+                self.connected.clear()
+                if connection is not None and not connection.is_closed():
+                    await connection.close()
+            await asyncio.sleep(1.0)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None

@@ -1,0 +1,28 @@
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import httpx
+
+TERMINAL = {"completed", "failed", "canceled"}
+
+
+async def wait_for_status(
+    client: httpx.AsyncClient,
+    generation_id: str,
+    headers: dict[str, str],
+    statuses: set[str] = TERMINAL,
+    timeout: float = 60.0,
+) -> dict[str, Any]:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        response = await client.get(f"/api/v1/generations/{generation_id}", headers=headers)
+        assert response.status_code == 200, response.text
+        body: dict[str, Any] = response.json()
+        if body["status"] in statuses:
+            return body
+        if loop.time() > deadline:
+            raise AssertionError(f"still {body['status']} after {timeout}s: {body}")
+        await asyncio.sleep(0.1)
