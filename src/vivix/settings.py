@@ -68,6 +68,9 @@ class WorkerSettings(BaseModel):
     retry_backoff_seconds: Annotated[float, Field(ge=0)] = 5.0
     shutdown_grace_seconds: Annotated[float, Field(ge=0)] = 20.0
     render_processes: Annotated[int, Field(ge=0)] = 0  # 0: one per CPU core
+    # A route that fails retriably is tried this many times before the next mirror.
+    route_attempts: Annotated[int, Field(ge=1)] = 3
+    route_retry_backoff_seconds: Annotated[float, Field(ge=0)] = 0.5
 
 
 class ProviderSettings(BaseModel):

@@ -160,6 +160,8 @@ def _check_string_list(name: str, value: Any, spec: ParamSpec) -> list[str]:
     for index, item in enumerate(value):
         if not isinstance(item, str):
             raise InvalidParams(name, f"item {index} must be a string")
+        if "\x00" in item:
+            raise InvalidParams(name, f"item {index} must not contain NUL characters")
         if spec.format == "http_url":
             reason = http_url_problem(item)
             if reason:
@@ -184,8 +186,8 @@ def http_url_problem(url: str) -> str | None:
         return "must be an http:// or https:// URL"
     if not parts.hostname:
         return "must name a host"
-    if any(c.isspace() for c in url):
-        return "must not contain whitespace"
+    if any(c.isspace() or not c.isprintable() for c in url):
+        return "must not contain whitespace or control characters"
     if parts.username is not None or parts.password is not None:
         return "must not carry credentials"
     return None
@@ -203,6 +205,9 @@ def validate_metadata(value: Any) -> dict[str, str]:
             raise InvalidParams("metadata", f"keys must be 1 to {METADATA_KEY_MAX} characters")
         if not isinstance(item, str):
             raise InvalidParams("metadata", f"value of `{key}` must be a string")
+        # Stored as JSON text/JSONB: PostgreSQL can't hold NUL (and it is never meaningful).
+        if "\x00" in key or "\x00" in item:
+            raise InvalidParams("metadata", "keys and values must not contain NUL characters")
         if len(item) > METADATA_VALUE_MAX:
             raise InvalidParams("metadata", f"value of `{key}` is longer than {METADATA_VALUE_MAX} characters")
     return dict(value)

@@ -100,15 +100,55 @@ def estimate(model: ModelSpec, params: dict[str, Any], override: PriceOverride |
     return unit_price(model, params, override) * result_count(model, params)
 
 
+IMAGE_TIERS = (("4K", 4096), ("2K", 2048), ("1K", 1024))
+VIDEO_TIERS = (("2160p", 2160), ("1080p", 1080), ("720p", 720))
+SIZE_SLACK = 0.95  # providers round sizes (e.g. to multiples of 64)
+
+
+def delivered_params(
+    params: dict[str, Any], sizes: list[tuple[int | None, int | None, float | None]]
+) -> dict[str, Any]:
+    """The params the provider actually delivered, read off the outputs' (width, height,
+    duration): a 4K request answered at 2K is a 2K delivery; a 10 s request answered
+    with 6 s of video is a 6 s delivery. Unknown facts keep the requested value."""
+    delivered = dict(params)
+    known = [(w, h) for w, h, _ in sizes if w and h]
+    resolution = params.get("resolution")
+    if known and isinstance(resolution, str):
+        tiers = IMAGE_TIERS if resolution.endswith("K") else VIDEO_TIERS
+        names = [name for name, _ in tiers]
+        # Images are tiered by their long side, video by its short side.
+        side = max if tiers is IMAGE_TIERS else min
+        smallest = min(side(w, h) for w, h in known)
+        reached = next(
+            (i for i, (_, pixels) in enumerate(tiers) if smallest >= pixels * SIZE_SLACK),
+            len(tiers) - 1,
+        )
+        requested = names.index(resolution) if resolution in names else len(tiers) - 1
+        delivered["resolution"] = names[max(reached, requested)]  # never above the request
+    durations = [d for _, _, d in sizes if d]
+    duration = params.get("duration")
+    if durations and isinstance(duration, int):
+        delivered["duration"] = max(1, min(duration, round(min(durations))))
+    return delivered
+
+
 def final_charge(
     model: ModelSpec,
     params: dict[str, Any],
     override: PriceOverride | None,
-    delivered_results: int,
+    sizes: list[tuple[int | None, int | None, float | None]],
     cap: int,
 ) -> int:
-    """Price of what was actually delivered, capped at the estimate held."""
-    return min(cap, unit_price(model, params, override) * max(0, delivered_results))
+    """Price of what was actually delivered (count, resolution, duration), with the
+    account's overrides, never more than the estimate held."""
+    if not sizes:
+        return 0
+    try:
+        unit = unit_price(model, delivered_params(params, sizes), override)
+    except NoPrice:
+        unit = cap // max(1, result_count(model, params))
+    return min(cap, unit * len(sizes))
 
 
 def _priced_param_space(model: ModelSpec, rows: list[PricingRow]) -> list[dict[str, ParamValue]]:

@@ -19,15 +19,6 @@ from vivix.kit.clock import utcnow
 from vivix.models import Generation, GenerationStatus
 
 
-def delivered_charge(generation: Generation, requested_results: int, delivered_results: int) -> int:
-    """Per-result price implied by the estimate × results actually delivered, capped at the
-    estimate: same overrides as at submit, even if the operator changed them since."""
-    if generation.credits_estimate == 0 or requested_results <= 0:
-        return 0
-    unit = generation.credits_estimate // requested_results
-    return min(generation.credits_estimate, unit * max(0, delivered_results))
-
-
 async def finalize(
     session: AsyncSession,
     generation: Generation,

@@ -15,6 +15,7 @@ from vivix.kit.errors import InvalidJson, PayloadTooLarge, UnsupportedMediaType
 from vivix.kit.ids import request_id as new_request_id
 
 _SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}$")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 @dataclass(slots=True)
@@ -106,8 +107,27 @@ async def read_json_object(request: Request, max_bytes: int) -> tuple[dict[str, 
     raw = b"".join(chunks)
     try:
         data = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+    except (ValueError, RecursionError):
+        # ValueError covers bad UTF-8, bad JSON and integer literals over Python's digit limit.
         raise InvalidJson() from None
-    if not isinstance(data, dict):
+    if not isinstance(data, dict) or _has_lone_surrogate(data):
         raise InvalidJson()
     return data, raw
+
+
+def _has_lone_surrogate(value: Any) -> bool:
+    """JSON may escape half a surrogate pair (`"\\ud800"`): not a Unicode character, so it
+    can be neither stored nor encoded back to UTF-8 in a response. Iterative: no recursion
+    limit to hit on deeply nested bodies."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if _SURROGATE.search(item):
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False

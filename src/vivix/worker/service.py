@@ -20,7 +20,9 @@ from typing import Any
 import structlog
 
 from vivix.catalog.schemas import RouteSpec
-from vivix.generations.settlement import delivered_charge, finalize
+from vivix.accounts.repository import find_account
+from vivix.catalog import pricing
+from vivix.generations.settlement import finalize
 from vivix.kit.clock import utcnow
 from vivix.kit.runtime import Runtime
 from vivix.models import Generation, GenerationStatus
@@ -43,7 +45,6 @@ from vivix.worker import repository
 
 log = structlog.get_logger(__name__)
 
-ROUTE_RETRIES = 3
 POLL_INTERVAL_S = (0.5, 5.0)  # first and longest wait between upstream status checks
 
 
@@ -134,7 +135,8 @@ class JobExecutor:
             request.upstream_model = route.upstream_model
             request.options = route.options
             resume = generation.upstream_handle if generation.route_index == index else None
-            for attempt in range(ROUTE_RETRIES):
+            attempts = self.runtime.settings.worker.route_attempts
+            for attempt in range(attempts):
                 try:
                     handle = resume if resume is not None else await self._submit(generation, index, route, adapter, request)
                     result = await self._poll(generation, adapter, handle, request)
@@ -143,8 +145,9 @@ class JobExecutor:
                     handle_now = generation.upstream_handle if generation.route_index == index else None
                     # Keep polling the same upstream job unless it is gone: never pay twice.
                     resume = None if exc.resubmit else handle_now
-                    if attempt + 1 < ROUTE_RETRIES:
-                        await asyncio.sleep(_backoff(attempt, exc.retry_after_s))
+                    if attempt + 1 < attempts:
+                        backoff = self.runtime.settings.worker.route_retry_backoff_seconds
+                        await asyncio.sleep(_backoff(attempt, exc.retry_after_s, backoff))
                         continue
                     await self._route_failed(circuit, route, exc.message)
                 except ProviderRejectedError as exc:
@@ -233,8 +236,7 @@ class JobExecutor:
                     "duration_s": output.duration_s,
                 }
             )
-        requested = int(generation.params.get("number_results", 1))
-        charge = 0 if generation.is_test else delivered_charge(generation, requested, len(stored))
+        charge = 0 if generation.is_test else await self._charge_for(generation, stored)
         async with self.runtime.db.transaction() as session:
             locked = await repository.lock_leased_generation(session, generation.id, self.owner)
             if locked is not None:
@@ -250,6 +252,20 @@ class JobExecutor:
                 await storage.delete(key)
             raise LeaseLost()
 
+    async def _charge_for(self, generation: Generation, stored: list[dict[str, Any]]) -> int:
+        model = self.runtime.catalog.get(generation.model)
+        if model is None or not stored:
+            return 0
+        async with self.runtime.db.read() as session:
+            account = await find_account(session, generation.account_id)
+        override = pricing.parse_override(
+            account.price_overrides.get(generation.model) if account else None
+        )
+        sizes = [(o["width"], o["height"], o["duration_s"]) for o in stored]
+        return pricing.final_charge(
+            model.spec, generation.params, override, sizes, generation.credits_estimate
+        )
+
     async def fail(self, generation: Generation, failure: Failure) -> None:
         async with self.runtime.db.transaction() as session:
             locked = await repository.lock_leased_generation(session, generation.id, self.owner)
@@ -262,7 +278,7 @@ class JobExecutor:
         log.info("generation_failed", generation_id=generation.id, code=failure.code, reason=failure.message)
 
 
-def _backoff(attempt: int, retry_after_s: float | None) -> float:
+def _backoff(attempt: int, retry_after_s: float | None, base_s: float) -> float:
     if retry_after_s is not None:
         return min(max(retry_after_s, 0.0), 60.0)
-    return min(30.0, 0.5 * 2.0**attempt) * (0.5 + random.random() / 2)
+    return min(30.0, base_s * 2.0**attempt) * (0.5 + random.random() / 2)

@@ -29,7 +29,6 @@ from vivix.providers.local.scene import (
     SunLayer,
     SunPath,
     TextureLayer,
-    VignetteLayer,
     WaterLayer,
     fbm_texture,
     forest_profile,
@@ -151,7 +150,8 @@ def compose_scene(
     # Rain and storms hide the sun behind clouds.
     overcast = "storm" in mods or "rain" in motifs
     glow = GLOW[theme.light] * (0.35 if overcast else 1.0)
-    sky = SkyLayer(palette, horizon, height, sun, glow)
+    fill_bottom = min(float(height), math.ceil(horizon) + 4.0) if ground else float(height)
+    sky = SkyLayer(palette, horizon, height, sun, glow, fill_bottom=fill_bottom)
     layers: list[Layer] = [sky]
 
     sky_bottom = horizon
@@ -218,7 +218,9 @@ def compose_scene(
     for i, (kind, k) in enumerate(shapes):
         nearness = (i + 1) / len(shapes)
         spread = (i / (len(shapes) - 1)) ** 1.3 if len(shapes) > 1 else 0.0
-        base = horizon + 1.0 if floor else horizon + (height - horizon) * 0.75 * spread
+        # Trees and towers may stand far apart in depth; ranges of peaks overlap more.
+        depth_range = 0.75 if "forest" in land or "city" in land else 0.4
+        base = horizon + 1.0 if floor else horizon + (height - horizon) * depth_range * spread
         bottom = horizon + 2.0 if floor else float(height)
         colour = mix(palette.land_far, palette.land_near, nearness**0.9)
         haze = mix(colour, palette.sky[2], 0.12 + 0.3 * (1.0 - nearness))
@@ -275,6 +277,9 @@ def compose_scene(
             window=mix(palette.window, colour, 0.5 * (1.0 - nearness)) if skyline else None,
             accents=palette.accents if skyline is not None else (),
             unit=height * (0.7 + 0.3 * k),
+            caps=mix(palette.sky[2], (1.0, 1.0, 1.0), 0.6)
+            if kind == "mountains" and "snow" in mods
+            else None,
         )
         layers.append(layer)
         silhouettes.append(layer)
@@ -336,11 +341,12 @@ def compose_scene(
         layers.append(BubblesLayer(bubbles, height, additive=palette.is_dark))
     if misty and mist_texture is not None:
         top = horizon - 0.22 * height if ground else height * 0.3
+        bottom = horizon + 0.3 * height if land and not floor else height * 1.1
         layers.append(
             TextureLayer(
                 mist_texture,
                 top=top,
-                bottom=float(height) + 0.1 * height,
+                bottom=bottom,
                 centre=(horizon if ground else height * 0.8),
                 threshold=(0.15, 1.0),
                 opacity=0.35 if land and not floor else 0.6,
@@ -372,5 +378,4 @@ def compose_scene(
                 colour=mix(palette.sky[2], (1.0, 1.0, 1.0), 0.5),
             )
         )
-    layers.append(VignetteLayer(width, height, 0.22 if palette.is_dark else 0.12))
-    return Scene(width=width, height=height, layers=tuple(layers))
+    return Scene(width, height, layers, vignette=0.22 if palette.is_dark else 0.12)

@@ -213,7 +213,14 @@ class SunPath:
 
 class SkyLayer:
     def __init__(
-        self, palette: Palette, horizon: float, height: int, sun: SunPath, glow: float
+        self,
+        palette: Palette,
+        horizon: float,
+        height: int,
+        sun: SunPath,
+        glow: float,
+        *,
+        fill_bottom: float,
     ) -> None:
         stops_y = [0.0, horizon * 0.55, horizon, float(height)]
         sky = palette.sky
@@ -224,19 +231,24 @@ class SkyLayer:
         self.glow_colour = palette.glow
         self.glow = glow
         self.glow_sigma = max(sun.radius * 5.0, height * 0.12)
+        # Rows below this are always covered by the ground layers: no need to paint them.
+        self.fill_bottom = fill_bottom
 
     def colour_at(self, y: F32) -> F32:
         idx = np.clip(y.astype(np.intp), 0, self.rows_rgb.shape[1] - 1)
         return self.rows_rgb[:, idx]
 
     def draw(self, band: Band, t: float) -> None:
-        rows = self.rows_rgb[:, band.y0 : band.y1, None]
-        band.rgb[...] = rows
+        fill = band.rows(0, self.fill_bottom)
+        if fill is None:
+            return
+        rows = self.rows_rgb[:, band.y0 : band.y0 + fill[1], None]
+        band.rgb[:, : fill[1]] = rows
         if self.glow <= 0:
             return
         sx, sy = self.sun.at(t)
         reach = 2.6 * self.glow_sigma
-        span = band.rows(sy - reach, sy + reach)
+        span = band.rows(sy - reach, min(sy + reach, self.fill_bottom))
         if span is None:
             return
         a, b = span
@@ -522,8 +534,10 @@ class SilhouetteLayer:
         window: RGB | None = None,
         accents: Sequence[RGB] = (),
         unit: float = 1.0,
+        caps: RGB | None = None,
     ) -> None:
         self.profile = profile
+        self.caps = caps  # colour of snow on the upper slopes
         self.colour, self.haze = colour, haze
         self.bottom = bottom
         self.pan = pan
@@ -566,8 +580,26 @@ class SilhouetteLayer:
                 old = band.rgb[c, rows_at, columns]
                 new = colours[c, rows_at - a]
                 band.rgb[c, rows_at, columns] = old + (new - old) * coverage
+        if self.caps is not None:
+            self._snow_caps(band, top, a, b, self.caps)
         if self.skyline is not None and self.window is not None:
             self._windows(band, t, top, a, b, self.skyline, self.window)
+
+    def _snow_caps(self, band: Band, top: F32, a: int, b: int, caps: RGB) -> None:
+        t_min, t_max = float(top.min()), float(top.max())
+        # Thicker snow on the higher slopes, none on the lowest third.
+        high = np.clip((np.float32(t_max) - top) / np.float32(max(t_max - t_min, 1.0)) - 0.33, 0, 1)
+        snow_line = top + high * np.float32(self.unit * 0.08)
+        span = band.rows(t_min - 1, float(snow_line.max()) + 1)
+        if span is None:
+            return
+        r0, r1 = max(a, span[0]), min(b, span[1])
+        if r0 >= r1:
+            return
+        ys = band.ys[r0:r1, None]
+        cover = np.clip(snow_line[None, :] - ys + 0.5, 0.0, 1.0)
+        cover *= np.clip(ys - top[None, :] + 0.5, 0.0, 1.0)
+        blend(band.rgb[:, r0:r1], caps, (cover * np.float32(0.9)).astype(np.float32))
 
     def _windows(
         self, band: Band, t: float, top: F32, a: int, b: int, sky: Skyline, window: RGB
@@ -628,10 +660,12 @@ class WaterLayer:
         depth = np.clip((ys - horizon) / (height - horizon), 0.0, 1.0)
         mirrored = sky.colour_at(np.float32(horizon) - (ys - np.float32(horizon)) * 0.9)
         water = np.array(palette.water, np.float32)[:, None]
-        self.rows_rgb = (mirrored + (water - mirrored) * (0.35 + 0.45 * depth)) * (1 - 0.2 * depth)
+        # The sky shows in the water near the horizon; deeper down it is the water's colour.
+        self.rows_rgb = (mirrored + (water - mirrored) * (0.55 + 0.4 * depth)) * (1 - 0.25 * depth)
         self.depth = depth
         self.shores = shores
-        self.reflection = mix(palette.land_near, palette.water, 0.35)
+        front = shores[-1].colour if shores else palette.land_near
+        self.reflection = mix(mix(front, palette.water, 0.3), (0.0, 0.0, 0.0), 0.25)
         self.ripples = ripples
         self.sun = sun
         self.sheen = mix(palette.sky[2], (1.0, 1.0, 1.0), 0.4)
@@ -789,54 +823,48 @@ class RainLayer:
         apply_sparse(band.rgb, self.colour, flat, plane.reshape(-1)[flat], additive=False)
 
 
-class VignetteLayer:
-    def __init__(self, width: int, height: int, strength: float) -> None:
-        x = (np.arange(width, dtype=np.float32) + 0.5) / width * 2 - 1
-        self.vx = (1.0 - strength * x * x).astype(np.float32)
-        self.height = height
-        self.strength = strength
-
-    def draw(self, band: Band, t: float) -> None:
-        y = band.ys / np.float32(self.height) * 2 - 1
-        vy = 1.0 - np.float32(self.strength) * y * y
-        band.rgb *= (vy[:, None] * self.vx[None, :])[None, :, :]
-
-
-@dataclass(frozen=True, slots=True)
 class Scene:
-    width: int
-    height: int
-    layers: tuple[Layer, ...]
+    """The layers of one composition. Not thread-safe: it reuses one scratch band."""
 
-    def bands(self) -> list[tuple[int, int]]:
-        rows = max(2, (BAND_PIXELS // self.width) & ~1)  # even, for 4:2:0 chroma
-        return [(y0, min(self.height, y0 + rows)) for y0 in range(0, self.height, rows)]
+    def __init__(
+        self, width: int, height: int, layers: Sequence[Layer], *, vignette: float
+    ) -> None:
+        self.width, self.height = width, height
+        self.layers = tuple(layers)
+        x = (np.arange(width, dtype=np.float32) + 0.5) / width * 2 - 1
+        self.vignette = vignette
+        self.vignette_x = (1.0 - vignette * x * x).astype(np.float32)
+        rows = max(2, (BAND_PIXELS // width) & ~1)  # even, for 4:2:0 chroma
+        self.bands = [(y0, min(height, y0 + rows)) for y0 in range(0, height, rows)]
+        # Zeroed once and reused: every pixel is painted each frame, and if a layer ever
+        # missed one it would still hold a deterministic value.
+        self._scratch = np.zeros((3, self.bands[0][1], width), np.float32)
 
-    def _paint(self, y0: int, y1: int, t: float, scratch: F32) -> F32:
-        rgb = scratch[:, : y1 - y0]
+    def _paint(self, y0: int, y1: int, t: float) -> tuple[F32, F32]:
+        """The band's clipped RGB planes and its vignette factor (applied by the caller, on
+        fewer planes for YUV)."""
+        rgb = self._scratch[:, : y1 - y0]
+        ys = np.arange(y0, y1, dtype=np.float32) + np.float32(0.5)
         band = Band(
             rgb=rgb,
             y0=y0,
             y1=y1,
             height=self.height,
-            ys=np.arange(y0, y1, dtype=np.float32) + np.float32(0.5),
+            ys=ys,
             xs=np.arange(self.width, dtype=np.float32) + np.float32(0.5),
         )
         for layer in self.layers:
             layer.draw(band, t)
         np.clip(rgb, 0.0, 1.0, out=rgb)
-        return rgb
-
-    def _scratch(self) -> F32:
-        rows = self.bands()[0][1]
-        return np.empty((3, rows, self.width), np.float32)
+        v = ys / np.float32(self.height) * 2 - 1
+        vignette_y = 1.0 - np.float32(self.vignette) * v * v
+        return rgb, vignette_y[:, None] * self.vignette_x[None, :]
 
     def render_rgb(self, t: float) -> NDArray[np.uint8]:
         out = np.empty((self.height, self.width, 3), np.uint8)
-        scratch = self._scratch()
-        for y0, y1 in self.bands():
-            rgb = self._paint(y0, y1, t, scratch)
-            rgb *= np.float32(255.0)
+        for y0, y1 in self.bands:
+            rgb, vignette = self._paint(y0, y1, t)
+            rgb *= (vignette * np.float32(255.0))[None]
             rgb += np.float32(0.5)
             out[y0:y1] = rgb.transpose(1, 2, 0)  # the float-to-uint8 cast truncates
         return out
@@ -848,21 +876,20 @@ class Scene:
         luma = flat[: w * h].reshape(h, w)
         cb = flat[w * h : w * h * 5 // 4].reshape(h // 2, w // 2)
         cr = flat[w * h * 5 // 4 :].reshape(h // 2, w // 2)
-        scratch = self._scratch()
         kr, kb = 0.2126, 0.0722
         kg = 1.0 - kr - kb
-        for y0, y1 in self.bands():
-            r, g, b = self._paint(y0, y1, t, scratch)
-            y = r * np.float32(219.0 * kr) + g * np.float32(219.0 * kg)
+        for y0, y1 in self.bands:
+            (r, g, b), vignette = self._paint(y0, y1, t)
+            y = r * np.float32(219.0 * kr)
+            y += g * np.float32(219.0 * kg)
             y += b * np.float32(219.0 * kb)
+            y *= vignette
             y += np.float32(16.5)
             luma[y0:y1] = y
             # Chroma is linear in R, G, B: average each 2×2 block first.
-            avg = [
-                (p[0::2, 0::2] + p[1::2, 0::2] + p[0::2, 1::2] + p[1::2, 1::2]) for p in (r, g, b)
-            ]
-            ra, ga, ba = (q * np.float32(0.25) for q in avg)
+            ra, ga, ba = ((p[0::2] + p[1::2]) for p in (r, g, b))
+            ra, ga, ba = ((q[:, 0::2] + q[:, 1::2]) * vignette[0::2, 0::2] for q in (ra, ga, ba))
             ya = ra * np.float32(kr) + ga * np.float32(kg) + ba * np.float32(kb)
-            cb[y0 // 2 : y1 // 2] = (ba - ya) * np.float32(112.0 / (1.0 - kb)) + np.float32(128.5)
-            cr[y0 // 2 : y1 // 2] = (ra - ya) * np.float32(112.0 / (1.0 - kr)) + np.float32(128.5)
+            cb[y0 // 2 : y1 // 2] = (ba - ya) * np.float32(28.0 / (1.0 - kb)) + np.float32(128.5)
+            cr[y0 // 2 : y1 // 2] = (ra - ya) * np.float32(28.0 / (1.0 - kr)) + np.float32(128.5)
         return flat.reshape(h * 3 // 2, w)
