@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import traceback
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -120,7 +121,16 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> Response:
         # Runs outside the header middleware, so it stamps the context headers itself.
-        log.exception("unhandled_error", path=request.url.path)
+        # A plain traceback, not structlog's default rich one: that one prints every frame's
+        # locals (the request scope with the caller's Authorization header, i.e. API keys)
+        # and takes seconds to render.
+        log.error(
+            "unhandled_error",
+            path=request.url.path,
+            request_id=_context(request).request_id,
+            error=repr(exc),
+            exception="".join(traceback.format_exception(exc)),
+        )
         return _error_response(request, VivixError(), with_context_headers=True)
 
 

@@ -141,11 +141,13 @@ def serve(
         if as_json:
             print(json.dumps({"demo_account": admin.DEMO_ACCOUNT, "demo_key": demo_key, "url": url}))
         else:
-            console.print(f"\n[bold green]Demo account created.[/bold green] Its API key (shown once):\n\n  {demo_key}\n")
-            console.print(
-                f"Try: curl -X POST {url}/api/v1/generate -H 'Authorization: Bearer {demo_key}' "
+            # Plain print: rich would wrap the key and the command, breaking copy-paste.
+            print(f"\nDemo account created. Its API key (shown once):\n\n  {demo_key}\n")
+            print(
+                f"Try:\n  curl -X POST {url}/api/v1/generate -H 'Authorization: Bearer {demo_key}' "
                 "-H 'Content-Type: application/json' "
-                "-d '{\"model\": \"vivix-local-image\", \"prompt\": \"a misty forest at dawn\"}'\n"
+                "-d '{\"model\": \"vivix-local-image\", \"prompt\": \"a misty forest at dawn\"}'\n",
+                flush=True,
             )
     elif not as_json:
         console.print("Using the existing database; create keys with `vivix keys create ACCOUNT`.")

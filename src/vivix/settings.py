@@ -76,7 +76,8 @@ class WorkerSettings(BaseModel):
 class ProviderSettings(BaseModel):
     api_key: str | None = None
     base_url: str | None = None
-    timeout_seconds: Annotated[float, Field(gt=0)] = 60.0
+    # Per-request timeout; unset keeps the adapter's default (long for synchronous APIs).
+    timeout_seconds: Annotated[float, Field(gt=0)] | None = None
     max_concurrency: Annotated[int, Field(ge=1)] = 8  # requests in flight per process
 
 

@@ -74,7 +74,7 @@ class FakeFal:
     HTTP faults (e.g. 429 with Retry-After, 503) in front of an endpoint.
 
     Observations: `submissions` (accepted submits), `submit_attempts`, `received`
-    (accepted input bodies), `received_models`, `poll_counts`, `cancels`.
+    (accepted input bodies), `received_models`, `poll_counts`, `result_requests`, `cancels`.
     """
 
     image_size = (64, 48)
@@ -101,6 +101,7 @@ class FakeFal:
         self.submissions = 0
         self.submit_attempts = 0
         self.cancels = 0
+        self.result_requests = 0
         self.received: list[dict[str, Any]] = []
         self.received_models: list[str] = []
         self._faults: dict[str, deque[InjectedFault]] = defaultdict(deque)
@@ -238,6 +239,7 @@ class FakeFal:
     async def _result(self, request: Request) -> Response:
         if (refused := self._unauthorized(request)) is not None:
             return refused
+        self.result_requests += 1
         if (fault := self._fault("result")) is not None:
             return fault
         job = self._job(request)

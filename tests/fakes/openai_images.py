@@ -107,6 +107,7 @@ class FakeOpenAiImages:
         self.image_count: int | None = None  # None: as many as `n`
         self.refuse_content = False  # answer with the model family's safety refusal
         self.failures = FailureScript()
+        self.file_failures = FailureScript()  # answers to output downloads
         self.submit_delay_s = 0.0  # after accepting, before answering (timeouts)
         # Observations.
         self.requests: list[tuple[str, str]] = []
@@ -247,6 +248,8 @@ class FakeOpenAiImages:
         return JSONResponse(answer)
 
     async def _file(self, request: Request) -> Response:
+        if (failure := self.file_failures.next()) is not None:
+            return failure.response()
         stored = self.files.get(request.path_params["name"])
         if stored is None:
             return Response(status_code=404)

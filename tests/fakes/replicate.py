@@ -80,8 +80,9 @@ class FakeReplicate:
     """In-memory Replicate. Scenario knobs (read at create time, per prediction):
     `output_kind`, `outputs` (images per prediction), `polls_before_done` (GETs that
     answer starting/processing before the prediction finishes; huge = never), `failure`,
-    `create_delay_s` (answer the create late, after accepting it). `inject()` queues HTTP
-    faults (e.g. 429 with Retry-After, 503) in front of an endpoint.
+    `create_delay_s` (answer the create late, after accepting it), `data_removed` (finished
+    predictions answer with their output deleted, as after Replicate's retention period).
+    `inject()` queues HTTP faults (e.g. 429 with Retry-After, 503) in front of an endpoint.
 
     Observations: `submissions` (accepted creates), `submit_attempts`, `received` (create
     bodies), `received_paths`, `prefer_headers`, `poll_counts`, `cancels`.
@@ -106,6 +107,7 @@ class FakeReplicate:
         self.known_models = known_models
         self.failure: Failure | None = None
         self.create_delay_s = 0.0
+        self.data_removed = False
         self.predictions: dict[str, FakePrediction] = {}
         self.files: dict[str, tuple[bytes, str]] = {}
         self.submissions = 0
@@ -322,14 +324,15 @@ class FakeReplicate:
 
     def _json(self, request: Request, prediction: FakePrediction) -> dict[str, Any]:
         root = f"{str(request.base_url).rstrip('/')}/v1/predictions/{prediction.id}"
+        removed = self.data_removed and prediction.status in TERMINAL
         return {
             "id": prediction.id,
             "model": prediction.model,
             "version": prediction.version,
             "input": prediction.input,
             "logs": prediction.logs,
-            "output": prediction.output,
-            "data_removed": False,
+            "output": None if removed else prediction.output,
+            "data_removed": removed,
             "error": prediction.error,
             "status": prediction.status,
             "created_at": prediction.created_at,

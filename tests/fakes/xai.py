@@ -77,6 +77,7 @@ class FakeXai:
         self.refuse_content = False  # 400: the prompt is refused by moderation
         self.failures = FailureScript()  # answers to submissions (POST)
         self.poll_failures = FailureScript()  # answers to status checks (GET)
+        self.file_failures = FailureScript()  # answers to output downloads
         self.submit_delay_s = 0.0
         self.video_polls_before_done: int | None = 2  # None: never finishes
         self.video_outcome = "done"  # done | failed | expired | withheld
@@ -283,6 +284,8 @@ class FakeXai:
     # -- helpers -------------------------------------------------------------------------
 
     async def _file(self, request: Request) -> Response:
+        if (failure := self.file_failures.next()) is not None:
+            return failure.response()
         stored = self.files.get(request.path_params["name"])
         if stored is None:
             return Response(status_code=404)

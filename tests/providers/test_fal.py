@@ -279,13 +279,20 @@ async def test_every_image_flagged_by_the_safety_checker_is_a_content_rejection(
     assert caught.value.content is True
 
 
-async def test_runner_error_is_retriable(fake: FakeFal, adapter: FalAdapter) -> None:
+async def test_runner_error_is_retriable_with_a_new_submission(
+    fake: FakeFal, adapter: FalAdapter
+) -> None:
     fake.failure = "internal"
     request = image_request()
     handle = await adapter.submit(request)
 
-    with pytest.raises(ProviderRetriableError, match="runner"):
+    with pytest.raises(ProviderRetriableError, match="runner") as caught:
         await poll_until_done(adapter, handle, request)
+
+    # fal retried the runner itself and recorded the failure as the request's result:
+    # asking again returns the same answer, so it is neither retried nor polled again.
+    assert caught.value.resubmit is True
+    assert fake.result_requests == 1
 
 
 async def test_429_on_submit_waits_for_retry_after_and_submits_once(fake: FakeFal) -> None:
@@ -353,8 +360,85 @@ async def test_persistent_5xx_on_status_is_retriable(fake: FakeFal, adapter: Fal
     handle = await adapter.submit(request)
     fake.inject("status", 502, times=10)
 
-    with pytest.raises(ProviderRetriableError, match="502"):
+    with pytest.raises(ProviderRetriableError, match="502") as caught:
         await adapter.poll(handle, request)
+
+    # We couldn't ask; the request itself is fine: poll the same one again.
+    assert caught.value.resubmit is False
+    assert fake.submissions == 1
+
+
+async def test_request_the_queue_no_longer_knows_asks_for_a_new_submission(
+    fake: FakeFal, adapter: FalAdapter
+) -> None:
+    request = image_request()
+    handle = await adapter.submit(request)
+    del fake.jobs[handle["request_id"]]  # past fal's retention: status answers 404
+
+    with pytest.raises(ProviderRetriableError, match="no longer knows") as caught:
+        await adapter.poll(handle, request)
+
+    assert caught.value.resubmit is True
+
+
+async def test_expired_result_asks_for_a_new_submission(fake: FakeFal, adapter: FalAdapter) -> None:
+    fake.polls_before_done = 0
+    request = image_request()
+    handle = await adapter.submit(request)
+    fake.inject("result", 404)
+
+    with pytest.raises(ProviderRetriableError, match="404") as caught:
+        await adapter.poll(handle, request)
+
+    assert caught.value.resubmit is True
+
+
+async def test_bare_5xx_on_result_is_retried_then_left_for_the_next_poll(
+    fake: FakeFal, adapter: FalAdapter
+) -> None:
+    fake.polls_before_done = 0
+    request = image_request()
+    handle = await adapter.submit(request)
+    fake.inject("result", 502, times=4)  # a proxy's answer: no fal error type
+
+    with pytest.raises(ProviderRetriableError, match="502") as caught:
+        await adapter.poll(handle, request)
+    assert caught.value.resubmit is False
+    assert fake.result_requests == 4  # the first try and three retries
+
+    result = await adapter.poll(handle, request)  # the same request delivers later
+    assert isinstance(result, RenderResult)
+    assert fake.submissions == 1
+
+
+async def test_output_file_gone_from_the_cdn_asks_for_a_new_submission(
+    fake: FakeFal, adapter: FalAdapter
+) -> None:
+    fake.polls_before_done = 0
+    request = image_request()
+    handle = await adapter.submit(request)
+    fake.inject("files", 404)
+
+    with pytest.raises(ProviderRetriableError, match="404") as caught:
+        await adapter.poll(handle, request)
+
+    assert caught.value.resubmit is True
+
+
+async def test_unreachable_output_file_is_downloaded_on_the_next_poll(
+    fake: FakeFal, adapter: FalAdapter
+) -> None:
+    fake.polls_before_done = 0
+    request = image_request()
+    handle = await adapter.submit(request)
+    fake.inject("files", 503, times=4)
+
+    with pytest.raises(ProviderRetriableError, match="503") as caught:
+        await adapter.poll(handle, request)
+    assert caught.value.resubmit is False
+
+    assert isinstance(await adapter.poll(handle, request), RenderResult)
+    assert fake.submissions == 1
 
 
 async def test_submit_read_timeout_is_retriable_and_never_submits_twice(fake: FakeFal) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.fakes.openai_images import FakeOpenAiImages, serve_on_loopback
+from tests.fakes.openai_images import FakeOpenAiImages, ScriptedFailure, serve_on_loopback
 from vivix.providers.base import (
     ProviderAdapter,
     ProviderFatalError,
@@ -123,8 +123,9 @@ async def test_gpt_image_outputs_are_decoded_from_base64(
         )
     ]
     # Nothing of a base64 answer is persisted: a resumed attempt must submit again.
-    with pytest.raises(ProviderRetriableError, match="generating again"):
+    with pytest.raises(ProviderRetriableError, match="generating again") as caught:
         await adapter.poll(persisted(handle), request)
+    assert caught.value.resubmit is True
 
 
 async def test_url_outputs_are_downloaded_and_survive_a_crash(fake: FakeOpenAiImages) -> None:
@@ -144,6 +145,34 @@ async def test_url_outputs_are_downloaded_and_survive_a_crash(fake: FakeOpenAiIm
     assert [output.data for output in result.outputs] == fake.served
     assert result.outputs[0].content_type == "image/png"
     assert fake.bodies[0][1]["response_format"] == "url"
+    assert fake.submissions == 1
+
+
+async def test_url_outputs_that_expired_ask_for_a_new_submission(
+    adapter: OpenAiImagesAdapter, fake: FakeOpenAiImages
+) -> None:
+    request = image_request(upstream_model="dall-e-2", options={"response_format": "url"})
+    handle = persisted(await adapter.submit(request))
+    fake.files.clear()  # past the URLs' 60 minutes
+
+    with pytest.raises(ProviderRetriableError, match="404") as caught:
+        await adapter.poll(handle, request)
+
+    assert caught.value.resubmit is True
+
+
+async def test_an_unreachable_url_output_is_downloaded_on_the_next_poll(
+    adapter: OpenAiImagesAdapter, fake: FakeOpenAiImages
+) -> None:
+    request = image_request(upstream_model="dall-e-2", options={"response_format": "url"})
+    handle = persisted(await adapter.submit(request))
+    fake.file_failures.upcoming.extend([ScriptedFailure(502)] * 4)
+
+    with pytest.raises(ProviderRetriableError, match="502") as caught:
+        await adapter.poll(handle, request)
+    assert caught.value.resubmit is False
+
+    assert [output.data for output in (await adapter.poll(handle, request)).outputs] == fake.served
     assert fake.submissions == 1
 
 
@@ -280,6 +309,27 @@ async def test_rate_limits_are_retried_after_the_announced_delay(
     assert time.monotonic() - started >= 0.19  # the backoff alone would be ~1 ms
     assert len(result.outputs) == 1
     assert (fake.post_attempts, fake.submissions) == (3, 1)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        {"type": "insufficient_quota", "code": "insufficient_quota"},
+        {"type": "insufficient_quota", "code": "project_spend_limit_exceeded"},
+        {"type": "requests", "code": "billing_hard_limit_reached"},
+    ],
+)
+async def test_a_429_about_billing_is_fatal_at_once(
+    adapter: OpenAiImagesAdapter, fake: FakeOpenAiImages, error: dict[str, str]
+) -> None:
+    # Same status as a rate limit, but waiting won't help: the route is unusable.
+    message = "You exceeded your current quota, please check your plan and billing details."
+    fake.fail_always(429, body={"error": {"message": message, "param": None, **error}})
+
+    with pytest.raises(ProviderFatalError, match="exceeded your current quota"):
+        await adapter.submit(image_request())
+
+    assert (fake.post_attempts, fake.submissions) == (1, 0)
 
 
 async def test_unavailable_then_available_submits_once(

@@ -289,8 +289,11 @@ async def test_prediction_failing_for_an_unknown_reason_is_retriable(
     request = image_request()
     handle = await adapter.submit(request)
 
-    with pytest.raises(ProviderRetriableError, match="E1000"):
+    with pytest.raises(ProviderRetriableError, match="E1000") as caught:
         await poll_until_done(adapter, handle, request)
+
+    # The prediction is over; polling it again returns the same failure.
+    assert caught.value.resubmit is True
 
 
 async def test_429_on_create_waits_for_retry_after_and_creates_once(fake: FakeReplicate) -> None:
@@ -362,8 +365,64 @@ async def test_persistent_5xx_on_get_is_retriable(
     handle = await adapter.submit(request)
     fake.inject("get", 502, times=10)
 
-    with pytest.raises(ProviderRetriableError, match="502"):
+    with pytest.raises(ProviderRetriableError, match="502") as caught:
         await adapter.poll(handle, request)
+
+    # We couldn't ask; the prediction itself is fine: poll the same one again.
+    assert caught.value.resubmit is False
+
+
+async def test_prediction_replicate_no_longer_knows_asks_for_a_new_one(
+    adapter: ReplicateAdapter,
+) -> None:
+    with pytest.raises(ProviderRetriableError, match="no longer knows") as caught:
+        await adapter.poll({"prediction_id": "gone"}, image_request())
+
+    assert caught.value.resubmit is True
+
+
+async def test_prediction_whose_output_was_deleted_asks_for_a_new_one(
+    fake: FakeReplicate, adapter: ReplicateAdapter
+) -> None:
+    fake.polls_before_done = 0
+    fake.data_removed = True
+    request = image_request()
+    handle = await adapter.submit(request)
+
+    with pytest.raises(ProviderRetriableError, match="deleted") as caught:
+        await adapter.poll(handle, request)
+
+    assert caught.value.resubmit is True
+
+
+async def test_output_file_gone_from_delivery_asks_for_a_new_prediction(
+    fake: FakeReplicate, adapter: ReplicateAdapter
+) -> None:
+    fake.polls_before_done = 0
+    request = image_request()
+    handle = await adapter.submit(request)
+    fake.inject("files", 404)
+
+    with pytest.raises(ProviderRetriableError, match="404") as caught:
+        await adapter.poll(handle, request)
+
+    assert caught.value.resubmit is True
+
+
+async def test_unreachable_output_file_is_downloaded_on_the_next_poll(
+    fake: FakeReplicate, adapter: ReplicateAdapter
+) -> None:
+    fake.polls_before_done = 0
+    request = image_request()
+    handle = await adapter.submit(request)
+    fake.inject("files", 503, times=4)
+
+    with pytest.raises(ProviderRetriableError, match="503") as caught:
+        await adapter.poll(handle, request)
+    assert caught.value.resubmit is False
+
+    assert isinstance(await adapter.poll(handle, request), RenderResult)
+    assert fake.submissions == 1
 
 
 async def test_create_read_timeout_is_retriable_and_never_creates_twice(

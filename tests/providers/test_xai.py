@@ -167,6 +167,7 @@ async def test_base64_images_are_decoded_and_never_persisted(
     with pytest.raises(ProviderRetriableError, match="generating again") as caught:
         await adapter.poll(persisted(handle), request)
     assert caught.value.retry_after_s == 0.0
+    assert caught.value.resubmit is True
 
 
 async def test_a_resumed_image_attempt_downloads_the_stored_urls_without_paying_again(
@@ -184,6 +185,34 @@ async def test_a_resumed_image_attempt_downloads_the_stored_urls_without_paying_
         await second.aclose()
 
     assert [output.data for output in result.outputs] == fake.served
+    assert fake.submissions == 1
+
+
+async def test_image_urls_that_expired_ask_for_a_new_submission(
+    adapter: XaiAdapter, fake: FakeXai
+) -> None:
+    request = image_request()
+    handle = persisted(await adapter.submit(request))
+    fake.files.clear()  # xAI's temporary URLs now answer 404
+
+    with pytest.raises(ProviderRetriableError, match="404") as caught:
+        await adapter.poll(handle, request)
+
+    assert caught.value.resubmit is True
+
+
+async def test_an_unreachable_image_url_is_downloaded_on_the_next_poll(
+    adapter: XaiAdapter, fake: FakeXai
+) -> None:
+    request = image_request()
+    handle = persisted(await adapter.submit(request))
+    fake.file_failures.upcoming.extend([ScriptedFailure(503)] * 4)
+
+    with pytest.raises(ProviderRetriableError, match="503") as caught:
+        await adapter.poll(handle, request)
+    assert caught.value.resubmit is False
+
+    assert [output.data for output in (await adapter.poll(handle, request)).outputs] == fake.served
     assert fake.submissions == 1
 
 
@@ -523,6 +552,33 @@ async def test_status_checks_are_retried_through_server_errors(
     assert fake.polls == 3
 
 
+async def test_persistently_failing_status_checks_poll_the_same_video_again(
+    adapter: XaiAdapter, fake: FakeXai
+) -> None:
+    request = video_request()
+    handle = await adapter.submit(request)
+    fake.poll_failures.forever = ScriptedFailure(503, {"code": "unavailable", "error": "later"})
+
+    with pytest.raises(ProviderRetriableError, match="503") as caught:
+        await adapter.poll(handle, request)
+
+    assert caught.value.resubmit is False
+
+
+async def test_a_finished_video_whose_file_is_gone_asks_for_a_new_submission(
+    adapter: XaiAdapter, fake: FakeXai
+) -> None:
+    fake.video_polls_before_done = 0
+    fake.file_failures.upcoming.append(ScriptedFailure(404))
+    request = video_request()
+    handle = await adapter.submit(request)
+
+    with pytest.raises(ProviderRetriableError, match="404") as caught:
+        await adapter.poll(handle, request)
+
+    assert caught.value.resubmit is True
+
+
 @pytest.mark.parametrize(
     ("error", "expected", "content"),
     [
@@ -559,6 +615,9 @@ async def test_a_failed_video_maps_by_its_error_code(
     if content is not None:
         assert isinstance(caught.value, ProviderRejectedError)
         assert caught.value.content is content
+    else:  # the job failed upstream: polling it again returns the same failure
+        assert isinstance(caught.value, ProviderRetriableError)
+        assert caught.value.resubmit is True
 
 
 async def test_an_expired_video_asks_for_a_new_submission(
@@ -568,8 +627,9 @@ async def test_an_expired_video_asks_for_a_new_submission(
     request = video_request()
     handle = await adapter.submit(request)
 
-    with pytest.raises(ProviderRetriableError, match="expired"):
+    with pytest.raises(ProviderRetriableError, match="expired") as caught:
         await adapter.poll(handle, request)
+    assert caught.value.resubmit is True
 
 
 async def test_a_video_withheld_by_moderation_is_a_content_rejection(
@@ -585,8 +645,9 @@ async def test_a_video_withheld_by_moderation_is_a_content_rejection(
 
 
 async def test_an_unknown_request_id_asks_for_a_new_submission(adapter: XaiAdapter) -> None:
-    with pytest.raises(ProviderRetriableError, match="no longer knows"):
+    with pytest.raises(ProviderRetriableError, match="no longer knows") as caught:
         await adapter.poll({"request_id": "gone"}, video_request())
+    assert caught.value.resubmit is True
 
 
 async def test_cancel_is_a_no_op_because_xai_documents_no_cancel(

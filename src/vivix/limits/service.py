@@ -57,7 +57,9 @@ class RateLimiter:
             )
             self._redis = FixedWindowRateLimiter(self._redis_storage)
         self._redis_down_until = 0.0
-        self._last_warning = 0.0
+        # -inf, not 0: monotonic time may start near 0 (a host up for < WARN_EVERY_S), and
+        # the first outage must always be logged.
+        self._last_warning = -math.inf
 
     @property
     def uses_redis(self) -> bool:
@@ -83,7 +85,9 @@ class RateLimiter:
         allowed = await limiter.hit(item, "account", account_id)
         stats = await limiter.get_window_stats(item, "account", account_id)
         reset_after = max(1, math.ceil(stats.reset_time - time.time()))
-        return RateDecision(allowed, calls_per_minute, max(0, stats.remaining), min(reset_after, 60))
+        return RateDecision(
+            allowed, calls_per_minute, max(0, stats.remaining), min(reset_after, 60)
+        )
 
     def _warn(self, exc: Exception) -> None:
         now = time.monotonic()

@@ -89,7 +89,8 @@ class ProviderError(Exception):
 class ProviderRetriableError(ProviderError):
     """Transient. Raised from `poll`, the worker keeps the handle and polls the same
     upstream job again, unless `resubmit=True` says that job is gone (failed upstream,
-    expired, unknown), so only a new submit can deliver."""
+    expired, unknown), so only a new submit can deliver. From `submit` there is no job
+    to resume either way: the next try submits again."""
 
     def __init__(
         self, message: str, retry_after_s: float | None = None, *, resubmit: bool = False

@@ -5,26 +5,46 @@ honour `Retry-After`.
 Retries are safe only when the request can't have taken effect upstream twice: GETs and
 other idempotent calls retry on connection errors, timeouts, 429 and 5xx; a submit
 (`idempotent=False`) retries only when the upstream provably did not accept it (connect
-errors, 429, 503), never after a read timeout — that is how we avoid paying twice.
+errors, 429, 503), never after a read timeout — that is how we avoid paying twice. An
+adapter's `classify_error` sees each answer that would be retried first and can turn it
+into a final error (OpenAI's 429 `insufficient_quota` is billing, not a rate limit).
+
+Credentials go only to the provider's own origin (scheme, host and port of `base_url`).
+`download` fetches an output file: it follows at most `MAX_REDIRECTS` http(s) redirects
+(CDNs redirect), dropping credentials for good once a hop leaves that origin, streams the
+body and stops as soon as it passes the size limit; `data:` URIs are decoded in place.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import email.utils
+import mimetypes
 import random
 import time
+from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote_to_bytes, urlsplit
 
 import httpx
 
-from vivix.providers.base import ProviderFatalError, ProviderRetriableError
+from vivix.providers.base import ProviderError, ProviderFatalError, ProviderRetriableError
 
 RETRIABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
 NEVER_ACCEPTED_STATUSES = frozenset({429, 503})
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+# A file the host no longer has: asking again can't bring it back.
+GONE_STATUSES = frozenset({404, 410})
+MAX_REDIRECTS = 5
 DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
 MAX_DOWNLOAD_BYTES = 512 * 1024 * 1024
+ERROR_BODY_BYTES = 64 * 1024  # read of a streamed error answer, for its message
+GENERIC_CONTENT_TYPES = frozenset({"", "application/octet-stream", "binary/octet-stream"})
+
+# Turns an answer ProviderHttp would retry into a final error (None: retry as usual).
+ErrorClassifier = Callable[[httpx.Response], ProviderError | None]
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -43,6 +63,12 @@ def parse_retry_after(value: str | None) -> float | None:
     return max(0.0, moment.timestamp() - time.time())
 
 
+def same_origin(url: str, other: str) -> bool:
+    """Scheme, host and port are equal (default ports count as written out)."""
+    first, second = httpx.URL(url), httpx.URL(other)
+    return (first.scheme, first.host, first.port) == (second.scheme, second.host, second.port)
+
+
 class ProviderHttp:
     def __init__(
         self,
@@ -57,31 +83,48 @@ class ProviderHttp:
         backoff_s: float = 0.5,
         max_retry_after_s: float = 30.0,
         transport: httpx.AsyncBaseTransport | None = None,
+        classify_error: ErrorClassifier | None = None,
     ) -> None:
         self.provider = provider
         self.base_url = base_url.rstrip("/")
-        self._base_host = urlsplit(self.base_url).netloc
         self._auth_headers = dict(headers or {})
         self.retries = retries
         self.backoff_s = backoff_s
         self.max_retry_after_s = max_retry_after_s
+        self.classify_error = classify_error
         self._slots = asyncio.Semaphore(max_concurrent_requests)
         self.client = httpx.AsyncClient(
             timeout=timeout,
-            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+            limits=httpx.Limits(
+                max_connections=max_connections, max_keepalive_connections=max_connections
+            ),
             transport=transport,
-            follow_redirects=False,
+            follow_redirects=False,  # `download` follows them itself, by our credential rule
             headers={"User-Agent": "Vivix/1.0"},
         )
 
     def url(self, path: str) -> str:
-        return path if path.startswith(("http://", "https://")) else f"{self.base_url}/{path.lstrip('/')}"
+        return (
+            path
+            if path.startswith(("http://", "https://"))
+            else f"{self.base_url}/{path.lstrip('/')}"
+        )
 
-    def _headers_for(self, url: str, extra: dict[str, str] | None) -> dict[str, str]:
-        # Credentials go only to the provider's own host, never to a CDN it links to.
-        headers = dict(self._auth_headers) if urlsplit(url).netloc == self._base_host else {}
-        headers.update(extra or {})
-        return headers
+    def on_base_url(self, url: str) -> str:
+        """The same path and query on the configured base URL. Adapters send the URLs a
+        provider hands out (and a stored handle keeps) here, so a proxy or test double at
+        `base_url` sees every call and the key never goes to another host."""
+        parts, base = urlsplit(url), urlsplit(self.base_url)
+        if (parts.scheme, parts.netloc) == (base.scheme, base.netloc):
+            return url
+        path = parts.path
+        if base.path and path.startswith(base.path + "/"):
+            path = path[len(base.path) :]
+        query = f"?{parts.query}" if parts.query else ""
+        return f"{self.base_url}{path}{query}"
+
+    def _own_origin(self, url: str) -> bool:
+        return same_origin(url, self.base_url)
 
     async def request(
         self,
@@ -94,23 +137,52 @@ class ProviderHttp:
         headers: dict[str, str] | None = None,
         content: bytes | None = None,
         files: Any = None,
+        classify_error: ErrorClassifier | None = None,
     ) -> httpx.Response:
         """Send with retries; returns any non-retriable response for the adapter to map.
-        Raises ProviderRetriableError when retries are exhausted."""
+        Raises ProviderRetriableError when retries are exhausted, or what `classify_error`
+        (this call's, else the client's) makes of a retriable answer."""
         url = self.url(path)
         if idempotent is None:
             idempotent = method.upper() in ("GET", "HEAD", "DELETE", "PUT", "OPTIONS")
+        return await self._send(
+            method,
+            url,
+            idempotent=idempotent,
+            credentials=self._own_origin(url),
+            classify_error=classify_error or self.classify_error,
+            json=json,
+            params=params,
+            headers=headers,
+            content=content,
+            files=files,
+        )
+
+    async def _send(
+        self,
+        method: str,
+        url: str,
+        *,
+        idempotent: bool,
+        credentials: bool,
+        classify_error: ErrorClassifier | None = None,
+        stream: bool = False,
+        headers: dict[str, str] | None = None,
+        **body: Any,
+    ) -> httpx.Response:
+        """The retry loop. With `stream`, the returned response's body is unread: the
+        caller reads and closes it (outside the request slot, so a long download doesn't
+        hold up status checks; the connection pool still bounds them)."""
+        sent_headers = {**(self._auth_headers if credentials else {}), **(headers or {})}
         last_error = "no attempt made"
         retry_after: float | None = None
         for attempt in range(self.retries + 1):
             if attempt:
                 await asyncio.sleep(self._delay(attempt, retry_after))
+            outgoing = self.client.build_request(method, url, headers=sent_headers, **body)
             try:
                 async with self._slots:
-                    response = await self.client.request(
-                        method, url, json=json, params=params, content=content, files=files,
-                        headers=self._headers_for(url, headers),
-                    )
+                    response = await self.client.send(outgoing, stream=stream)
             except httpx.ConnectError as exc:
                 last_error, retry_after = f"cannot connect to {self.provider}: {exc}", None
                 continue
@@ -124,13 +196,19 @@ class ProviderHttp:
                 if idempotent:
                     continue
                 raise ProviderRetriableError(last_error) from None
-            if response.status_code in RETRIABLE_STATUSES:
-                retry_after = parse_retry_after(response.headers.get("retry-after"))
-                last_error = f"{self.provider} answered HTTP {response.status_code}: {_snippet(response)}"
-                if idempotent or response.status_code in NEVER_ACCEPTED_STATUSES:
-                    continue
-                raise ProviderRetriableError(last_error, retry_after)
-            return response
+            if response.status_code not in RETRIABLE_STATUSES:
+                return response
+            if stream:
+                response = await _buffered(response, ERROR_BODY_BYTES)
+            if classify_error is not None and (final := classify_error(response)) is not None:
+                raise final
+            retry_after = parse_retry_after(response.headers.get("retry-after"))
+            last_error = (
+                f"{self.provider} answered HTTP {response.status_code}: {_snippet(response)}"
+            )
+            if idempotent or response.status_code in NEVER_ACCEPTED_STATUSES:
+                continue
+            raise ProviderRetriableError(last_error, retry_after)
         raise ProviderRetriableError(last_error, retry_after)
 
     def _delay(self, attempt: int, retry_after: float | None) -> float:
@@ -139,20 +217,142 @@ class ProviderHttp:
         return self.backoff_s * 2.0 ** (attempt - 1) * (0.5 + random.random() / 2)
 
     async def download(self, url: str, max_bytes: int = MAX_DOWNLOAD_BYTES) -> tuple[bytes, str]:
-        """An output file from the provider (or its CDN): bytes and content type."""
-        response = await self.request("GET", url)
-        if response.status_code != 200:
-            raise ProviderRetriableError(
-                f"downloading the output from {self.provider} failed with HTTP {response.status_code}"
+        """An output file from the provider (or its CDN): bytes and content type.
+
+        Raises ProviderRetriableError when it can't be fetched now (the same URL may work
+        on a later poll), with `resubmit=True` when the host says the file is gone (404,
+        410): polling the same job again would only find the same dead URL."""
+        if url.startswith("data:"):
+            return decode_data_uri(url, self.provider)
+        last_error = "no attempt made"
+        for attempt in range(self.retries + 1):
+            if attempt:
+                await asyncio.sleep(self._delay(attempt, None))
+            try:
+                return await self._download_once(url, max_bytes)
+            except _BodyCutOff as exc:
+                # The answer was fine but its body broke off: a GET is safe to repeat.
+                last_error = f"downloading the output from {self.provider} broke off: {exc}"
+        raise ProviderRetriableError(last_error)
+
+    async def _download_once(self, url: str, max_bytes: int) -> tuple[bytes, str]:
+        credentials = self._own_origin(url)
+        for _hop in range(MAX_REDIRECTS + 1):
+            if urlsplit(url).scheme not in ("http", "https"):
+                raise ProviderRetriableError(
+                    f"{self.provider} output is at a non-HTTP address ({url[:100]})"
+                )
+            response = await self._send(
+                "GET", url, idempotent=True, credentials=credentials, stream=True
             )
-        data = response.content
-        if len(data) > max_bytes:
-            raise ProviderFatalError(f"{self.provider} output is larger than {max_bytes} bytes")
-        content_type = response.headers.get("content-type", "application/octet-stream")
-        return data, content_type.split(";", 1)[0].strip().lower()
+            try:
+                location = response.headers.get("location")
+                if response.status_code in REDIRECT_STATUSES and location:
+                    url = str(response.url.join(location))
+                    # Once the chain leaves the provider's origin it never gets the key back.
+                    credentials = credentials and self._own_origin(url)
+                    continue
+                if response.status_code != 200:
+                    raise ProviderRetriableError(
+                        f"downloading the output from {self.provider} failed with HTTP "
+                        f"{response.status_code}",
+                        resubmit=response.status_code in GONE_STATUSES,
+                    )
+                data = await self._read_limited(response, max_bytes)
+            finally:
+                await response.aclose()
+            content_type = response.headers.get("content-type", "application/octet-stream")
+            return data, content_type.split(";", 1)[0].strip().lower()
+        raise ProviderRetriableError(
+            f"the {self.provider} output redirected more than {MAX_REDIRECTS} times"
+        )
+
+    async def _read_limited(self, response: httpx.Response, max_bytes: int) -> bytes:
+        too_large = ProviderFatalError(f"{self.provider} output is larger than {max_bytes} bytes")
+        declared = response.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > max_bytes:
+            raise too_large
+        data = bytearray()
+        try:
+            async for chunk in response.aiter_bytes():
+                data += chunk
+                if len(data) > max_bytes:
+                    raise too_large  # stop here: the rest of the body is never read
+        except httpx.HTTPError as exc:  # read timeout, reset, truncated or undecodable body
+            raise _BodyCutOff(repr(exc)) from None
+        return bytes(data)
 
     async def aclose(self) -> None:
         await self.client.aclose()
+
+
+class _BodyCutOff(Exception):
+    """A download's body failed mid-read (after the status line and headers)."""
+
+
+def decode_data_uri(uri: str, provider: str) -> tuple[bytes, str]:
+    """A `data:` URI's bytes and media type. An undecodable one is in the stored result
+    itself, so polling the same job again can't help: `resubmit=True`."""
+    header, _, payload = uri.partition(",")
+    meta = header[len("data:") :].split(";")
+    content_type = (meta[0] or "application/octet-stream").lower()
+    try:
+        data = (
+            base64.b64decode(payload, validate=True)
+            if "base64" in meta[1:]
+            else unquote_to_bytes(payload)
+        )
+    except (binascii.Error, ValueError):
+        raise ProviderRetriableError(
+            f"{provider} returned an unreadable data URI", resubmit=True
+        ) from None
+    return data, content_type
+
+
+def json_object_or_empty(response: httpx.Response) -> dict[str, Any]:
+    """The body as a JSON object; {} for anything else (an error page, a list, nothing)."""
+    try:
+        data = response.json()
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def known_content_type(served: str, url: str, declared: str | None = None) -> str:
+    """The served content type unless it is generic (CDNs often say octet-stream); then
+    what the provider declared, else a guess from the URL's file name."""
+    if served not in GENERIC_CONTENT_TYPES:
+        return served
+    if declared:
+        return declared
+    if url.startswith("data:"):
+        return "application/octet-stream"
+    guessed, _ = mimetypes.guess_type(urlsplit(url).path)
+    return guessed or "application/octet-stream"
+
+
+async def _buffered(response: httpx.Response, limit: int) -> httpx.Response:
+    """A streamed answer as a small in-memory one (its first `limit` bytes), so an error
+    can be read and classified without reading an unbounded body."""
+    body = bytearray()
+    try:
+        async for chunk in response.aiter_bytes():
+            body += chunk
+            if len(body) >= limit:
+                break
+    except httpx.HTTPError:
+        pass  # a broken error body still has a status code worth reporting
+    finally:
+        await response.aclose()
+    # The bytes are already decoded: drop the headers that describe the wire encoding.
+    headers = [
+        (key, value)
+        for key, value in response.headers.multi_items()
+        if key.lower() not in ("content-encoding", "content-length", "transfer-encoding")
+    ]
+    return httpx.Response(
+        response.status_code, headers=headers, content=bytes(body[:limit]), request=response.request
+    )
 
 
 def _snippet(response: httpx.Response, limit: int = 300) -> str:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import httpx
+
 from vivix.providers.base import ProviderAdapter
 from vivix.settings import Settings
 
@@ -63,5 +67,10 @@ def build_registry(settings: Settings) -> ProviderRegistry:
         module_name, class_name = target.split(":")
         adapter_class = getattr(importlib.import_module(module_name), class_name)
         provider = settings.provider(name)
-        adapters[name] = adapter_class(api_key=provider.api_key or "", base_url=provider.base_url)
+        options: dict[str, Any] = {"max_concurrent_requests": provider.max_concurrency}
+        if provider.timeout_seconds is not None:
+            options["timeout"] = httpx.Timeout(provider.timeout_seconds, connect=10.0)
+        adapters[name] = adapter_class(
+            api_key=provider.api_key or "", base_url=provider.base_url, **options
+        )
     return ProviderRegistry(adapters)

@@ -137,14 +137,15 @@ class JobExecutor:
             resume = generation.upstream_handle if generation.route_index == index else None
             attempts = self.runtime.settings.worker.route_attempts
             for attempt in range(attempts):
+                handle = resume
                 try:
-                    handle = resume if resume is not None else await self._submit(generation, index, route, adapter, request)
+                    if handle is None:
+                        handle = await self._submit(generation, index, route, adapter, request)
                     result = await self._poll(generation, adapter, handle, request)
                 except ProviderRetriableError as exc:
                     last_error = exc.message
-                    handle_now = generation.upstream_handle if generation.route_index == index else None
                     # Keep polling the same upstream job unless it is gone: never pay twice.
-                    resume = None if exc.resubmit else handle_now
+                    resume = None if exc.resubmit else handle
                     if attempt + 1 < attempts:
                         backoff = self.runtime.settings.worker.route_retry_backoff_seconds
                         await asyncio.sleep(_backoff(attempt, exc.retry_after_s, backoff))

@@ -19,16 +19,18 @@ elsewhere), and rebuild them from the app id only if a stored handle lacks them.
 
 Handle: `{"request_id", "model", "status_url", "response_url", "cancel_url"}`. Polling with
 it needs nothing else, so a retried attempt resumes the same upstream request.
+
+A failed poll asks for a new submission (`resubmit=True`) only when this request can no
+longer deliver: the queue forgot it (404), its result is a failure fal recorded after its
+own retries (marked with an error type; fal doesn't bill 5xx failures), an output file is
+gone or an inline one unreadable. A status check or download we couldn't make, or a bare
+5xx from in front of the queue, leaves the worker polling the same request.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import mimetypes
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import unquote_to_bytes, urlsplit
 
 import httpx
 import structlog
@@ -44,7 +46,20 @@ from vivix.providers.base import (
     RenderResult,
     UpstreamHandle,
 )
-from vivix.providers.http import DEFAULT_TIMEOUT, ProviderHttp
+from vivix.providers.http import (
+    DEFAULT_TIMEOUT,
+    ProviderHttp,
+    json_object_or_empty,
+    known_content_type,
+)
+from vivix.providers.route_options import (
+    IMAGE_SIZE,
+    IMAGE_SIZE_ENUM,
+    USUAL_FIELDS,
+    WIDTH_HEIGHT,
+    InputConventions,
+    build_input,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -52,30 +67,20 @@ DEFAULT_BASE_URL = "https://queue.fal.run"
 # fal-client: ids under these namespaces carry one more segment before owner/app.
 APP_NAMESPACES = frozenset({"workflows", "comfy"})
 
-# Our canonical param → fal input field, the usual names across fal's model schemas.
-# A route's `options.fields` renames or drops any of them; other params are not sent.
-DEFAULT_FIELDS: dict[str, str] = {
-    "prompt": "prompt",
-    "negative_prompt": "negative_prompt",
-    "aspect_ratio": "aspect_ratio",
-    "resolution": "resolution",
-    "duration": "duration",
-    "audio": "generate_audio",
-    "seed": "seed",
-    "number_results": "num_images",
-}
-DEFAULT_REFERENCE_FIELD = {"image": "image_urls", "video": "image_url", "audio": "audio_url"}
-SIZE_MODES = frozenset({"image_size", "image_size_enum", "width_height"})
-# fal's `image_size` presets; 4:5 has none, the closest is 4:3 portrait.
-IMAGE_SIZE_PRESETS = {
-    "1:1": "square_hd",
-    "4:5": "portrait_4_3",
-    "9:16": "portrait_16_9",
-    "16:9": "landscape_16_9",
-}
-ASPECT_RATIOS = {"1:1": (1, 1), "4:5": (4, 5), "9:16": (9, 16), "16:9": (16, 9)}
-IMAGE_LONG_SIDE = {"1K": 1024, "2K": 2048, "4K": 4096}
-VIDEO_SHORT_SIDE = {"720p": 720, "1080p": 1080, "2160p": 2160}
+# Our canonical params as fal's model schemas usually name them (route options override it;
+# see route_options). fal's `image_size` presets: 4:5 has none, the closest is 4:3 portrait.
+FAL_INPUT = InputConventions(
+    provider="fal",
+    fields={**USUAL_FIELDS, "number_results": "num_images"},
+    reference_fields={"image": "image_urls", "video": "image_url", "audio": "audio_url"},
+    size_modes=frozenset({IMAGE_SIZE, IMAGE_SIZE_ENUM, WIDTH_HEIGHT}),
+    size_presets={
+        "1:1": "square_hd",
+        "4:5": "portrait_4_3",
+        "9:16": "portrait_16_9",
+        "16:9": "landscape_16_9",
+    },
+)
 # Where each category's files sit in fal output schemas (images: [File], video: File, ...).
 OUTPUT_KEYS = {
     "image": ("images", "image"),
@@ -91,7 +96,6 @@ CONTENT_MARKERS = (
     "safety",
     "moderation",
 )
-GENERIC_CONTENT_TYPES = frozenset({"", "application/octet-stream", "binary/octet-stream"})
 
 
 class FalAdapter:
@@ -134,26 +138,23 @@ class FalAdapter:
         model = request.upstream_model.strip("/")
         if not model:
             raise ProviderFatalError("fal route has no upstream model id")
-        body = build_input(request)
+        body = build_input(request, FAL_INPUT)
         response = await self._http.request("POST", f"/{model}", json=body, idempotent=False)
         if not response.is_success:
             raise submit_error(response, model)
-        data = _json_object(response)
+        data = json_object_or_empty(response)
         request_id = data.get("request_id")
         if not isinstance(request_id, str) or not request_id:
             raise ProviderRetriableError("fal accepted the submit but returned no request_id")
-        urls = request_urls(self.base_url, model, request_id)
-        for key in urls:
-            if isinstance(data.get(key), str):
-                urls[key] = self._on_queue_host(data[key])
-        return {"request_id": request_id, "model": model, **urls}
+        handle: UpstreamHandle = {"request_id": request_id, "model": model}
+        return {**handle, **self._urls({**data, **handle})}
 
     async def poll(self, handle: UpstreamHandle, request: RenderRequest) -> Progress | RenderResult:
         urls = self._urls(handle)
         response = await self._http.request("GET", urls["status_url"])
         if not response.is_success:  # 202 while queued or running, 200 once completed
             raise poll_error(response, "status check")
-        status = str(_json_object(response).get("status", ""))
+        status = str(json_object_or_empty(response).get("status", ""))
         if status == "IN_QUEUE":
             return Progress(status="queued")
         if status == "IN_PROGRESS":
@@ -162,10 +163,14 @@ class FalAdapter:
             raise ProviderRejectedError("canceled upstream")
         if status not in ("COMPLETED", "FAILED", "ERROR"):
             return Progress(status="processing")  # undocumented state: keep waiting
-        result = await self._http.request("GET", urls["response_url"])
+        result = await self._http.request(
+            "GET", urls["response_url"], classify_error=result_failure
+        )
         if not result.is_success:  # the model's own error, status code and all
             raise poll_error(result, "result")
-        return RenderResult(await self._download_outputs(_json_object(result), request.category))
+        return RenderResult(
+            await self._download_outputs(json_object_or_empty(result), request.category)
+        )
 
     async def cancel(self, handle: UpstreamHandle) -> None:
         try:
@@ -193,20 +198,8 @@ class FalAdapter:
         urls = request_urls(self.base_url, model, request_id)
         for key in urls:
             if isinstance(handle.get(key), str):
-                urls[key] = self._on_queue_host(handle[key])
+                urls[key] = self._http.on_base_url(handle[key])
         return urls
-
-    def _on_queue_host(self, url: str) -> str:
-        """The same path on the configured queue host (credentials go only there)."""
-        parts = urlsplit(url)
-        base = urlsplit(self.base_url)
-        if (parts.scheme, parts.netloc) == (base.scheme, base.netloc):
-            return url
-        path = parts.path
-        if base.path and path.startswith(base.path + "/"):
-            path = path[len(base.path) :]
-        query = f"?{parts.query}" if parts.query else ""
-        return f"{self.base_url}{path}{query}"
 
     async def _download_outputs(self, result: dict[str, Any], category: str) -> list[OutputFile]:
         files = output_files(result, category)
@@ -221,24 +214,18 @@ class FalAdapter:
             files = kept
         outputs = []
         for file in files:
-            data, content_type = await self._fetch(file.url)
-            if content_type in GENERIC_CONTENT_TYPES:
-                content_type = file.content_type or _guess_type(file.url)
+            # `sync_mode` inlines files as data URIs; `download` decodes those too.
+            data, served_type = await self._http.download(file.url)
             outputs.append(
                 OutputFile(
                     data,
-                    content_type,
+                    known_content_type(served_type, file.url, file.content_type),
                     width=file.width,
                     height=file.height,
                     duration_s=file.duration_s,
                 )
             )
         return outputs
-
-    async def _fetch(self, url: str) -> tuple[bytes, str]:
-        if url.startswith("data:"):  # fal's `sync_mode` inlines files as data URIs
-            return decode_data_uri(url)
-        return await self._http.download(url)
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,88 +247,6 @@ def app_id(model: str) -> str:
 def request_urls(base_url: str, model: str, request_id: str) -> dict[str, str]:
     root = f"{base_url.rstrip('/')}/{app_id(model)}/requests/{request_id}"
     return {"status_url": f"{root}/status", "response_url": root, "cancel_url": f"{root}/cancel"}
-
-
-def build_input(request: RenderRequest) -> dict[str, Any]:
-    """The fal input for one render, from our params and the route's options.
-
-    Route options (all optional):
-    - `fields`: our param → fal field, overriding `DEFAULT_FIELDS`; `false` or `""` drops
-      it. Params with no field (model-specific ones included) are not sent.
-    - `values`: per param, our value as a key (5 → "5", true → "true") → the fal value,
-      e.g. `values.duration = {"5" = "5s"}`; values not listed pass unchanged.
-    - `size`: how aspect ratio and resolution are sent, instead of as they are:
-      `image_size` → `image_size: {width, height}`, `image_size_enum` → `image_size:
-      "landscape_16_9"`-style presets, `width_height` → top-level `width`/`height`.
-    - `reference_images`: `"list"` (the default for images, field `image_urls`) or
-      `"first"` (the default for video, field `image_url`).
-    - `input`: fixed fal fields merged last (they win), e.g. `enable_safety_checker`.
-    """
-    options = request.options
-    params = request.params
-    fields = {**DEFAULT_FIELDS, **_table(options, "fields")}
-    values = _table(options, "values")
-    body: dict[str, Any] = {}
-    consumed: set[str] = set()
-
-    size_mode = options.get("size")
-    if size_mode is not None:
-        if size_mode not in SIZE_MODES:
-            raise ProviderFatalError(
-                f"fal route option size={size_mode!r} is not one of {sorted(SIZE_MODES)}"
-            )
-        consumed |= {"aspect_ratio", "resolution"}
-        aspect = str(
-            params.get("aspect_ratio") or ("16:9" if request.category == "video" else "1:1")
-        )
-        if size_mode == "image_size_enum":
-            body["image_size"] = IMAGE_SIZE_PRESETS.get(aspect, "square_hd")
-        else:
-            width, height = pixel_size(request.category, aspect, params.get("resolution"))
-            if size_mode == "image_size":
-                body["image_size"] = {"width": width, "height": height}
-            else:
-                body["width"], body["height"] = width, height
-
-    references = _reference_urls(request)
-    if references:
-        consumed.add("reference_images")
-        target = fields.get("reference_images", DEFAULT_REFERENCE_FIELD.get(request.category))
-        mode = options.get("reference_images", "first" if request.category == "video" else "list")
-        if mode not in ("list", "first"):
-            raise ProviderFatalError(
-                f"fal route option reference_images={mode!r} is not list|first"
-            )
-        if target:
-            body[target] = references if mode == "list" else references[0]
-
-    for name, value in params.items():
-        target = fields.get(name)
-        if name in consumed or not target or value is None:
-            continue
-        mapped = values.get(name)
-        if isinstance(mapped, dict) and _value_key(value) in mapped:
-            value = mapped[_value_key(value)]
-        body[str(target)] = value
-
-    body.update(_table(options, "input"))
-    return body
-
-
-def pixel_size(category: str, aspect: str, resolution: Any) -> tuple[int, int]:
-    """Pixel dimensions for our aspect ratio and resolution: images by their long side
-    (1K = 1024), video by its short side (720p = 720); multiples of 8."""
-    ratio_w, ratio_h = ASPECT_RATIOS.get(aspect, (1, 1))
-    if category == "video":
-        short = VIDEO_SHORT_SIDE.get(str(resolution), 720)
-        long_side = short * max(ratio_w, ratio_h) / min(ratio_w, ratio_h)
-        sides = (long_side, short) if ratio_w >= ratio_h else (short, long_side)
-    else:
-        long_edge = IMAGE_LONG_SIDE.get(str(resolution), 1024)
-        short_side = long_edge * min(ratio_w, ratio_h) / max(ratio_w, ratio_h)
-        sides = (long_edge, short_side) if ratio_w >= ratio_h else (short_side, long_edge)
-    width, height = (max(8, round(side / 8) * 8) for side in sides)
-    return width, height
 
 
 def output_files(result: dict[str, Any], category: str) -> list[FileRef]:
@@ -387,16 +292,39 @@ def poll_error(response: httpx.Response, stage: str) -> ProviderError:
     if response.status_code == 404:
         # The queue no longer knows the request (results are kept for a limited time):
         # only a new submission can still deliver.
-        return ProviderRetriableError(f"fal no longer knows this request ({stage}: HTTP 404)")
-    return _error_for(response, stage)
+        return ProviderRetriableError(
+            f"fal no longer knows this request ({stage}: HTTP 404)", resubmit=True
+        )
+    # A completed request's result is final: a failure fal recorded for it (after its own
+    # retries) is answered again on every poll. A status check failing, or a bare 5xx
+    # from the infrastructure in front of the queue, says nothing about the request.
+    return _error_for(response, stage, resubmit=stage == "result" and _recorded_by_fal(response))
 
 
-def _error_for(response: httpx.Response, stage: str) -> ProviderError:
+def result_failure(response: httpx.Response) -> ProviderError | None:
+    """For the result call: a 5xx that fal marks as the request's own failure is final,
+    so ProviderHttp raises it instead of asking again (None: retry as usual)."""
+    if response.status_code >= 500 and _recorded_by_fal(response):
+        return poll_error(response, "result")
+    return None
+
+
+def _recorded_by_fal(response: httpx.Response) -> bool:
+    """fal's own verdict on a request: an error type (docs "Request Errors") or an
+    explicit retryable flag, as opposed to a proxy's or load balancer's answer."""
+    return bool(
+        response.headers.get("x-fal-error-type")
+        or response.headers.get("x-fal-retryable")
+        or json_object_or_empty(response).get("error_type")
+    )
+
+
+def _error_for(response: httpx.Response, stage: str, *, resubmit: bool = False) -> ProviderError:
     """Map a fal error answer. Model errors (docs "Model Errors") have `detail` as a list
     of `{loc, msg, type}`; request errors (docs "Request Errors") have `detail` as a string
     and `error_type` (also in the `X-Fal-Error-Type` header)."""
     status = response.status_code
-    body = _json_object(response)
+    body = json_object_or_empty(response)
     detail = body.get("detail")
     messages: list[str] = []
     types: list[str] = []
@@ -417,59 +345,13 @@ def _error_for(response: httpx.Response, stage: str) -> ProviderError:
     if "content_policy_violation" in types or _mentions_content(text):
         return ProviderRejectedError(f"{where}: content rejected: {text}", content=True)
     if response.headers.get("x-fal-retryable", "").lower() == "true" or status >= 500:
-        return ProviderRetriableError(f"{where}: {text}")
+        return ProviderRetriableError(f"{where}: {text}", resubmit=resubmit)
     return ProviderRejectedError(f"{where}: {text}")
 
 
 def _mentions_content(text: str) -> bool:
     lowered = text.lower()
     return any(marker in lowered for marker in CONTENT_MARKERS)
-
-
-def decode_data_uri(uri: str) -> tuple[bytes, str]:
-    header, _, payload = uri.partition(",")
-    meta = header[len("data:") :].split(";")
-    content_type = (meta[0] or "application/octet-stream").lower()
-    try:
-        data = (
-            base64.b64decode(payload, validate=True)
-            if "base64" in meta[1:]
-            else unquote_to_bytes(payload)
-        )
-    except (binascii.Error, ValueError):
-        raise ProviderRetriableError("fal returned an unreadable data URI") from None
-    return data, content_type
-
-
-def _guess_type(url: str) -> str:
-    guessed, _ = mimetypes.guess_type(urlsplit(url).path)
-    return guessed or "application/octet-stream"
-
-
-def _reference_urls(request: RenderRequest) -> list[str]:
-    urls = request.params.get("reference_images") or [ref.url for ref in request.reference_images]
-    return [str(url) for url in urls]
-
-
-def _value_key(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
-
-
-def _table(options: dict[str, Any], key: str) -> dict[str, Any]:
-    value = options.get(key, {})
-    if not isinstance(value, dict):
-        raise ProviderFatalError(f"fal route option {key!r} must be a table")
-    return value
-
-
-def _json_object(response: httpx.Response) -> dict[str, Any]:
-    try:
-        data = response.json()
-    except ValueError:
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 def _int_or_none(value: Any) -> int | None:

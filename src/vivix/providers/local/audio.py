@@ -56,6 +56,7 @@ def music_for(theme: Theme) -> Music:
     if "calm" in mods or "mist" in mods:
         bpm *= 0.8
     # Pentatonic melodies sound calm over any chord of their parent scale.
+    melody: tuple[int, ...]
     if harmony in (MINOR, DORIAN):
         melody = (0, 3, 5, 7, 10)
     elif "calm" in mods or "snow" in mods:
@@ -69,7 +70,7 @@ def music_for(theme: Theme) -> Music:
 
 
 def _hz(note: float) -> float:
-    return 440.0 * 2.0 ** ((note - 69.0) / 12.0)
+    return 440.0 * math.pow(2.0, (note - 69.0) / 12.0)
 
 
 def _pluck(note: int, seconds: float) -> F32:
@@ -231,9 +232,7 @@ def audio_frames(samples: F32, start: int, stop: int, chunk: int = 4096) -> Iter
 def encode_mp3(samples: F32) -> bytes:
     buffer = io.BytesIO()
     # bitexact: no encoder version strings, so the bytes depend only on the samples.
-    with av.open(
-        buffer, "w", format="mp3", container_options={"fflags": "+bitexact"}
-    ) as container:
+    with av.open(buffer, "w", format="mp3", container_options={"fflags": "+bitexact"}) as container:
         stream = container.add_stream("libmp3lame", rate=SAMPLE_RATE, layout="stereo")
         stream.bit_rate = 192_000
         stream.codec_context.flags |= av.codec.context.Flags.bitexact

@@ -81,7 +81,8 @@ def _aurora(height: int, sky_bottom: float, rng: np.random.Generator) -> FieldFu
             gx / (0.012 * h) + 3.0 * np.sin(gx / (0.07 * h) + np.float32(0.15 * t + p2))
         )
         stretch = 0.3 + 0.7 * (0.5 + 0.5 * np.sin(gx / (0.25 * h) + np.float32(0.2 * t + p1)))
-        return (0.7 * curtain * (0.35 + 0.65 * folds) * stretch).astype(np.float32)
+        out: F32 = (0.7 * curtain * (0.35 + 0.65 * folds) * stretch).astype(np.float32)
+        return out
 
     return field
 
@@ -99,7 +100,8 @@ def _spiral(width: int, height: int, sky_bottom: float, rng: np.random.Generator
         angle = np.arctan2(dy, dx)
         s = 0.5 + 0.5 * np.sin(arms * angle + twist * np.log(r) - np.float32(0.7 * t))
         window = np.exp(-(r**2) * 1.2) * (1.0 - np.exp(-((r / 0.12) ** 2)))
-        return (0.6 * s * s * window).astype(np.float32)
+        out: F32 = (0.6 * s * s * window).astype(np.float32)
+        return out
 
     return field
 
@@ -117,7 +119,8 @@ def _rays(sun: SunPath, height: int, rng: np.random.Generator) -> FieldFunction:
         falloff = np.exp(-r / np.float32(0.45 * height)) * (
             1.0 - np.exp(-((r / np.float32(sun.radius * 1.5)) ** 2))
         )
-        return (0.4 * s**3 * falloff).astype(np.float32)
+        out: F32 = (0.4 * s**3 * falloff).astype(np.float32)
+        return out
 
     return field
 
@@ -144,7 +147,8 @@ def compose_scene(
         horizon = float(height)
     ground = floor or bool(land)
     cell = max(2.0, unit / 240.0)  # coarse-grid cell for smooth fields, in pixels
-    extra_width = 0.05 * height * (duration + 1.0) + 8 * cell  # room for textures to drift
+    # Room for textures to drift sideways; every drift below is under 0.05·height per second.
+    extra_width = 0.05 * height * (duration + 1.0) + 8 * cell
 
     sun = _sun_path(theme, rng, width, height, horizon, ground)
     # Rain and storms hide the sun behind clouds.

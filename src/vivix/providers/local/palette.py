@@ -196,6 +196,7 @@ def palette_for(theme: Theme, rng: np.random.Generator) -> Palette:
         jitter(blue_hues[0] if blue_hues else 240.0),
     )
 
+    accent_hues: tuple[float, ...]
     if theme.light == "neon" or not hues:
         accent_hues = (335.0, 205.0, 290.0) if theme.light == "neon" else (jitter(30.0), 200.0)
     else:

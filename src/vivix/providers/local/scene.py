@@ -30,7 +30,6 @@ class Band:
     rgb: F32  # (3, rows, width)
     y0: int
     y1: int
-    height: int
     ys: F32  # pixel-centre rows, absolute
     xs: F32  # pixel-centre columns
 
@@ -78,8 +77,8 @@ def apply_sparse(
 
 
 def smoothstep(edge0: float, edge1: float, x: F32) -> F32:
-    s = np.clip((x - np.float32(edge0)) * np.float32(1.0 / (edge1 - edge0)), 0.0, 1.0)
-    return (s * s * (np.float32(3.0) - np.float32(2.0) * s)).astype(np.float32, copy=False)
+    s: F32 = np.clip((x - np.float32(edge0)) * np.float32(1.0 / (edge1 - edge0)), 0.0, 1.0)
+    return s * s * (np.float32(3.0) - np.float32(2.0) * s)
 
 
 def row_colours(stops_y: Sequence[float], stops: Sequence[RGB], ys: F32) -> F32:
@@ -194,7 +193,9 @@ def splat(
     w = weight[:, None, None] * np.exp(-(dx * dx + dy * dy) / s2)
     ry = py - y0
     keep = (ry >= 0) & (ry < rows) & (px >= 0) & (px < width) & (w > 1e-3)
-    flat = (np.broadcast_to(ry, keep.shape) * width + np.broadcast_to(px, keep.shape))[keep]
+    flat: NDArray[np.intp] = (
+        np.broadcast_to(ry, keep.shape) * width + np.broadcast_to(px, keep.shape)
+    )[keep]
     np.add.at(dst.reshape(-1), flat, w[keep].astype(np.float32))
     return flat
 
@@ -256,8 +257,12 @@ class SkyLayer:
         if c0 >= c1:
             return
         inv = np.float32(-0.5 / self.glow_sigma**2)
-        gy = np.exp((band.ys[a:b] - sy) ** 2 * inv) * np.float32(self.glow)
-        gx = np.exp((band.xs[c0:c1] - sx) ** 2 * inv)
+        # Each factor is shifted to reach exactly 0 at `reach`: no seam where the box ends.
+        edge = math.exp(-0.5 * 2.6**2)
+        scale = np.float32(1.0 / (1.0 - edge))
+        gy = np.maximum(np.exp((band.ys[a:b] - sy) ** 2 * inv) - np.float32(edge), 0.0)
+        gy *= scale * np.float32(self.glow)
+        gx = np.maximum(np.exp((band.xs[c0:c1] - sx) ** 2 * inv) - np.float32(edge), 0.0) * scale
         # The glow is separable: colour·gy(y)·gx(x), written straight over the fill.
         for c in range(3):
             region = band.rgb[c, a:b, c0:c1]
@@ -368,8 +373,8 @@ class TextureLayer:
     ) -> None:
         ys = noise.row_centres()
         # A bump that is 1 at `centre` and 0 at the window's edges.
-        half = np.where(ys < centre, centre - top, bottom - centre)
-        bump = np.clip(1.0 - ((ys - centre) / np.maximum(half, 1.0)) ** 2, 0.0, 1.0)
+        half = np.where(ys < centre, centre - top, bottom - centre).astype(np.float32)
+        bump: F32 = np.clip(1.0 - ((ys - centre) / np.maximum(half, 1.0)) ** 2, 0.0, 1.0)
         alpha = smoothstep(*threshold, noise.values) * (bump * np.float32(opacity))[:, None]
         self.alpha = CoarseTexture(alpha, noise.cell)
         self.top, self.bottom = top, bottom
@@ -426,7 +431,7 @@ class StripesLayer:
         s = (band.ys[a:b] * np.float32(self.sin) - np.float32(0.08 * t))[:, None] + (
             band.xs * np.float32(self.cos)
         )[None, :]
-        tri = np.abs(s % 1.0 - 0.5) * 2.0
+        tri = (np.abs(s % 1.0 - 0.5) * 2.0).astype(np.float32, copy=False)
         alpha = smoothstep(0.5 - self.edge, 0.5 + self.edge, tri) * np.float32(self.opacity)
         fade = np.clip((self.bottom - band.ys[a:b]) / np.float32(self.bottom * 0.35), 0.0, 1.0)
         blend(band.rgb[:, a:b], self.colour, alpha * fade[:, None])
@@ -489,7 +494,7 @@ class Skyline:
 
     def building_at(self, x: F32) -> tuple[NDArray[np.intp], F32]:
         local = (x % np.float32(self.period)).astype(np.float32)
-        idx = np.searchsorted(self.starts, local, side="right") - 1
+        idx: NDArray[np.intp] = np.searchsorted(self.starts, local, side="right") - 1
         return idx, local - self.starts[idx]
 
 
@@ -777,8 +782,10 @@ class BubblesLayer:
             dy = band.ys[a:b] - np.float32(y)
             dx = band.xs[c0:c1] - np.float32(x)
             d = np.sqrt(dy[:, None] ** 2 + dx[None, :] ** 2)
-            disc = np.clip(np.float32(r + 0.5) - d, 0.0, 1.0)
-            rim = np.clip(1.0 - np.abs(d - np.float32(r * 0.9)) / np.float32(r * 0.1 + 1), 0, 1)
+            disc: F32 = np.clip(np.float32(r + 0.5) - d, 0.0, 1.0)
+            rim: F32 = np.clip(
+                1.0 - np.abs(d - np.float32(r * 0.9)) / np.float32(r * 0.1 + 1), 0, 1
+            )
             alpha = (disc * 0.45 + rim * 0.55) * np.float32(bubble.opacity)
             if self.additive:
                 add_light(band.rgb[:, a:b, c0:c1], bubble.colour, alpha)
@@ -849,7 +856,6 @@ class Scene:
             rgb=rgb,
             y0=y0,
             y1=y1,
-            height=self.height,
             ys=ys,
             xs=np.arange(self.width, dtype=np.float32) + np.float32(0.5),
         )
@@ -857,7 +863,7 @@ class Scene:
             layer.draw(band, t)
         np.clip(rgb, 0.0, 1.0, out=rgb)
         v = ys / np.float32(self.height) * 2 - 1
-        vignette_y = 1.0 - np.float32(self.vignette) * v * v
+        vignette_y = (1.0 - np.float32(self.vignette) * v * v).astype(np.float32, copy=False)
         return rgb, vignette_y[:, None] * self.vignette_x[None, :]
 
     def render_rgb(self, t: float) -> NDArray[np.uint8]:

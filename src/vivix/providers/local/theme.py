@@ -145,9 +145,11 @@ def _lookup(table: dict[str, V], word: str) -> V | None:
 
 
 def _is_known(word: str) -> bool:
-    return any(
-        _lookup(table, word) is not None
-        for table in (MOTIF_WORDS, HUE_WORDS, LIGHT_WORDS, MODIFIER_WORDS)
+    return (
+        _lookup(MOTIF_WORDS, word) is not None
+        or _lookup(HUE_WORDS, word) is not None
+        or _lookup(LIGHT_WORDS, word) is not None
+        or _lookup(MODIFIER_WORDS, word) is not None
     )
 
 

@@ -28,10 +28,13 @@ Errors are `{"error": {"message", "type", "param", "code"}}`. 401 (invalid_api_k
 (no access, unverified organization) and 404 (model_not_found) mean the route is unusable;
 400 with code `moderation_blocked` (GPT image models) or `content_policy_violation`
 (dall-e) is a safety refusal; other 400/422 are bad input. 429 and 5xx are retried by
-ProviderHttp (a submit only when the upstream provably did not take it).
+ProviderHttp (a submit only when the upstream provably did not take it), except a 429
+that is about billing (type `insufficient_quota`, codes like `billing_hard_limit_reached`):
+that route stays unusable until someone pays, so it is fatal at once.
 
 This module also holds the pieces of the OpenAI images protocol that xAI's
-OpenAI-compatible image endpoints share (output items, handles, errors, route options).
+OpenAI-compatible image endpoints share (output items, handles, errors); the generic
+route option readers are in `vivix.providers.route_options`.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ import httpx
 
 from vivix.providers.base import (
     OutputFile,
+    ProviderError,
     ProviderFatalError,
     ProviderRejectedError,
     ProviderRetriableError,
@@ -57,6 +61,12 @@ from vivix.providers.base import (
 )
 from vivix.providers.http import ProviderHttp, parse_retry_after
 from vivix.providers.media import probe
+from vivix.providers.route_options import (
+    option_choice,
+    option_string_list,
+    option_string_map,
+    option_table,
+)
 
 DEFAULT_BASE_URL = "https://api.openai.com"
 # GPT image models take up to a couple of minutes for high quality, several images.
@@ -70,9 +80,20 @@ DALL_E_2_SIZES = {"1:1": "1024x1024", "4:5": "1024x1024", "9:16": "1024x1024", "
 RESPONSE_FORMATS = ("url", "b64_json")
 REFERENCE_FORMS = ("auto", "upload", "url")
 CONTENT_CODES = frozenset({"moderation_blocked", "content_policy_violation"})
-FATAL_CODES = frozenset(
-    {"invalid_api_key", "model_not_found", "insufficient_quota", "billing_hard_limit_reached"}
+# Billing answers (429 with error type `insufficient_quota`, the cause in `code`): waiting
+# doesn't help, only a payment or a raised limit does.
+BILLING_CODES = frozenset(
+    {
+        "insufficient_quota",
+        "billing_hard_limit_reached",
+        "billing_not_active",
+        "credit_balance_exhausted",
+        "organization_spend_limit_exceeded",
+        "project_spend_limit_exceeded",
+        "organization_usage_limit_exceeded",
+    }
 )
+FATAL_CODES = frozenset({"invalid_api_key", "model_not_found"}) | BILLING_CODES
 CONTENT_MARKERS = ("safety system", "content policy", "content_policy", "moderation_blocked")
 
 
@@ -117,7 +138,7 @@ class OpenAiRouteOptions:
             size_map={**default_size_map(upstream_model), **option_string_map(options, "size_map")},
             quality_map=option_string_map(options, "quality_map"),
             pass_params=option_string_list(options, "pass_params"),
-            input=option_fields(options, "input"),
+            input=option_table(options, "input"),
             reference_images_as=option_choice(
                 options, "reference_images_as", REFERENCE_FORMS, "auto"
             ),
@@ -162,6 +183,7 @@ class OpenAiImagesAdapter:
             max_retry_after_s=max_retry_after_s,
             max_concurrent_requests=max_concurrent_requests,
             transport=transport,
+            classify_error=billing_refusal,
         )
 
     async def submit(self, request: RenderRequest) -> UpstreamHandle:
@@ -321,6 +343,7 @@ async def collect_images(http: ProviderHttp, handle: UpstreamHandle) -> RenderRe
         raise ProviderRetriableError(
             f"the previous attempt's {http.provider} images were not kept; generating again",
             retry_after_s=0.0,
+            resubmit=True,
         )
     outputs = inline
     for entry in urls:
@@ -344,6 +367,23 @@ def raise_for_openai_error(response: httpx.Response, action: str) -> NoReturn:
     if status in (408, 409, 425) or status >= 500:
         raise ProviderRetriableError(text, parse_retry_after(response.headers.get("retry-after")))
     raise ProviderRejectedError(text)
+
+
+def billing_refusal(response: httpx.Response) -> ProviderError | None:
+    """ProviderHttp's `classify_error`: a 429 about billing is not a rate limit."""
+    if response.status_code != 429:
+        return None
+    try:
+        payload = response.json()
+    except ValueError:
+        return None
+    error = payload.get("error") if isinstance(payload, dict) else None
+    if not isinstance(error, dict):
+        return None
+    if error.get("type") == "insufficient_quota" or error.get("code") in BILLING_CODES:
+        detail = error.get("message") or error.get("code") or "insufficient quota"
+        return ProviderFatalError(f"openai refused for billing (HTTP 429): {detail}")
+    return None
 
 
 def error_detail(response: httpx.Response) -> tuple[str, str]:
@@ -381,7 +421,10 @@ def decode_b64_image(encoded: str) -> bytes:
     try:
         return base64.b64decode(encoded, validate=True)
     except (binascii.Error, ValueError):
-        raise ProviderRetriableError("the images API returned undecodable base64") from None
+        # Paid for, but unreadable, and there is no job to ask again: only a new call helps.
+        raise ProviderRetriableError(
+            "the images API returned undecodable base64", resubmit=True
+        ) from None
 
 
 def image_type(data: bytes, declared: str | None, fallback: str) -> str:
@@ -410,33 +453,3 @@ def api_root(base_url: str) -> str:
     """Accept the base URL with or without the `/v1` suffix compatible servers document."""
     root = base_url.rstrip("/")
     return root[: -len("/v1")] if root.endswith("/v1") else root
-
-
-def option_choice(options: dict[str, Any], key: str, allowed: tuple[str, ...], default: str) -> str:
-    value = options.get(key, default)
-    if value not in allowed:
-        raise ProviderFatalError(f"route option {key} must be one of {', '.join(allowed)}")
-    return str(value)
-
-
-def option_string_map(options: dict[str, Any], key: str) -> dict[str, str]:
-    value = options.get(key, {})
-    if not isinstance(value, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
-    ):
-        raise ProviderFatalError(f"route option {key} must map strings to strings")
-    return dict(value)
-
-
-def option_string_list(options: dict[str, Any], key: str) -> tuple[str, ...]:
-    value = options.get(key, [])
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise ProviderFatalError(f"route option {key} must be a list of param names")
-    return tuple(value)
-
-
-def option_fields(options: dict[str, Any], key: str) -> dict[str, Any]:
-    value = options.get(key, {})
-    if not isinstance(value, dict):
-        raise ProviderFatalError(f"route option {key} must be a table of request fields")
-    return dict(value)

@@ -19,16 +19,17 @@ occupies a request slot, and a read timeout on it would be ambiguous. When enabl
 answer is already terminal, the prediction rides in the handle's in-memory `result` key
 (stripped before the handle is persisted); the persisted part - id and URLs - is enough to
 resume, because a resumed `poll` simply fetches the prediction again.
+
+A failed poll asks for a new prediction (`resubmit=True`) only when this one can no longer
+deliver: Replicate forgot it (404), it failed for a transient reason, its output was
+deleted (`data_removed`, or the file answers 404/410) or is an unreadable data URI. A GET
+or download we couldn't make leaves the worker polling the same prediction.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import mimetypes
 import re
 from typing import Any
-from urllib.parse import unquote_to_bytes, urlsplit
 
 import httpx
 import structlog
@@ -44,30 +45,32 @@ from vivix.providers.base import (
     RenderResult,
     UpstreamHandle,
 )
-from vivix.providers.http import DEFAULT_TIMEOUT, ProviderHttp
+from vivix.providers.http import (
+    DEFAULT_TIMEOUT,
+    ProviderHttp,
+    json_object_or_empty,
+    known_content_type,
+)
+from vivix.providers.route_options import (
+    USUAL_FIELDS,
+    WIDTH_HEIGHT,
+    InputConventions,
+    build_input,
+)
 
 log = structlog.get_logger(__name__)
 
 DEFAULT_BASE_URL = "https://api.replicate.com"
 MAX_PREFER_WAIT_S = 60  # Replicate holds a sync request at most this long
 
-# Our canonical param → Replicate input field, the usual names in model schemas. A
-# route's `options.fields` renames or drops any of them; other params are not sent.
-DEFAULT_FIELDS: dict[str, str] = {
-    "prompt": "prompt",
-    "negative_prompt": "negative_prompt",
-    "aspect_ratio": "aspect_ratio",
-    "resolution": "resolution",
-    "duration": "duration",
-    "audio": "generate_audio",
-    "seed": "seed",
-    "number_results": "num_outputs",
-}
-DEFAULT_REFERENCE_FIELD = {"image": "image_input", "video": "image", "audio": "audio"}
-SIZE_MODES = frozenset({"width_height"})
-ASPECT_RATIOS = {"1:1": (1, 1), "4:5": (4, 5), "9:16": (9, 16), "16:9": (16, 9)}
-IMAGE_LONG_SIDE = {"1K": 1024, "2K": 2048, "4K": 4096}
-VIDEO_SHORT_SIDE = {"720p": 720, "1080p": 1080, "2160p": 2160}
+# Our canonical params as Replicate's model schemas usually name them (route options
+# override it; see route_options).
+REPLICATE_INPUT = InputConventions(
+    provider="Replicate",
+    fields={**USUAL_FIELDS, "number_results": "num_outputs"},
+    reference_fields={"image": "image_input", "video": "image", "audio": "audio"},
+    size_modes=frozenset({WIDTH_HEIGHT}),
+)
 
 TERMINAL = frozenset({"succeeded", "failed", "canceled", "aborted"})
 VERSION_ID = re.compile(r"^[0-9a-f]{64}$")
@@ -99,7 +102,6 @@ INPUT_MARKERS = (
     "could not download",
     "cannot identify image",
 )
-GENERIC_CONTENT_TYPES = frozenset({"", "application/octet-stream", "binary/octet-stream"})
 
 
 class ReplicateAdapter:
@@ -152,14 +154,16 @@ class ReplicateAdapter:
         )
 
     async def submit(self, request: RenderRequest) -> UpstreamHandle:
-        path, body = prediction_request(request.upstream_model, build_input(request))
+        path, body = prediction_request(
+            request.upstream_model, build_input(request, REPLICATE_INPUT)
+        )
         headers = {"Prefer": f"wait={self.prefer_wait_s}"} if self.prefer_wait_s else None
         response = await self._http.request(
             "POST", path, json=body, headers=headers, idempotent=False
         )
         if not response.is_success:
             raise submit_error(response, request.upstream_model)
-        prediction = _json_object(response)
+        prediction = json_object_or_empty(response)
         prediction_id = prediction.get("id")
         if not isinstance(prediction_id, str) or not prediction_id:
             raise ProviderRetriableError("Replicate accepted the prediction but returned no id")
@@ -182,11 +186,13 @@ class ReplicateAdapter:
             response = await self._http.request("GET", self._get_url(handle))
             if not response.is_success:
                 raise poll_error(response)
-            prediction = _json_object(response)
+            prediction = json_object_or_empty(response)
         status = prediction.get("status")
         if status == "succeeded":
             if prediction.get("data_removed"):
-                raise ProviderRetriableError("Replicate already deleted this prediction's output")
+                raise ProviderRetriableError(
+                    "Replicate already deleted this prediction's output", resubmit=True
+                )
             return RenderResult(await self._download(output_urls(prediction.get("output"))))
         if status == "failed":
             raise failure_error(prediction.get("error"))
@@ -231,26 +237,13 @@ class ReplicateAdapter:
         """The returned URL's path on the configured API host (credentials go only there)."""
         if not isinstance(url, str) or not url:
             return f"{self.base_url}{fallback_path}"
-        parts = urlsplit(url)
-        base = urlsplit(self.base_url)
-        if (parts.scheme, parts.netloc) == (base.scheme, base.netloc):
-            return url
-        path = parts.path
-        if base.path and path.startswith(base.path + "/"):
-            path = path[len(base.path) :]
-        query = f"?{parts.query}" if parts.query else ""
-        return f"{self.base_url}{path}{query}"
+        return self._http.on_base_url(url)
 
     async def _download(self, urls: list[str]) -> list[OutputFile]:
         outputs = []
         for url in urls:
-            if url.startswith("data:"):
-                data, content_type = decode_data_uri(url)
-            else:
-                data, content_type = await self._http.download(url)
-            if content_type in GENERIC_CONTENT_TYPES:
-                content_type = _guess_type(url)
-            outputs.append(OutputFile(data, content_type))
+            data, served_type = await self._http.download(url)  # data: URIs too
+            outputs.append(OutputFile(data, known_content_type(served_type, url)))
         return outputs
 
 
@@ -267,82 +260,6 @@ def prediction_request(model: str, model_input: dict[str, Any]) -> tuple[str, di
     if version:
         return "/v1/predictions", {"version": version, "input": model_input}
     return f"/v1/models/{owner}/{model_name}/predictions", {"input": model_input}
-
-
-def build_input(request: RenderRequest) -> dict[str, Any]:
-    """The Replicate `input` for one render, from our params and the route's options.
-
-    Route options (all optional), the same vocabulary as the fal adapter's:
-    - `fields`: our param → input field, overriding `DEFAULT_FIELDS`; `false` or `""`
-      drops it. Params with no field (model-specific ones included) are not sent.
-    - `values`: per param, our value as a key (5 → "5", true → "true") → the upstream
-      value, e.g. `values.resolution = {"1080p" = "1080"}`; values not listed pass unchanged.
-    - `size`: `width_height` sends top-level `width`/`height` instead of aspect ratio and
-      resolution.
-    - `reference_images`: `"list"` (the default for images, field `image_input`) or
-      `"first"` (the default for video, field `image`).
-    - `input`: fixed input fields merged last (they win), e.g. `output_format`.
-    """
-    options = request.options
-    params = request.params
-    fields = {**DEFAULT_FIELDS, **_table(options, "fields")}
-    values = _table(options, "values")
-    body: dict[str, Any] = {}
-    consumed: set[str] = set()
-
-    size_mode = options.get("size")
-    if size_mode is not None:
-        if size_mode not in SIZE_MODES:
-            raise ProviderFatalError(
-                f"Replicate route option size={size_mode!r} is not one of {sorted(SIZE_MODES)}"
-            )
-        consumed |= {"aspect_ratio", "resolution"}
-        aspect = str(
-            params.get("aspect_ratio") or ("16:9" if request.category == "video" else "1:1")
-        )
-        body["width"], body["height"] = pixel_size(
-            request.category, aspect, params.get("resolution")
-        )
-
-    references = _reference_urls(request)
-    if references:
-        consumed.add("reference_images")
-        target = fields.get("reference_images", DEFAULT_REFERENCE_FIELD.get(request.category))
-        mode = options.get("reference_images", "first" if request.category == "video" else "list")
-        if mode not in ("list", "first"):
-            raise ProviderFatalError(
-                f"Replicate route option reference_images={mode!r} is not list|first"
-            )
-        if target:
-            body[target] = references if mode == "list" else references[0]
-
-    for name, value in params.items():
-        target = fields.get(name)
-        if name in consumed or not target or value is None:
-            continue
-        mapped = values.get(name)
-        if isinstance(mapped, dict) and _value_key(value) in mapped:
-            value = mapped[_value_key(value)]
-        body[str(target)] = value
-
-    body.update(_table(options, "input"))
-    return body
-
-
-def pixel_size(category: str, aspect: str, resolution: Any) -> tuple[int, int]:
-    """Pixel dimensions for our aspect ratio and resolution: images by their long side
-    (1K = 1024), video by its short side (720p = 720); multiples of 8."""
-    ratio_w, ratio_h = ASPECT_RATIOS.get(aspect, (1, 1))
-    if category == "video":
-        short = VIDEO_SHORT_SIDE.get(str(resolution), 720)
-        long_side = short * max(ratio_w, ratio_h) / min(ratio_w, ratio_h)
-        sides = (long_side, short) if ratio_w >= ratio_h else (short, long_side)
-    else:
-        long_edge = IMAGE_LONG_SIDE.get(str(resolution), 1024)
-        short_side = long_edge * min(ratio_w, ratio_h) / max(ratio_w, ratio_h)
-        sides = (long_edge, short_side) if ratio_w >= ratio_h else (short_side, long_edge)
-    width, height = (max(8, round(side / 8) * 8) for side in sides)
-    return width, height
 
 
 def output_urls(output: Any) -> list[str]:
@@ -371,14 +288,16 @@ def progress_from_logs(logs: Any) -> float | None:
 
 def failure_error(error: Any) -> ProviderError:
     """A `failed` prediction: moderation → content rejection; an input problem →
-    rejection; anything else (E1000 unknown, E6716 start timeout, crashes) → transient."""
+    rejection; anything else (E1000 unknown, E6716 start timeout, crashes) → transient,
+    for a new prediction."""
     text = str(error or "the prediction failed without an error message")
     lowered = text.lower()
     if any(marker in lowered for marker in CONTENT_MARKERS):
         return ProviderRejectedError(f"Replicate: content rejected: {text}", content=True)
     if any(marker in lowered for marker in INPUT_MARKERS):
         return ProviderRejectedError(f"Replicate rejected the input: {text}")
-    return ProviderRetriableError(f"Replicate prediction failed: {text}")
+    # The prediction itself is over: polling it again returns the same failure.
+    return ProviderRetriableError(f"Replicate prediction failed: {text}", resubmit=True)
 
 
 def submit_error(response: httpx.Response, model: str) -> ProviderError:
@@ -389,13 +308,15 @@ def submit_error(response: httpx.Response, model: str) -> ProviderError:
 
 def poll_error(response: httpx.Response) -> ProviderError:
     if response.status_code == 404:
-        return ProviderRetriableError("Replicate no longer knows this prediction (HTTP 404)")
+        return ProviderRetriableError(
+            "Replicate no longer knows this prediction (HTTP 404)", resubmit=True
+        )
     return _error_for(response, "get")
 
 
 def _error_for(response: httpx.Response, stage: str) -> ProviderError:
     status = response.status_code
-    problem = _json_object(response)
+    problem = json_object_or_empty(response)
     parts = [str(problem[key]) for key in ("title", "detail") if problem.get(key)]
     text = ": ".join(parts) or response.text[:300].replace("\n", " ") or "<empty body>"
     where = f"Replicate {stage} (HTTP {status})"
@@ -407,51 +328,3 @@ def _error_for(response: httpx.Response, stage: str) -> ProviderError:
     if status >= 500:
         return ProviderRetriableError(f"{where}: {text}")
     return ProviderRejectedError(f"{where}: {text}")
-
-
-def decode_data_uri(uri: str) -> tuple[bytes, str]:
-    header, _, payload = uri.partition(",")
-    meta = header[len("data:") :].split(";")
-    content_type = (meta[0] or "application/octet-stream").lower()
-    try:
-        data = (
-            base64.b64decode(payload, validate=True)
-            if "base64" in meta[1:]
-            else unquote_to_bytes(payload)
-        )
-    except (binascii.Error, ValueError):
-        raise ProviderRetriableError("Replicate returned an unreadable data URI") from None
-    return data, content_type
-
-
-def _guess_type(url: str) -> str:
-    if url.startswith("data:"):
-        return "application/octet-stream"
-    guessed, _ = mimetypes.guess_type(urlsplit(url).path)
-    return guessed or "application/octet-stream"
-
-
-def _reference_urls(request: RenderRequest) -> list[str]:
-    urls = request.params.get("reference_images") or [ref.url for ref in request.reference_images]
-    return [str(url) for url in urls]
-
-
-def _value_key(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
-
-
-def _table(options: dict[str, Any], key: str) -> dict[str, Any]:
-    value = options.get(key, {})
-    if not isinstance(value, dict):
-        raise ProviderFatalError(f"Replicate route option {key!r} must be a table")
-    return value
-
-
-def _json_object(response: httpx.Response) -> dict[str, Any]:
-    try:
-        data = response.json()
-    except ValueError:
-        return {}
-    return data if isinstance(data, dict) else {}

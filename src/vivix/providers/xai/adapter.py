@@ -60,12 +60,14 @@ from vivix.providers.openai.adapter import (
     error_detail,
     json_object,
     mentions_any,
-    option_choice,
-    option_fields,
-    option_string_list,
-    option_string_map,
     read_image_items,
     sniff_image_type,
+)
+from vivix.providers.route_options import (
+    option_choice,
+    option_string_list,
+    option_string_map,
+    option_table,
 )
 
 DEFAULT_BASE_URL = "https://api.x.ai"
@@ -142,7 +144,7 @@ class XaiRouteOptions:
                 **option_string_map(options, "resolution_map"),
             },
             pass_params=option_string_list(options, "pass_params"),
-            input=option_fields(options, "input"),
+            input=option_table(options, "input"),
             reference_images_as=option_choice(
                 options, "reference_images_as", REFERENCE_FORMS, "url"
             ),
@@ -248,6 +250,7 @@ class XaiAdapter:
             raise ProviderRetriableError(
                 f"xAI no longer knows video request {request_id}; generating again",
                 retry_after_s=0.0,
+                resubmit=True,
             )
         if not response.is_success:
             raise_for_upstream_error(response, "video status")
@@ -262,7 +265,9 @@ class XaiAdapter:
         if status == "expired":
             # The result was not collected in time (or the job never ran): only a new
             # submission can deliver it.
-            raise ProviderRetriableError("xAI video request expired; generating again", 0.0)
+            raise ProviderRetriableError(
+                "xAI video request expired; generating again", 0.0, resubmit=True
+            )
         progress = payload.get("progress")
         fraction = (
             min(1.0, max(0.0, float(progress) / 100.0))
@@ -388,7 +393,8 @@ def _video_failure(error: Any) -> ProviderRejectedError | ProviderRetriableError
     if is_content_refusal(code, message):
         return ProviderRejectedError(text, content=True)
     if code.lower() in TRANSIENT_FAILURE_CODES:
-        return ProviderRetriableError(text)
+        # The job is over: asking about it again returns the same failure.
+        return ProviderRetriableError(text, resubmit=True)
     return ProviderRejectedError(text)
 
 
