@@ -41,7 +41,17 @@ def new_uuid() -> str:
 
 
 def base62(length: int) -> str:
-    return "".join(secrets.choice(_BASE62) for _ in range(length))
+    """Uniform random base62 from one os.urandom call (rejection sampling on 6-bit values:
+    62 of 64 values are kept, so no modulo bias)."""
+    out: list[str] = []
+    while len(out) < length:
+        for byte in os.urandom(length + 8):
+            value = byte & 0x3F
+            if value < 62:
+                out.append(_BASE62[value])
+                if len(out) == length:
+                    break
+    return "".join(out)
 
 
 def is_base62(text: str) -> bool:
