@@ -5,12 +5,13 @@ from __future__ import annotations
 from sqlalchemy import func, select
 
 from vivix.kit.runtime import Runtime
-from vivix.models import Account, Generation, LedgerEntry, LedgerKind
+from vivix.models import ACTIVE_STATUSES, Account, Generation, LedgerEntry, LedgerKind
 
 
 async def assert_ledger_consistent(runtime: Runtime) -> None:
     """For every account: balance = sum of its entries ≥ 0; held = holds not yet released;
-    each settled generation released exactly its hold and captured ≤ it."""
+    each settled generation released exactly its hold and captured ≤ it; active_jobs =
+    its pending and processing generations."""
     async with runtime.db.read() as session:
         accounts = list((await session.execute(select(Account))).scalars())
         for account in accounts:
@@ -49,13 +50,28 @@ async def assert_ledger_consistent(runtime: Runtime) -> None:
                     assert LedgerKind.CAPTURE.value not in kinds
                     open_holds += hold
             assert account.held == open_holds, (account.name, account.held, open_holds)
+            active = (
+                await session.execute(
+                    select(func.count())
+                    .select_from(Generation)
+                    .where(
+                        Generation.account_id == account.id,
+                        Generation.status.in_(ACTIVE_STATUSES),
+                    )
+                )
+            ).scalar_one()
+            assert account.active_jobs == active, (account.name, account.active_jobs, active)
 
 
 async def ledger_entry_count(runtime: Runtime) -> int:
     async with runtime.db.read() as session:
-        return int((await session.execute(select(func.count()).select_from(LedgerEntry))).scalar_one())
+        return int(
+            (await session.execute(select(func.count()).select_from(LedgerEntry))).scalar_one()
+        )
 
 
 async def generation_count(runtime: Runtime) -> int:
     async with runtime.db.read() as session:
-        return int((await session.execute(select(func.count()).select_from(Generation))).scalar_one())
+        return int(
+            (await session.execute(select(func.count()).select_from(Generation))).scalar_one()
+        )

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, timedelta, timezone
 from typing import Any
 from urllib.parse import quote
 
@@ -242,33 +242,30 @@ async def test_fuzzed_submits_leave_the_ledger_consistent(
 
 # -- GET /generations (list) and /generations/{id} ---------------------------------------
 
-# Known bugs kept out of these strategies, each pinned by a strict xfail in
-# test_read_and_list.py: NUL characters in filter values (PostgreSQL), `"` or NUL in a
-# metadata filter key (SQLite) and timestamps that overflow when converted to UTC.
-safe_text = st.text(st.characters(exclude_characters='\x00"'), max_size=30)
+any_text = st.text(max_size=30)
 offsets = st.builds(
     lambda minutes: timezone(timedelta(minutes=minutes)), st.integers(-23 * 60, 23 * 60)
 )
-timestamps = st.datetimes(
-    min_value=datetime(2, 1, 1), max_value=datetime(9998, 12, 31), timezones=st.just(UTC) | offsets
-).map(lambda moment: moment.isoformat().replace("+00:00", "Z"))
+timestamps = st.datetimes(timezones=st.just(UTC) | offsets).map(
+    lambda moment: moment.isoformat().replace("+00:00", "Z")
+)
 cursors = st.uuids().map(lambda u: quote(str(u))) | st.builds(
     lambda u: base64.urlsafe_b64encode(str(u).encode()).decode().rstrip("="),
     st.uuids(),
 )
 query_pairs = st.lists(
     st.one_of(
-        st.tuples(st.just("limit"), st.integers(-5, 150).map(str) | safe_text),
-        st.tuples(st.just("cursor"), cursors | safe_text),
+        st.tuples(st.just("limit"), st.integers(-5, 150).map(str) | any_text),
+        st.tuples(st.just("cursor"), cursors | any_text),
         st.tuples(
             st.just("status"),
             st.sampled_from(["pending", "processing", "completed", "failed", "canceled"])
-            | safe_text,
+            | any_text,
         ),
-        st.tuples(st.sampled_from(["created_after", "created_before"]), timestamps | safe_text),
-        st.tuples(st.just("model"), st.sampled_from(SLUGS) | safe_text),
-        st.tuples(safe_text.map(lambda key: f"metadata[{key}]"), safe_text),
-        st.tuples(safe_text, safe_text),
+        st.tuples(st.sampled_from(["created_after", "created_before"]), timestamps | any_text),
+        st.tuples(st.just("model"), st.sampled_from(SLUGS) | any_text),
+        st.tuples(any_text.map(lambda key: f"metadata[{key}]"), any_text),
+        st.tuples(any_text, any_text),
     ),
     max_size=6,
 )
@@ -299,8 +296,8 @@ async def test_any_list_query_gets_a_page_or_a_422(
         assert (body["next_cursor"] is not None) == body["has_more"]
     else:
         assert response.status_code == 422
-        names = {"limit", "cursor", "status", "created_after", "created_before"}
-        assert body["field"] in names
+        names = {"limit", "cursor", "status", "created_after", "created_before", "model"}
+        assert body["field"] in names or body["field"].startswith("metadata["), body
 
 
 @settings(

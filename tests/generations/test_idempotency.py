@@ -8,7 +8,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
-import pytest
 from sqlalchemy import func, select, update
 
 from tests.audit import assert_ledger_consistent, generation_count, ledger_entry_count
@@ -151,16 +150,6 @@ async def test_concurrent_duplicates_make_exactly_one_generation_and_one_hold(
     await assert_ledger_consistent(runtime)
 
 
-RACE_BUG = (
-    "generations/service.py submit: the replay lookup runs before the account lock; a "
-    "duplicate that loses the race is checked against the concurrency limit and balance "
-    "(which the original just used) before its insert hits the unique key, so it gets "
-    "429/402 instead of the original. Fix: under the account lock, look the key up again "
-    "(repository.find_by_idempotency_key) before the concurrency/credit checks and replay"
-)
-
-
-@pytest.mark.xfail(reason=RACE_BUG, strict=True)
 async def test_concurrent_duplicates_at_the_concurrency_limit_all_get_the_original(
     runtime: Runtime, client: httpx.AsyncClient
 ) -> None:
@@ -172,7 +161,6 @@ async def test_concurrent_duplicates_at_the_concurrency_limit_all_get_the_origin
     assert len({r.json()["generation_id"] for r in responses}) == 1
 
 
-@pytest.mark.xfail(reason=RACE_BUG, strict=True)
 async def test_concurrent_duplicates_with_credits_for_one_all_get_the_original(
     runtime: Runtime, client: httpx.AsyncClient
 ) -> None:

@@ -6,10 +6,17 @@ from tests.audit import assert_ledger_consistent
 from tests.factories import account_with_key
 from vivix.kit.runtime import Runtime
 
-IMAGE = {"model": "vivix-local-image", "prompt": "a misty forest at dawn", "aspect_ratio": "16:9", "resolution": "2K"}
+IMAGE = {
+    "model": "vivix-local-image",
+    "prompt": "a misty forest at dawn",
+    "aspect_ratio": "16:9",
+    "resolution": "2K",
+}
 
 
-async def test_submit_local_image_holds_the_estimate(runtime: Runtime, client: httpx.AsyncClient) -> None:
+async def test_submit_local_image_holds_the_estimate(
+    runtime: Runtime, client: httpx.AsyncClient
+) -> None:
     acct = await account_with_key(runtime, credits=100)
     response = await client.post("/api/v1/generate", json=IMAGE, headers=acct.headers)
     assert response.status_code == 201

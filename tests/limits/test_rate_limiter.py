@@ -22,6 +22,8 @@ from vivix.limits.service import RateDecision, RateLimiter
 DEGRADED_WARNING = "redis_unavailable_rate_limit_degraded"
 IMAGE = {"model": "vivix-local-image", "prompt": "a paper boat on a canal"}
 
+SHARED_TIMEOUT_S = 5.0
+
 
 async def hits(limiter: RateLimiter, account_id: str, limit: int, count: int) -> list[RateDecision]:
     return [await limiter.hit(account_id, limit) for _ in range(count)]
@@ -172,8 +174,10 @@ async def test_reset_clears_the_counters() -> None:
 async def test_two_processes_share_one_counter_through_redis(
     redis_url: str, key_prefix: str, limiters: list[RateLimiter]
 ) -> None:
-    first = RateLimiter(redis_url, key_prefix=key_prefix)
-    second = RateLimiter(redis_url, key_prefix=key_prefix)
+    # A generous socket timeout: these tests are about sharing one budget, and on a loaded
+    # machine the 0.5 s default can time out a Redis call and degrade the limiter.
+    first = RateLimiter(redis_url, key_prefix=key_prefix, socket_timeout_s=SHARED_TIMEOUT_S)
+    second = RateLimiter(redis_url, key_prefix=key_prefix, socket_timeout_s=SHARED_TIMEOUT_S)
     limiters += [first, second]
     assert first.uses_redis
     assert await first.check_redis()
@@ -190,8 +194,10 @@ async def test_two_processes_share_one_counter_through_redis(
 async def test_concurrent_hits_from_two_processes_never_exceed_the_limit(
     redis_url: str, key_prefix: str, limiters: list[RateLimiter]
 ) -> None:
-    first = RateLimiter(redis_url, key_prefix=key_prefix)
-    second = RateLimiter(redis_url, key_prefix=key_prefix)
+    # A generous socket timeout: these tests are about sharing one budget, and on a loaded
+    # machine the 0.5 s default can time out a Redis call and degrade the limiter.
+    first = RateLimiter(redis_url, key_prefix=key_prefix, socket_timeout_s=SHARED_TIMEOUT_S)
+    second = RateLimiter(redis_url, key_prefix=key_prefix, socket_timeout_s=SHARED_TIMEOUT_S)
     limiters += [first, second]
 
     decisions = await asyncio.gather(
@@ -290,7 +296,9 @@ async def test_limiter_returns_to_redis_when_it_comes_back(
     await outage.restore()
     try:
         through_relay = RateLimiter(outage.url, fallback_divisor=4, key_prefix=key_prefix)
-        direct = RateLimiter(redis_url, key_prefix=key_prefix)  # another, unaffected process
+        direct = RateLimiter(  # another, unaffected process
+            redis_url, key_prefix=key_prefix, socket_timeout_s=SHARED_TIMEOUT_S
+        )
         limiters += [through_relay, direct]
         assert [d.remaining for d in await hits(through_relay, "acct-a", 20, 3)] == [19, 18, 17]
 

@@ -1,20 +1,81 @@
 from __future__ import annotations
 
-from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
+from typing import Any
+
+from sqlalchemy import Row, bindparam, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from vivix.models import Account, ApiKey
 
+# What authentication needs, in one Core statement (no ORM entity loading on every call).
+_CALLER_COLUMNS: list[Any] = [
+    ApiKey.id.label("key_id"),
+    ApiKey.is_test,
+    ApiKey.revoked_at,
+    Account.id,
+    Account.tier,
+    Account.balance,
+    Account.held,
+    Account.active_jobs,
+    Account.cycle_resets_at,
+    Account.spent_this_cycle,
+    Account.granted_this_cycle,
+    Account.allowed_models,
+    Account.price_overrides,
+    Account.calls_per_minute,
+    Account.concurrent_jobs,
+    Account.monthly_credits,
+]
+_CALLER_BY_KEY_HASH = (
+    select(*_CALLER_COLUMNS)
+    .join(Account, Account.id == ApiKey.account_id)
+    .where(ApiKey.key_hash == bindparam("key_hash"))
+)
 
-async def get_key_with_account(session: AsyncSession, key_hash: str) -> tuple[ApiKey, Account] | None:
-    row = (
-        await session.execute(
-            select(ApiKey, Account).join(Account, Account.id == ApiKey.account_id).where(
-                ApiKey.key_hash == key_hash
-            )
+
+async def get_caller(connection: AsyncConnection, key_hash: str) -> Row[Any] | None:
+    """The key (`key_id`, `is_test`, `revoked_at`) and its account's columns."""
+    return (await connection.execute(_CALLER_BY_KEY_HASH, {"key_hash": key_hash})).first()
+
+
+_TAKE_SLOT_AND_HOLD = (
+    update(Account)
+    .where(
+        Account.id == bindparam("account_id"),
+        Account.balance >= bindparam("amount"),
+        Account.active_jobs < bindparam("concurrent_limit"),
+    )
+    .values(
+        balance=Account.balance - bindparam("amount"),
+        held=Account.held + bindparam("amount"),
+        active_jobs=Account.active_jobs + 1,
+    )
+    .returning(Account.balance)
+)
+
+
+async def take_slot_and_hold(
+    connection: AsyncConnection, account_id: str, amount: int, concurrent_limit: int
+) -> int | None:
+    """One conditional UPDATE: a concurrency slot and `amount` credits, only if both are
+    there. The new balance, or None when a limit refused (nothing changed). It locks the
+    account row until the transaction ends (on SQLite the write lock is already held)."""
+    balance = (
+        await connection.execute(
+            _TAKE_SLOT_AND_HOLD,
+            {"account_id": account_id, "amount": amount, "concurrent_limit": concurrent_limit},
         )
-    ).first()
-    return None if row is None else (row[0], row[1])
+    ).scalar_one_or_none()
+    return None if balance is None else int(balance)
+
+
+async def get_slots_and_balance(connection: AsyncConnection, account_id: str) -> tuple[int, int]:
+    row = (
+        await connection.execute(
+            select(Account.active_jobs, Account.balance).where(Account.id == account_id)
+        )
+    ).one()
+    return int(row.active_jobs), int(row.balance)
 
 
 async def lock_account(session: AsyncSession, account_id: str) -> Account:
@@ -22,9 +83,10 @@ async def lock_account(session: AsyncSession, account_id: str) -> Account:
     SQLite the write transaction already holds the database write lock)."""
     account = (
         await session.execute(
-            select(Account).where(Account.id == account_id).with_for_update().execution_options(
-                populate_existing=True
-            )
+            select(Account)
+            .where(Account.id == account_id)
+            .with_for_update()
+            .execution_options(populate_existing=True)
         )
     ).scalar_one()
     return account

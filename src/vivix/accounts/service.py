@@ -5,9 +5,11 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from datetime import datetime
+from typing import Any, Protocol
 
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from vivix.accounts import repository
 from vivix.billing import service as billing
@@ -41,7 +43,52 @@ class AccountLimits:
     monthly_credits: int
 
 
-def limits_for(account: Account, settings: Settings) -> AccountLimits:
+class HasLimitOverrides(Protocol):
+    @property
+    def tier(self) -> str: ...
+    @property
+    def calls_per_minute(self) -> int | None: ...
+    @property
+    def concurrent_jobs(self) -> int | None: ...
+    @property
+    def monthly_credits(self) -> int | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class AccountView:
+    """The caller's account as read when the request was authenticated: what responses show
+    and the gates check. Not locked: admission re-checks balance and concurrency under the
+    account's row lock."""
+
+    id: str
+    tier: str
+    balance: int
+    held: int
+    active_jobs: int
+    cycle_resets_at: datetime
+    spent_this_cycle: int
+    granted_this_cycle: int
+    allowed_models: list[str]
+    price_overrides: dict[str, Any]
+    calls_per_minute: int | None
+    concurrent_jobs: int | None
+    monthly_credits: int | None
+
+    @classmethod
+    def of(cls, source: Any) -> AccountView:
+        """From an `Account` or a row with the same column names."""
+        return cls(*(getattr(source, field.name) for field in fields(cls)))
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    key_id: str
+    is_test: bool
+    account: AccountView
+    limits: AccountLimits
+
+
+def limits_for(account: HasLimitOverrides, settings: Settings) -> AccountLimits:
     tier = settings.tiers[Tier(account.tier)]
     return AccountLimits(
         api_access=tier.api_access,
@@ -76,30 +123,30 @@ def looks_like_key(token: str) -> bool:
 
 
 async def authenticate(
-    session: AsyncSession, secret: str, authorization: str | None
-) -> tuple[ApiKey, Account]:
+    connection: AsyncConnection, secret: str, authorization: str | None, settings: Settings
+) -> Caller:
     token = parse_bearer(authorization)
     if not looks_like_key(token):
         raise KeyInvalid()
-    found = await repository.get_key_with_account(session, hash_key(secret, token))
-    if found is None:
+    row = await repository.get_caller(connection, hash_key(secret, token))
+    if row is None:
         raise KeyInvalid()
-    key, account = found
-    if key.revoked_at is not None:
+    if row.revoked_at is not None:
         raise KeyRevoked()
-    return key, account
+    account = AccountView.of(row)
+    return Caller(row.key_id, row.is_test, account, limits_for(account, settings))
 
 
-def require_api_access(account: Account, settings: Settings) -> None:
+def require_api_access(account: HasLimitOverrides, settings: Settings) -> None:
     if not limits_for(account, settings).api_access:
-        raise TierLocked(
-            f"The {account.tier} plan does not include API access.", tier=account.tier
-        )
+        raise TierLocked(f"The {account.tier} plan does not include API access.", tier=account.tier)
 
 
 def check_account_name(name: str) -> str:
     if not _ACCOUNT_NAME.match(name):
-        raise AdminInvalid("name", "1-100 letters, digits, '.', '_' or '-', starting with a letter or digit")
+        raise AdminInvalid(
+            "name", "1-100 letters, digits, '.', '_' or '-', starting with a letter or digit"
+        )
     return name
 
 
@@ -146,7 +193,11 @@ async def create_account(
     )
     session.add(account)
     await session.flush()
-    amount = opening_credits if opening_credits is not None else limits_for(account, settings).monthly_credits
+    amount = (
+        opening_credits
+        if opening_credits is not None
+        else limits_for(account, settings).monthly_credits
+    )
     billing.grant_cycle(session, account, amount, cycle_started_at=now)
     await session.flush()
     return account

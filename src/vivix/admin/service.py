@@ -38,6 +38,7 @@ def account_out(account: Account, runtime: Runtime) -> dict[str, Any]:
         },
         "balance": account.balance,
         "held": account.held,
+        "active_jobs": account.active_jobs,
         "cycle_resets_at": iso(account.cycle_resets_at),
         "spent_this_cycle": account.spent_this_cycle,
         "granted_this_cycle": account.granted_this_cycle,

@@ -4,7 +4,7 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
-from vivix.accounts.endpoints import authorize
+from vivix.accounts.endpoints import authorize, runtime_of
 from vivix.billing.schemas import CreditsOut
 from vivix.catalog.schemas import RateLimitInfo
 from vivix.kit.clock import iso
@@ -15,7 +15,8 @@ router = APIRouter(prefix="/api/v1", tags=["credits"])
 
 @router.get("/credits", summary="The account's wallet")
 async def credits(request: Request) -> Response:
-    caller = await authorize(request)
+    async with runtime_of(request).db.read_connection() as connection:
+        caller = await authorize(request, connection)
     account = caller.account
     out = CreditsOut(
         balance=account.balance,

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
+from vivix.accounts import repository as accounts_repository
+from vivix.billing import repository
 from vivix.kit.clock import add_months, utcnow
-from vivix.kit.errors import AdminInvalid, InsufficientCredits
+from vivix.kit.errors import AdminInvalid
 from vivix.models import Account, LedgerEntry, LedgerKind
 
 
@@ -44,8 +46,12 @@ def grant_cycle(
     """The grant of one billing cycle (at most one per cycle start, unique in the ledger)."""
     if amount > 0:
         _append(
-            session, account, LedgerKind.GRANT, amount,
-            cycle_started_at=cycle_started_at, reason="cycle grant",
+            session,
+            account,
+            LedgerKind.GRANT,
+            amount,
+            cycle_started_at=cycle_started_at,
+            reason="cycle grant",
         )
     account.granted_this_cycle += amount
 
@@ -67,15 +73,25 @@ def adjust(session: AsyncSession, account: Account, amount: int, reason: str) ->
     _append(session, account, LedgerKind.ADJUSTMENT, amount, reason=reason)
 
 
-def hold(session: AsyncSession, account: Account, generation_id: str, amount: int) -> None:
-    if account.balance < amount:
-        raise InsufficientCredits(
-            f"This generation needs {amount} credits; {account.balance} are available.",
-            balance=account.balance,
-            needed=amount,
+async def hold_for_generation(
+    connection: AsyncConnection,
+    account_id: str,
+    generation_id: str,
+    amount: int,
+    concurrent_limit: int,
+    now: datetime,
+) -> int | None:
+    """Admission's money step, in the caller's write transaction: the hold entry, then
+    one concurrency slot and `amount` credits taken from the account in one conditional
+    UPDATE. Returns the balance after it, or None when the slot or the credits are not
+    there: the caller must then roll back, the entry included."""
+    if amount:
+        await repository.insert_generation_entry(
+            connection, account_id, generation_id, LedgerKind.HOLD, -amount, now
         )
-    _append(session, account, LedgerKind.HOLD, -amount, generation_id=generation_id)
-    account.held += amount
+    return await accounts_repository.take_slot_and_hold(
+        connection, account_id, amount, concurrent_limit
+    )
 
 
 def settle(

@@ -13,8 +13,10 @@ router = APIRouter(prefix="/api/v1", tags=["models"])
 
 @router.get("/models", summary="Models this key can call")
 async def list_models(request: Request) -> Response:
-    caller = await authorize(request)
-    catalog = runtime_of(request).catalog
+    runtime = runtime_of(request)
+    async with runtime.db.read_connection() as connection:
+        caller = await authorize(request, connection)
+    catalog = runtime.catalog
     account = caller.account
     allowed = set(account.allowed_models)
     models = [

@@ -1,8 +1,10 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from fastapi import APIRouter
+from sqlalchemy import Row
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -15,59 +17,59 @@ from vivix.kit.errors import GenerationNotFound, InvalidParams
 from vivix.kit.http import context_of, json_response, read_json_object
 from vivix.kit.ids import is_uuid
 from vivix.kit.pagination import decode_cursor, encode_cursor, parse_limit
-from vivix.models import Generation, GenerationStatus
+from vivix.models import GenerationStatus
 
 router = APIRouter(prefix="/api/v1", tags=["generations"])
 
 
 @router.post("/generate", status_code=201, summary="Submit a generation")
 async def generate(request: Request) -> Response:
-    caller = await authorize(request)
     runtime = runtime_of(request)
+    async with runtime.db.read_connection() as connection:
+        caller = await authorize(request, connection)
     body, _raw = await read_json_object(request, runtime.settings.max_body_bytes)
     wait_s = _prefer_wait(request.headers.get("prefer"))
     result = await service.submit(runtime, caller, body, request.headers.get("idempotency-key"))
     context_of(request).balance = result.balance
-    location = f"/api/v1/generations/{result.generation.id}"
-    if wait_s and not result.replayed:
-        waited = await service.wait_until_settled(
-            runtime, caller.account.id, result.generation.id, wait_s
-        )
-        if waited is not None:
-            headers = {"Location": location, "Preference-Applied": f"wait={wait_s:g}"}
-            return json_response(await _with_queue_position(request, waited), 201, headers)
-    if result.replayed:
+    location = f"/api/v1/generations/{result.generation_id}"
+    if result.replay is not None:
         return json_response(
-            await _with_queue_position(request, result.generation),
+            _shown(result.replay),
             200,
             {"Location": location, "Idempotent-Replayed": "true"},
         )
-    return json_response(submitted_out(result.generation), 201, {"Location": location})
+    if wait_s:
+        waited = await service.wait_until_settled(
+            runtime, caller.account.id, result.generation_id, wait_s
+        )
+        if waited is not None:
+            headers = {"Location": location, "Preference-Applied": f"wait={wait_s:g}"}
+            return json_response(_shown(waited), 201, headers)
+    assert result.created is not None
+    return json_response(submitted_out(result.created), 201, {"Location": location})
 
 
 @router.get("/generations/{generation_id}", summary="Read a generation")
 async def read_generation(request: Request, generation_id: str) -> Response:
-    caller = await authorize(request)
-    if not is_uuid(generation_id):
-        raise GenerationNotFound()
-    async with runtime_of(request).db.read() as session:
-        gen = await repository.get_for_account(session, caller.account.id, generation_id.lower())
-        if gen is None:
+    async with runtime_of(request).db.read_connection() as connection:
+        caller = await authorize(request, connection)
+        if not is_uuid(generation_id):
             raise GenerationNotFound()
-        position = (
-            await repository.queue_position(session, gen.id)
-            if gen.status == GenerationStatus.PENDING
-            else None
+        row = await repository.read_for_account(
+            connection, caller.account.id, generation_id.lower()
         )
-    return json_response(generation_out(gen, queue_position=position))
+    if row is None:
+        raise GenerationNotFound()
+    return json_response(_shown(row))
 
 
 @router.post("/generations/{generation_id}/cancel", summary="Cancel a generation")
 async def cancel_generation(request: Request, generation_id: str) -> Response:
-    caller = await authorize(request)
+    runtime = runtime_of(request)
+    async with runtime.db.read_connection() as connection:
+        caller = await authorize(request, connection)
     if not is_uuid(generation_id):
         raise GenerationNotFound()
-    runtime = runtime_of(request)
     gen = await service.cancel(runtime, caller.account.id, generation_id.lower())
     async with runtime.db.read() as session:
         account = await find_account(session, caller.account.id)
@@ -78,26 +80,32 @@ async def cancel_generation(request: Request, generation_id: str) -> Response:
 
 @router.get("/generations", summary="List generations, newest first")
 async def list_generations(request: Request) -> Response:
-    caller = await authorize(request)
     query = request.query_params
-    limit = parse_limit(query.get("limit"))
-    cursor = query.get("cursor")
-    status = query.get("status")
-    if status is not None and status not in {s.value for s in GenerationStatus}:
-        raise InvalidParams("status", "must be one of " + ", ".join(s.value for s in GenerationStatus))
-    metadata = {
-        key[len("metadata[") : -1]: value
-        for key, value in query.multi_items()
-        if key.startswith("metadata[") and key.endswith("]") and len(key) > len("metadata[]")
-    }
-    async with runtime_of(request).db.read() as session:
+    async with runtime_of(request).db.read_connection() as connection:
+        caller = await authorize(request, connection)
+        limit = parse_limit(query.get("limit"))
+        cursor = query.get("cursor")
+        status = query.get("status")
+        if status is not None and status not in {s.value for s in GenerationStatus}:
+            raise InvalidParams(
+                "status", "must be one of " + ", ".join(s.value for s in GenerationStatus)
+            )
+        metadata = {
+            key[len("metadata[") : -1]: value
+            for key, value in query.multi_items()
+            if key.startswith("metadata[") and key.endswith("]") and len(key) > len("metadata[]")
+        }
+        model = query.get("model")
+        _refuse_nul("model", model)
+        for key, value in metadata.items():
+            _refuse_nul(f"metadata[{key}]", key + value)
         rows = await repository.list_for_account(
-            session,
+            connection,
             caller.account.id,
             limit=limit + 1,
             before_id=decode_cursor(cursor) if cursor else None,
             status=status,
-            model=query.get("model"),
+            model=model,
             created_after=_timestamp(query.get("created_after"), "created_after"),
             created_before=_timestamp(query.get("created_before"), "created_before"),
             metadata=metadata,
@@ -111,6 +119,12 @@ async def list_generations(request: Request) -> Response:
             "has_more": has_more,
         }
     )
+
+
+def _refuse_nul(field: str, value: str | None) -> None:
+    # Nothing stored can contain NUL (metadata refuses it), and PostgreSQL rejects it in text.
+    if value is not None and "\x00" in value:
+        raise InvalidParams(field.replace("\x00", "\\0"), "must not contain NUL characters")
 
 
 MAX_PREFER_WAIT_S = 60
@@ -140,12 +154,10 @@ def _timestamp(raw: str | None, field: str) -> datetime | None:
     try:
         return parse_iso(raw)
     except ValueError:
-        raise InvalidParams(field, "must be an ISO 8601 timestamp like 2026-05-10T12:34:56Z") from None
+        raise InvalidParams(
+            field, "must be an ISO 8601 timestamp like 2026-05-10T12:34:56Z"
+        ) from None
 
 
-async def _with_queue_position(request: Request, gen: Generation) -> dict[str, object]:
-    position = None
-    if gen.status == GenerationStatus.PENDING:
-        async with runtime_of(request).db.read() as session:
-            position = await repository.queue_position(session, gen.id)
-    return generation_out(gen, queue_position=position)
+def _shown(row: Row[Any]) -> dict[str, object]:
+    return generation_out(row, queue_position=row.queue_position)

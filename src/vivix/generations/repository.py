@@ -1,54 +1,96 @@
+"""Generation queries of the API (the worker's queue queries are in `vivix.worker.repository`).
+
+Core statements on a connection: the read and submit paths run on every call, and loading
+ORM entities there costs more than the database does. Rows carry the columns
+`generation_out` shows, labelled with the model's attribute names (`metadata_`), plus
+`queue_position` (1-based place among all pending generations, capped; None unless
+pending)."""
+
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import func, select, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import Row, and_, bindparam, case, exists, func, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
 
-from vivix.models import ACTIVE_STATUSES, Generation, GenerationStatus
+from vivix.models import Base, Generation, GenerationStatus
 
 QUEUE_POSITION_CAP = 1000
+PENDING = GenerationStatus.PENDING.value
+
+_SHOWN = (
+    Generation.id,
+    Generation.status,
+    Generation.model,
+    Generation.credits_estimate,
+    Generation.credits_used,
+    Generation.created_at,
+    Generation.completed_at,
+    Generation.progress,
+    Generation.outputs,
+    Generation.error_code,
+    Generation.error_message,
+    Generation.params,
+    Generation.metadata_,
+)
+_SHOWN_COLUMNS = [attribute.label(attribute.key) for attribute in _SHOWN]
 
 
-async def get_for_account(session: AsyncSession, account_id: str, generation_id: str) -> Generation | None:
-    return (
-        await session.execute(
-            select(Generation).where(
-                Generation.id == generation_id, Generation.account_id == account_id
-            )
-        )
-    ).scalar_one_or_none()
-
-
-async def count_active(session: AsyncSession, account_id: str) -> int:
-    return int(
-        (
-            await session.execute(
-                select(func.count())
-                .select_from(Generation)
-                .where(Generation.account_id == account_id, Generation.status.in_(ACTIVE_STATUSES))
-            )
-        ).scalar_one()
+def _queue_position(generation_id: Any) -> Any:
+    """Pending generations up to this one, counted only for a pending row."""
+    ahead = (
+        select(Generation.id)
+        .where(Generation.status == PENDING, Generation.id <= generation_id)
+        .limit(QUEUE_POSITION_CAP)
+        .subquery()
     )
+    count = select(func.count()).select_from(ahead).scalar_subquery()
+    return case((Generation.status == PENDING, count), else_=None).label("queue_position")
+
+
+_READ = select(*_SHOWN_COLUMNS, _queue_position(bindparam("generation_id"))).where(
+    Generation.id == bindparam("generation_id"), Generation.account_id == bindparam("account_id")
+)
+_BY_IDEMPOTENCY_KEY = select(
+    *_SHOWN_COLUMNS, _queue_position(Generation.id), Generation.request_hash
+).where(
+    Generation.account_id == bindparam("account_id"),
+    Generation.idempotency_key == bindparam("idempotency_key"),
+)
+_INSERT = insert(Base.metadata.tables["generations"])
+
+
+async def read_for_account(
+    connection: AsyncConnection, account_id: str, generation_id: str
+) -> Row[Any] | None:
+    """The generation with its queue position, if it belongs to the account."""
+    return (
+        await connection.execute(_READ, {"generation_id": generation_id, "account_id": account_id})
+    ).first()
 
 
 async def find_by_idempotency_key(
-    session: AsyncSession, account_id: str, key: str
-) -> Generation | None:
+    connection: AsyncConnection, account_id: str, key: str
+) -> Row[Any] | None:
+    """As `read_for_account`, plus `request_hash` and `created_at` for the replay checks."""
     return (
-        await session.execute(
-            select(Generation).where(
-                Generation.account_id == account_id, Generation.idempotency_key == key
-            )
+        await connection.execute(
+            _BY_IDEMPOTENCY_KEY, {"account_id": account_id, "idempotency_key": key}
         )
-    ).scalar_one_or_none()
+    ).first()
+
+
+async def insert_generation(connection: AsyncConnection, values: dict[str, Any]) -> None:
+    """`values` by column name (the table's `metadata`, not the attribute `metadata_`)."""
+    await connection.execute(_INSERT, values)
 
 
 async def expire_idempotency_key(
-    session: AsyncSession, account_id: str, key: str, older_than: datetime
+    connection: AsyncConnection, account_id: str, key: str, older_than: datetime
 ) -> None:
     """Free a key whose 24 h replay window has passed so it can be used again."""
-    await session.execute(
+    await connection.execute(
         update(Generation)
         .where(
             Generation.account_id == account_id,
@@ -59,19 +101,20 @@ async def expire_idempotency_key(
     )
 
 
-async def queue_position(session: AsyncSession, generation_id: str) -> int:
-    """1-based place among pending generations (capped: beyond it the number means little)."""
-    ahead = (
-        select(Generation.id)
-        .where(Generation.status == GenerationStatus.PENDING.value, Generation.id < generation_id)
-        .limit(QUEUE_POSITION_CAP)
-        .subquery()
+def _metadata_matches(dialect: str, key: str, value: str) -> Any:
+    if dialect == "postgresql":
+        # Key and value are bound parameters of `->>`: any characters are literal.
+        return Generation.metadata_[key].as_string() == value
+    # SQLite's JSON paths have no escape for `"` or `\\` in a key; json_each compares the
+    # key as a plain value instead.
+    entries = func.json_each(Generation.metadata_).table_valued("key", "value")
+    return exists(
+        select(1).select_from(entries).where(and_(entries.c.key == key, entries.c.value == value))
     )
-    return int((await session.execute(select(func.count()).select_from(ahead))).scalar_one()) + 1
 
 
 async def list_for_account(
-    session: AsyncSession,
+    connection: AsyncConnection,
     account_id: str,
     *,
     limit: int,
@@ -81,8 +124,8 @@ async def list_for_account(
     created_after: datetime | None,
     created_before: datetime | None,
     metadata: dict[str, str],
-) -> list[Generation]:
-    query = select(Generation).where(Generation.account_id == account_id)
+) -> list[Row[Any]]:
+    query = select(*_SHOWN_COLUMNS).where(Generation.account_id == account_id)
     if before_id is not None:
         query = query.where(Generation.id < before_id)
     if status is not None:
@@ -94,6 +137,6 @@ async def list_for_account(
     if created_before is not None:
         query = query.where(Generation.created_at < created_before)
     for key, value in metadata.items():
-        query = query.where(Generation.metadata_[key].as_string() == value)
+        query = query.where(_metadata_matches(connection.dialect.name, key, value))
     query = query.order_by(Generation.id.desc()).limit(limit)
-    return list((await session.execute(query)).scalars())
+    return list((await connection.execute(query)).all())

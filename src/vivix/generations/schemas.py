@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
+
+from sqlalchemy import Row
 
 from vivix.kit.clock import iso, utcnow
 from vivix.models import Generation, GenerationStatus
@@ -13,7 +16,10 @@ def _ms(start: datetime, end: datetime) -> int:
     return max(0, int((end - start).total_seconds() * 1000))
 
 
-def generation_out(gen: Generation, *, queue_position: int | None = None) -> dict[str, Any]:
+def generation_out(
+    gen: Generation | Row[Any], *, queue_position: int | None = None
+) -> dict[str, Any]:
+    """From the model or a `generations.repository` row (same attribute names)."""
     out: dict[str, Any] = {
         "generation_id": gen.id,
         "status": gen.status,
@@ -46,11 +52,12 @@ def generation_out(gen: Generation, *, queue_position: int | None = None) -> dic
     return out
 
 
-def submitted_out(gen: Generation) -> dict[str, Any]:
+def submitted_out(columns: Mapping[str, Any]) -> dict[str, Any]:
+    """The 201 body, from the column values the submit inserted."""
     return {
-        "generation_id": gen.id,
-        "status": gen.status,
-        "model": gen.model,
-        "credits_estimate": gen.credits_estimate,
-        "created_at": iso(gen.created_at),
+        "generation_id": columns["id"],
+        "status": columns["status"],
+        "model": columns["model"],
+        "credits_estimate": columns["credits_estimate"],
+        "created_at": iso(columns["created_at"]),
     }

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+from sqlalchemy import Row
 from sqlalchemy.exc import IntegrityError
 
 from vivix.accounts import repository as accounts_repository
@@ -46,7 +47,7 @@ from vivix.providers.circuits import route_key
 from vivix.providers.guarded_fetch import UrlRefused, check_url
 from vivix.providers.registry import LOCAL, is_configured
 from vivix.worker import repository as queue_repository
-from vivix.worker.wakeup import notify_canceled, notify_enqueued
+from vivix.worker.wakeup import notify_canceled
 
 IDEMPOTENCY_KEY_MAX = 255
 SEED_MAX = 2**32 - 1
@@ -54,9 +55,21 @@ SEED_MAX = 2**32 - 1
 
 @dataclass(frozen=True, slots=True)
 class Submitted:
-    generation: Generation
-    replayed: bool
+    generation_id: str
     balance: int
+    # The new generation's column values, or (a repeated Idempotency-Key) the original.
+    created: dict[str, Any] | None = None
+    replay: Row[Any] | None = None
+
+
+class _Refused(Exception):
+    """Raised inside the admission transaction to roll it back; carries the error."""
+
+    def __init__(self, error: Exception | None) -> None:
+        self.error = error
+
+
+ADMISSION_ATTEMPTS = 3
 
 
 def request_fingerprint(body: dict[str, Any]) -> str:
@@ -80,7 +93,9 @@ def check_idempotency_key(key: str | None) -> str | None:
     if key is None:
         return None
     if not key or len(key) > IDEMPOTENCY_KEY_MAX or not key.isprintable():
-        raise InvalidParams("Idempotency-Key", f"must be 1 to {IDEMPOTENCY_KEY_MAX} printable characters")
+        raise InvalidParams(
+            "Idempotency-Key", f"must be 1 to {IDEMPOTENCY_KEY_MAX} printable characters"
+        )
     return key
 
 
@@ -92,7 +107,9 @@ async def check_reference_images(runtime: Runtime, params: dict[str, Any]) -> No
         try:
             async with asyncio.timeout(settings.resolve_timeout_seconds):
                 await check_url(
-                    url, runtime.resolver, allow_private_hosts=frozenset(settings.allow_private_hosts)
+                    url,
+                    runtime.resolver,
+                    allow_private_hosts=frozenset(settings.allow_private_hosts),
                 )
         except UrlRefused as exc:
             raise InvalidParams("reference_images", f"item {index} {exc.reason}") from None
@@ -139,7 +156,7 @@ async def submit(
     if idempotency_key is not None:
         replay = await _find_replay(runtime, account.id, idempotency_key, fingerprint)
         if replay is not None:
-            return Submitted(replay, True, account.balance)
+            return Submitted(replay.id, account.balance, replay=replay)
 
     if model.slug not in account.allowed_models:
         raise ModelNotAllowed(model=model.slug)
@@ -151,51 +168,37 @@ async def submit(
     estimate = 0 if caller.is_test else pricing.estimate(model.spec, params, override)
 
     now = utcnow()
-    generation = Generation(
-        id=uuid7(),
-        account_id=account.id,
-        api_key_id=caller.key.id,
-        model=model.slug,
-        status=GenerationStatus.PENDING.value,
-        is_test=caller.is_test,
-        params=params,
-        metadata_=metadata,
-        credits_estimate=estimate,
-        credits_used=None,
-        idempotency_key=idempotency_key,
-        request_hash=fingerprint,
-        created_at=now,
-        run_after=now,
-        attempts=0,
-        cancel_requested=False,
-    )
+    columns: dict[str, Any] = {
+        "id": uuid7(),
+        "account_id": account.id,
+        "api_key_id": caller.key_id,
+        "model": model.slug,
+        "status": GenerationStatus.PENDING.value,
+        "is_test": caller.is_test,
+        "params": params,
+        "metadata": metadata,
+        "credits_estimate": estimate,
+        "credits_used": None,
+        "idempotency_key": idempotency_key,
+        "request_hash": fingerprint,
+        "error_code": None,
+        "error_message": None,
+        "created_at": now,
+        "started_at": None,
+        "completed_at": None,
+        "attempts": 0,
+        "run_after": now,
+        "lease_owner": None,
+        "lease_expires_at": None,
+        "cancel_requested": False,
+        "route_index": None,
+        "provider": None,
+        "upstream_handle": None,
+        "progress": None,
+        "outputs": None,
+    }
     try:
-        async with runtime.db.transaction() as session:
-            locked = await accounts_repository.lock_account(session, account.id)
-            active = await repository.count_active(session, account.id)
-            if active >= caller.limits.concurrent_jobs:
-                raise ConcurrencyLimited(
-                    f"{active} generations are in flight; the limit is {caller.limits.concurrent_jobs}.",
-                    limit=caller.limits.concurrent_jobs,
-                )
-            if locked.balance < estimate:
-                raise InsufficientCredits(
-                    f"This generation needs {estimate} credits; {locked.balance} are available.",
-                    balance=locked.balance,
-                    needed=estimate,
-                )
-            if idempotency_key is not None:
-                window = timedelta(hours=runtime.settings.idempotency_window_hours)
-                await repository.expire_idempotency_key(
-                    session, account.id, idempotency_key, now - window
-                )
-            session.add(generation)
-            await session.flush()
-            if estimate:
-                billing.hold(session, locked, generation.id, estimate)
-            await session.flush()
-            await notify_enqueued(session)  # PostgreSQL delivers it only after commit
-            balance = locked.balance
+        balance = await _admit(runtime, caller, columns, estimate)
     except IntegrityError:
         # Another request with the same Idempotency-Key committed first.
         if idempotency_key is None:
@@ -203,16 +206,67 @@ async def submit(
         replay = await _find_replay(runtime, account.id, idempotency_key, fingerprint)
         if replay is None:
             raise
-        return Submitted(replay, True, account.balance)
+        return Submitted(replay.id, account.balance, replay=replay)
     await runtime.notify_enqueued()
-    return Submitted(generation, False, balance)
+    return Submitted(columns["id"], balance, created=columns)
+
+
+async def _admit(runtime: Runtime, caller: Caller, columns: dict[str, Any], estimate: int) -> int:
+    """The generation row, its hold, a concurrency slot: all or nothing, in one short
+    transaction. The inserts go first and the account row is locked last, by the one
+    conditional UPDATE that takes the slot and the credits, so it stays locked only until
+    the commit. A duplicate Idempotency-Key fails at its insert (IntegrityError) before
+    touching any limit. Returns the balance after the hold."""
+    account_id = caller.account.id
+    limit = caller.limits.concurrent_jobs
+    key = columns["idempotency_key"]
+    for _ in range(ADMISSION_ATTEMPTS):
+        try:
+            async with runtime.db.write_connection() as connection:
+                if key is not None:
+                    window = timedelta(hours=runtime.settings.idempotency_window_hours)
+                    await repository.expire_idempotency_key(
+                        connection, account_id, key, columns["created_at"] - window
+                    )
+                await repository.insert_generation(connection, columns)
+                balance = await billing.hold_for_generation(
+                    connection, account_id, columns["id"], estimate, limit, columns["created_at"]
+                )
+                if balance is None:
+                    active, available = await accounts_repository.get_slots_and_balance(
+                        connection, account_id
+                    )
+                    raise _Refused(_refusal(active, available, limit, estimate))
+                return balance
+        except _Refused as refused:
+            if refused.error is not None:
+                raise refused.error from None
+            # Neither limit binds any more (PostgreSQL: jobs settled meanwhile): try again.
+    raise ConcurrencyLimited(
+        "The account's limits changed while this request was admitted; retry.", limit=limit
+    )
+
+
+def _refusal(active: int, balance: int, limit: int, estimate: int) -> Exception | None:
+    """Which limit refused, in the documented order (concurrency, then credits)."""
+    if active >= limit:
+        return ConcurrencyLimited(
+            f"{active} generations are in flight; the limit is {limit}.", limit=limit
+        )
+    if balance < estimate:
+        return InsufficientCredits(
+            f"This generation needs {estimate} credits; {balance} are available.",
+            balance=balance,
+            needed=estimate,
+        )
+    return None
 
 
 async def _find_replay(
     runtime: Runtime, account_id: str, key: str, fingerprint: str | None
-) -> Generation | None:
-    async with runtime.db.read() as session:
-        existing = await repository.find_by_idempotency_key(session, account_id, key)
+) -> Row[Any] | None:
+    async with runtime.db.read_connection() as connection:
+        existing = await repository.find_by_idempotency_key(connection, account_id, key)
     if existing is None:
         return None
     window = timedelta(hours=runtime.settings.idempotency_window_hours)
@@ -247,14 +301,14 @@ async def cancel(runtime: Runtime, account_id: str, generation_id: str) -> Gener
 
 async def wait_until_settled(
     runtime: Runtime, account_id: str, generation_id: str, seconds: float
-) -> Generation | None:
+) -> Row[Any] | None:
     """`Prefer: wait=N`: the generation once it is finished or after N seconds."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + seconds
     delay = 0.05
     while True:
-        async with runtime.db.read() as session:
-            generation = await repository.get_for_account(session, account_id, generation_id)
+        async with runtime.db.read_connection() as connection:
+            generation = await repository.read_for_account(connection, account_id, generation_id)
         if generation is None or generation.status not in ACTIVE_STATUSES:
             return generation
         left = deadline - loop.time()

@@ -41,6 +41,7 @@ async def finalize(
         generation.progress = 1.0
     generation.error_code = error_code
     generation.error_message = error_message
+    account.active_jobs -= 1
     if generation.credits_estimate:
         billing.settle(session, account, generation.id, generation.credits_estimate, charge)
     await session.flush()

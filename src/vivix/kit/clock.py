@@ -21,8 +21,13 @@ def iso(value: datetime | None) -> str | None:
 
 
 def parse_iso(text: str) -> datetime:
-    """Parse an ISO 8601 timestamp; a naive value is taken as UTC."""
-    return as_utc(datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00")))
+    """Parse an ISO 8601 timestamp; a naive value is taken as UTC. ValueError also for a
+    time that leaves the representable range once moved to UTC (9999-12-31T23:59-01:00)."""
+    parsed = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+    try:
+        return as_utc(parsed)
+    except OverflowError:
+        raise ValueError(f"{text!r} is out of range in UTC") from None
 
 
 def add_months(value: datetime, months: int) -> datetime:

@@ -21,6 +21,7 @@ from typing import Any
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
@@ -29,6 +30,7 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.pool import NullPool
 
 _WRITE_OPTION = "vivix_write"
+_AUTOCOMMIT_OPTION = "vivix_autocommit"
 
 
 class Database:
@@ -57,6 +59,13 @@ class Database:
         if self.is_sqlite:
             _install_sqlite_hooks(self.engine, sqlite_busy_timeout_ms)
         self._write_engine = self.engine.execution_options(**{_WRITE_OPTION: True})
+        # Single-statement reads need no transaction: on PostgreSQL that saves the BEGIN and
+        # ROLLBACK round trips, on SQLite two hand-offs to aiosqlite's thread.
+        self._autocommit_engine = (
+            self.engine.execution_options(**{_AUTOCOMMIT_OPTION: True})
+            if self.is_sqlite
+            else self.engine.execution_options(isolation_level="AUTOCOMMIT")
+        )
         self._read_sessions = async_sessionmaker(self.engine, expire_on_commit=False)
         self._write_sessions = async_sessionmaker(self._write_engine, expire_on_commit=False)
         self._sqlite_write_lock = asyncio.Lock() if self.is_sqlite else None
@@ -76,6 +85,23 @@ class Database:
         else:
             async with self._write_sessions() as session, session.begin():
                 yield session
+
+    @asynccontextmanager
+    async def read_connection(self) -> AsyncIterator[AsyncConnection]:
+        """A Core connection for hot-path reads; each statement sees its own snapshot."""
+        async with self._autocommit_engine.connect() as connection:
+            yield connection
+
+    @asynccontextmanager
+    async def write_connection(self) -> AsyncIterator[AsyncConnection]:
+        """A Core write transaction (same locking as `transaction()`), committed when the
+        block exits without an exception."""
+        if self._sqlite_write_lock is not None:
+            async with self._sqlite_write_lock, self._write_engine.begin() as connection:
+                yield connection
+        else:
+            async with self._write_engine.begin() as connection:
+                yield connection
 
     async def dispose(self) -> None:
         await self.engine.dispose()
@@ -99,9 +125,10 @@ def _install_sqlite_hooks(
 
     @event.listens_for(sync_engine, "begin")
     def _on_begin(connection: Any) -> None:
-        if always_immediate or connection.get_execution_options().get(_WRITE_OPTION):
+        options = connection.get_execution_options()
+        if always_immediate or options.get(_WRITE_OPTION):
             connection.exec_driver_sql("BEGIN IMMEDIATE")
-        else:
+        elif not options.get(_AUTOCOMMIT_OPTION):
             connection.exec_driver_sql("BEGIN")
 
 

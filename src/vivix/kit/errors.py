@@ -10,7 +10,9 @@ class VivixError(Exception):
     status: ClassVar[int] = 500
     code: ClassVar[str] = "INTERNAL_ERROR"
     default_message: ClassVar[str] = "Something went wrong on our side."
-    default_next: ClassVar[str] = "Retry later; if it persists, contact the operator with the request id."
+    default_next: ClassVar[str] = (
+        "Retry later; if it persists, contact the operator with the request id."
+    )
 
     def __init__(
         self,
@@ -40,7 +42,7 @@ class InvalidJson(VivixError):
     status = 400
     code = "INVALID_JSON"
     default_message = "The request body is not a JSON object."
-    default_next = "Send a JSON object as the body, e.g. {\"model\": \"…\", \"prompt\": \"…\"}."
+    default_next = 'Send a JSON object as the body, e.g. {"model": "…", "prompt": "…"}.'
 
 
 class Unauthorized(VivixError):
@@ -178,7 +180,9 @@ class AdminUnauthorized(VivixError):
     status = 401
     code = "UNAUTHORIZED"
     default_message = "Missing or wrong admin token."
-    default_next = "Send `Authorization: Bearer $VIVIX_ADMIN_TOKEN`; the admin API is off when it is unset."
+    default_next = (
+        "Send `Authorization: Bearer $VIVIX_ADMIN_TOKEN`; the admin API is off when it is unset."
+    )
 
 
 class AdminNotFound(VivixError):

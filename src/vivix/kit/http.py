@@ -68,7 +68,8 @@ class ResponseHeadersMiddleware:
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = [
-                    (k, v) for k, v in message.get("headers", [])
+                    (k, v)
+                    for k, v in message.get("headers", [])
                     if k not in (b"x-request-id", b"x-credits-balance")
                 ]
                 message["headers"] = headers + ctx.headers()

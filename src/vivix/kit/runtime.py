@@ -12,6 +12,7 @@ from vivix.providers.circuits import CircuitBreakers
 from vivix.providers.guarded_fetch import Resolver
 from vivix.settings import Settings
 from vivix.storage.service import OutputStore
+from vivix.worker.wakeup import JobsNotifier
 
 
 @dataclass
@@ -29,10 +30,15 @@ class Runtime:
     on_canceled: list[Callable[[str], None]] = field(default_factory=list)
     # DNS for client-supplied URLs; None = the system resolver.
     resolver: Resolver | None = None
+    # Other processes' workers (PostgreSQL only).
+    jobs_notifier: JobsNotifier | None = None
 
     async def notify_enqueued(self) -> None:
+        """After a submit commits: wake this process's worker and, on PostgreSQL, others."""
         for callback in self.on_enqueued:
             await callback()
+        if self.jobs_notifier is not None:
+            self.jobs_notifier.poke()
 
     def notify_canceled(self, generation_id: str) -> None:
         for callback in self.on_canceled:
@@ -69,6 +75,7 @@ async def build_runtime(settings: Settings) -> Runtime:
     return Runtime(
         settings=settings,
         db=db,
+        jobs_notifier=None if db.is_sqlite else JobsNotifier(db),
         circuits=CircuitBreakers(db, settings.circuit),
         catalog=Catalog.load(settings.catalog_path),
         limiter=RateLimiter(
@@ -86,5 +93,7 @@ async def build_runtime(settings: Settings) -> Runtime:
 
 
 async def close_runtime(runtime: Runtime) -> None:
+    if runtime.jobs_notifier is not None:
+        await runtime.jobs_notifier.close()
     await runtime.limiter.close()
     await runtime.db.dispose()

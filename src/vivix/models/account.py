@@ -3,7 +3,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import CheckConstraint, Integer, String
+from sqlalchemy import CheckConstraint, Integer, String, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from vivix.models.base import Base, JsonValue
@@ -11,12 +11,14 @@ from vivix.models.base import Base, JsonValue
 
 class Account(Base):
     """A tenant. `balance` and `held` are a cache of the ledger kept in the same transaction
-    as every entry (reads never sum the ledger); the ledger remains the source of truth."""
+    as every entry (reads never sum the ledger); the ledger remains the source of truth.
+    `active_jobs` likewise caches the count of its pending/processing generations."""
 
     __tablename__ = "accounts"
     __table_args__ = (
         CheckConstraint("balance >= 0", name="balance_not_negative"),
         CheckConstraint("held >= 0", name="held_not_negative"),
+        CheckConstraint("active_jobs >= 0", name="active_jobs_not_negative"),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
@@ -28,6 +30,9 @@ class Account(Base):
     monthly_credits: Mapped[int | None] = mapped_column(Integer)
     balance: Mapped[int] = mapped_column(Integer, default=0)
     held: Mapped[int] = mapped_column(Integer, default=0)
+    # Generations pending or processing: +1 at admission, -1 when one settles, both under
+    # this row's lock, so admission checks the concurrency limit without counting rows.
+    active_jobs: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
     cycle_anchor: Mapped[datetime]
     cycle_started_at: Mapped[datetime]
     cycle_resets_at: Mapped[datetime]

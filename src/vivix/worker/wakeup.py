@@ -1,10 +1,11 @@
 """Waking idle workers when work appears, and running jobs when they are canceled.
 
 In-process: `Signals` are plain asyncio primitives the API calls after its transaction
-commits (embedded worker). Across processes on PostgreSQL: `NOTIFY` issued inside the
-submitting/canceling transaction (delivered by PostgreSQL only once it commits) and a
-`LISTEN` connection per worker. SQLite across processes has no notification channel:
-workers fall back to polling (`worker.poll_interval_seconds`).
+commits (embedded worker). Across processes on PostgreSQL: `NOTIFY` sent after a submit
+commits (coalesced by `JobsNotifier`) or inside the canceling transaction (delivered by
+PostgreSQL only once it commits), and a `LISTEN` connection per worker. SQLite across
+processes has no notification channel: workers fall back to polling
+(`worker.poll_interval_seconds`).
 """
 
 from __future__ import annotations
@@ -18,16 +19,52 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from vivix.kit.db import Database
+
 log = structlog.get_logger(__name__)
 
 JOBS_CHANNEL = "vivix_jobs"
 CANCEL_CHANNEL = "vivix_cancel"
 
 
-async def notify_enqueued(session: AsyncSession) -> None:
-    """Inside the enqueuing transaction; a no-op on SQLite."""
-    if session.get_bind().dialect.name == "postgresql":
-        await session.execute(text(f"NOTIFY {JOBS_CHANNEL}"))
+class JobsNotifier:
+    """`NOTIFY vivix_jobs` after submits commit, coalesced: while one is on its way, any
+    number of further pokes fold into one more. Idle workers only need to hear that there
+    is work (they claim until the queue is empty), and a NOTIFY inside the admission
+    transaction would cost a round trip while the account row is locked, and PostgreSQL
+    serializes the commits of notifying transactions. If a NOTIFY fails, workers still
+    find the job by polling."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self._sending = False
+        self._again = False
+        self._task: asyncio.Task[None] | None = None
+
+    def poke(self) -> None:
+        if self._sending:
+            self._again = True
+            return
+        self._sending = True
+        self._task = asyncio.create_task(self._send(), name="vivix-jobs-notify")
+
+    async def _send(self) -> None:
+        try:
+            while True:
+                self._again = False
+                async with self._db.read_connection() as connection:
+                    await connection.execute(text(f"NOTIFY {JOBS_CHANNEL}"))
+                if not self._again:
+                    return
+        except Exception as exc:
+            log.warning("jobs_notify_failed", error=repr(exc))
+        finally:
+            self._sending = False
+
+    async def close(self) -> None:
+        if self._task is not None:
+            with contextlib.suppress(Exception):
+                await self._task
 
 
 async def notify_canceled(session: AsyncSession, generation_id: str) -> None:
