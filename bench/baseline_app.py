@@ -6,8 +6,9 @@ for the same two calls, on the same server stack and the same database plumbing.
 - GET /rows/{id}: one primary-key SELECT of such a row, the row as JSON.
 
 Plain Starlette (the layer FastAPI is built on), SQLAlchemy Core statements, and the
-engine from `vivix.kit.db.Database` so pool sizes, SQLite pragmas, `BEGIN IMMEDIATE` and
-the in-process SQLite write lock are the app's own by construction. Served by
+connections from `vivix.kit.db.Database` (`read_connection`, `write_connection`) so pool
+sizes, SQLite pragmas, autocommit reads, `BEGIN IMMEDIATE` and the in-process SQLite write
+lock are the app's own by construction. Served by
 `uvicorn.run` with the settings `vivix serve` uses.
 
 Run: python -m bench.baseline_app --database-url URL --port PORT
@@ -80,10 +81,9 @@ def create_baseline_app(database_url: str) -> Starlette:
         body: dict[str, Any] = await request.json()
         now = utcnow()
         row_id = uuid7()
-        # db.transaction(): the same write boundary Vivix uses (write lock + BEGIN
-        # IMMEDIATE on SQLite); the INSERT itself is a Core statement on its connection.
-        async with db.transaction() as session:
-            conn = await session.connection()
+        # db.write_connection(): the same write boundary Vivix's submit uses (write lock +
+        # BEGIN IMMEDIATE on SQLite), a Core statement on it.
+        async with db.write_connection() as conn:
             await conn.execute(
                 insert(baseline_rows).values(
                     id=row_id,
@@ -105,7 +105,8 @@ def create_baseline_app(database_url: str) -> Starlette:
 
     async def read(request: Request) -> JSONResponse:
         db: Database = request.app.state.db
-        async with db.engine.connect() as conn:
+        # db.read_connection(): the autocommit connection Vivix's reads use.
+        async with db.read_connection() as conn:
             row = (
                 await conn.execute(
                     select(baseline_rows).where(baseline_rows.c.id == request.path_params["row_id"])

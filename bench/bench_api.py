@@ -443,15 +443,14 @@ PROFILE_CONTROL = "/_bench/profile/"
 VIVIX_SPANS = (
     ("authorize (auth, cycle, rate limit)", "vivix.generations.endpoints", "authorize"),
     ("  authenticate", "vivix.accounts.endpoints", "authenticate"),
-    ("    get_key_with_account", "vivix.accounts.repository", "get_key_with_account"),
+    ("    get_caller", "vivix.accounts.repository", "get_caller"),
     ("  RateLimiter.hit", "vivix.limits.service", "RateLimiter.hit"),
     ("read_json_object", "vivix.generations.endpoints", "read_json_object"),
     ("service.submit", "vivix.generations.service", "submit"),
-    ("  lock_account (FOR UPDATE)", "vivix.accounts.repository", "lock_account"),
-    ("  count_active", "vivix.generations.repository", "count_active"),
+    ("  insert_generation", "vivix.generations.repository", "insert_generation"),
+    ("  take_slot_and_hold (row lock)", "vivix.accounts.repository", "take_slot_and_hold"),
     ("  notify_enqueued", "vivix.kit.runtime", "Runtime.notify_enqueued"),
-    ("get_for_account", "vivix.generations.repository", "get_for_account"),
-    ("queue_position", "vivix.generations.repository", "queue_position"),
+    ("read_for_account", "vivix.generations.repository", "read_for_account"),
 )
 COMMON_SPANS = (
     ("sqlite write lock wait", "", ""),

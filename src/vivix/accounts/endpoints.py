@@ -3,19 +3,27 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
+from sqlalchemy import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 from starlette.requests import Request
 
 from vivix.accounts import repository
-from vivix.accounts.service import AccountView, Caller, authenticate, require_api_access
+from vivix.accounts.service import (
+    AccountView,
+    Caller,
+    caller_from_row,
+    key_hash_from_header,
+    require_api_access,
+)
 from vivix.billing import service as billing
 from vivix.kit.clock import utcnow
 from vivix.kit.errors import RateLimited
 from vivix.kit.http import context_of
 from vivix.kit.runtime import Runtime
 
-__all__ = ["Caller", "authorize", "runtime_of"]
+__all__ = ["Caller", "authorize", "pass_gate", "runtime_of"]
 
 
 def runtime_of(request: Request) -> Runtime:
@@ -24,12 +32,18 @@ def runtime_of(request: Request) -> Runtime:
 
 
 async def authorize(request: Request, connection: AsyncConnection) -> Caller:
-    """Authenticate on the request's read connection (the endpoint goes on using it)."""
+    """The gate, reading the caller on the request's connection."""
+    runtime = runtime_of(request)
+    key_hash = key_hash_from_header(runtime.secret, request.headers.get("authorization"))
+    return await pass_gate(request, await repository.get_caller(connection, key_hash))
+
+
+async def pass_gate(request: Request, row: Row[Any] | None) -> Caller:
+    """The gate for a caller row already read (`accounts.repository.select_caller`):
+    key → billing cycle → rate limit → tier."""
     runtime = runtime_of(request)
     ctx = context_of(request)
-    caller = await authenticate(
-        connection, runtime.secret, request.headers.get("authorization"), runtime.settings
-    )
+    caller = caller_from_row(row, runtime.settings)
     if caller.account.cycle_resets_at <= utcnow():
         caller = replace(
             caller,

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Row, bindparam, select, update
+from sqlalchemy import Row, Select, bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from vivix.models import Account, ApiKey
@@ -12,7 +12,7 @@ _CALLER_COLUMNS: list[Any] = [
     ApiKey.id.label("key_id"),
     ApiKey.is_test,
     ApiKey.revoked_at,
-    Account.id,
+    Account.id.label("account_id"),
     Account.tier,
     Account.balance,
     Account.held,
@@ -26,15 +26,23 @@ _CALLER_COLUMNS: list[Any] = [
     Account.concurrent_jobs,
     Account.monthly_credits,
 ]
-_CALLER_BY_KEY_HASH = (
-    select(*_CALLER_COLUMNS)
-    .join(Account, Account.id == ApiKey.account_id)
-    .where(ApiKey.key_hash == bindparam("key_hash"))
-)
+
+
+def select_caller(*more_columns: Any) -> Select[*tuple[Any, ...]]:
+    """The key with hash `:key_hash` and its account: `key_id`, `is_test`, `revoked_at`,
+    `account_id` and the account's other columns by name, plus `more_columns` (a caller may
+    join more to answer its request in the same statement)."""
+    return (
+        select(*_CALLER_COLUMNS, *more_columns)
+        .join(Account, Account.id == ApiKey.account_id)
+        .where(ApiKey.key_hash == bindparam("key_hash"))
+    )
+
+
+_CALLER_BY_KEY_HASH = select_caller()
 
 
 async def get_caller(connection: AsyncConnection, key_hash: str) -> Row[Any] | None:
-    """The key (`key_id`, `is_test`, `revoked_at`) and its account's columns."""
     return (await connection.execute(_CALLER_BY_KEY_HASH, {"key_hash": key_hash})).first()
 
 

@@ -9,7 +9,8 @@ from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any, Protocol
 
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy import Row
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from vivix.accounts import repository
 from vivix.billing import service as billing
@@ -75,9 +76,15 @@ class AccountView:
     monthly_credits: int | None
 
     @classmethod
-    def of(cls, source: Any) -> AccountView:
-        """From an `Account` or a row with the same column names."""
-        return cls(*(getattr(source, field.name) for field in fields(cls)))
+    def of(cls, account: Account) -> AccountView:
+        return cls(*(getattr(account, field.name) for field in fields(cls)))
+
+    @classmethod
+    def of_caller_row(cls, row: Row[Any]) -> AccountView:
+        """From a `repository.get_caller` row (the account's id is `account_id` there)."""
+        return cls(
+            *(row.account_id if f.name == "id" else getattr(row, f.name) for f in fields(cls))
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,18 +129,22 @@ def looks_like_key(token: str) -> bool:
     )
 
 
-async def authenticate(
-    connection: AsyncConnection, secret: str, authorization: str | None, settings: Settings
-) -> Caller:
+def key_hash_from_header(secret: str, authorization: str | None) -> str:
+    """The stored hash of the bearer key, once the header is well formed and the token
+    looks like one of our keys (401 otherwise, without touching the database)."""
     token = parse_bearer(authorization)
     if not looks_like_key(token):
         raise KeyInvalid()
-    row = await repository.get_caller(connection, hash_key(secret, token))
+    return hash_key(secret, token)
+
+
+def caller_from_row(row: Row[Any] | None, settings: Settings) -> Caller:
+    """The caller from a `repository.get_caller` row: 401 for an unknown or revoked key."""
     if row is None:
         raise KeyInvalid()
     if row.revoked_at is not None:
         raise KeyRevoked()
-    account = AccountView.of(row)
+    account = AccountView.of_caller_row(row)
     return Caller(row.key_id, row.is_test, account, limits_for(account, settings))
 
 

@@ -8,9 +8,9 @@ from vivix.accounts.endpoints import authorize, runtime_of
 from vivix.billing.schemas import CreditsOut
 from vivix.catalog.schemas import RateLimitInfo
 from vivix.kit.clock import iso
-from vivix.kit.http import json_response
+from vivix.kit.http import PlainRoute, json_response
 
-router = APIRouter(prefix="/api/v1", tags=["credits"])
+router = APIRouter(prefix="/api/v1", tags=["credits"], route_class=PlainRoute)
 
 
 @router.get("/credits", summary="The account's wallet")

@@ -6,9 +6,9 @@ from starlette.responses import Response
 
 from vivix.accounts.endpoints import authorize, runtime_of
 from vivix.catalog.schemas import ModelsOut, RateLimitInfo
-from vivix.kit.http import json_response
+from vivix.kit.http import PlainRoute, json_response
 
-router = APIRouter(prefix="/api/v1", tags=["models"])
+router = APIRouter(prefix="/api/v1", tags=["models"], route_class=PlainRoute)
 
 
 @router.get("/models", summary="Models this key can call")

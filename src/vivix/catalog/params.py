@@ -63,7 +63,9 @@ def _property_schema(spec: ParamSpec) -> dict[str, Any]:
         schema = {"type": "string"}
         if spec.max_length is not None:
             schema["maxLength"] = spec.max_length
-        schema["minLength"] = spec.min_length if spec.min_length is not None else (1 if spec.required else 0)
+        schema["minLength"] = (
+            spec.min_length if spec.min_length is not None else (1 if spec.required else 0)
+        )
     elif spec.type == "integer":
         schema = {"type": "integer", "minimum": spec.min, "maximum": spec.max}
     elif spec.type == "enum":
@@ -143,11 +145,11 @@ def _check_string(name: str, value: Any, spec: ParamSpec) -> str:
     text = value.strip()
     minimum = spec.min_length if spec.min_length is not None else (1 if spec.required else 0)
     if len(text) < minimum:
-        raise InvalidParams(name, "must not be empty" if minimum == 1 else f"needs at least {minimum} characters")
-    if spec.max_length is not None and len(text) > spec.max_length:
         raise InvalidParams(
-            name, f"is {len(text)} characters; the maximum is {spec.max_length}"
+            name, "must not be empty" if minimum == 1 else f"needs at least {minimum} characters"
         )
+    if spec.max_length is not None and len(text) > spec.max_length:
+        raise InvalidParams(name, f"is {len(text)} characters; the maximum is {spec.max_length}")
     return text
 
 
@@ -167,7 +169,9 @@ def _check_string_list(name: str, value: Any, spec: ParamSpec) -> list[str]:
             if reason:
                 raise InvalidParams(name, f"item {index} {reason}")
         elif spec.item_max_length is not None and len(item) > spec.item_max_length:
-            raise InvalidParams(name, f"item {index} is longer than {spec.item_max_length} characters")
+            raise InvalidParams(
+                name, f"item {index} is longer than {spec.item_max_length} characters"
+            )
         items.append(item)
     return items
 
@@ -199,7 +203,9 @@ def validate_metadata(value: Any) -> dict[str, str]:
     if not isinstance(value, dict):
         raise InvalidParams("metadata", "must be an object of string keys and string values")
     if len(value) > METADATA_MAX_KEYS:
-        raise InvalidParams("metadata", f"has {len(value)} keys; the maximum is {METADATA_MAX_KEYS}")
+        raise InvalidParams(
+            "metadata", f"has {len(value)} keys; the maximum is {METADATA_MAX_KEYS}"
+        )
     for key, item in value.items():
         if not key or len(key) > METADATA_KEY_MAX:
             raise InvalidParams("metadata", f"keys must be 1 to {METADATA_KEY_MAX} characters")
@@ -209,5 +215,7 @@ def validate_metadata(value: Any) -> dict[str, str]:
         if "\x00" in key or "\x00" in item:
             raise InvalidParams("metadata", "keys and values must not contain NUL characters")
         if len(item) > METADATA_VALUE_MAX:
-            raise InvalidParams("metadata", f"value of `{key}` is longer than {METADATA_VALUE_MAX} characters")
+            raise InvalidParams(
+                "metadata", f"value of `{key}` is longer than {METADATA_VALUE_MAX} characters"
+            )
     return dict(value)

@@ -39,7 +39,10 @@ class Catalog:
                 pricing.check_coverage(spec, spec.pricing)
             except ValueError as exc:
                 raise CatalogError(str(exc)) from None
-            example = spec.example_request or {"model": spec.slug, "prompt": "a quiet harbour at dusk"}
+            example = spec.example_request or {
+                "model": spec.slug,
+                "prompt": "a quiet harbour at dusk",
+            }
             # /models hands the example to clients as a ready request: it must name this model.
             if example.get("model") != spec.slug:
                 raise CatalogError(

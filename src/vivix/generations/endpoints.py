@@ -8,18 +8,19 @@ from sqlalchemy import Row
 from starlette.requests import Request
 from starlette.responses import Response
 
-from vivix.accounts.endpoints import authorize, runtime_of
+from vivix.accounts.endpoints import authorize, pass_gate, runtime_of
 from vivix.accounts.repository import find_account
+from vivix.accounts.service import key_hash_from_header
 from vivix.generations import repository, service
 from vivix.generations.schemas import generation_out, submitted_out
 from vivix.kit.clock import parse_iso
 from vivix.kit.errors import GenerationNotFound, InvalidParams
-from vivix.kit.http import context_of, json_response, read_json_object
+from vivix.kit.http import PlainRoute, context_of, json_response, read_json_object
 from vivix.kit.ids import is_uuid
 from vivix.kit.pagination import decode_cursor, encode_cursor, parse_limit
 from vivix.models import GenerationStatus
 
-router = APIRouter(prefix="/api/v1", tags=["generations"])
+router = APIRouter(prefix="/api/v1", tags=["generations"], route_class=PlainRoute)
 
 
 @router.post("/generate", status_code=201, summary="Submit a generation")
@@ -51,14 +52,13 @@ async def generate(request: Request) -> Response:
 
 @router.get("/generations/{generation_id}", summary="Read a generation")
 async def read_generation(request: Request, generation_id: str) -> Response:
-    async with runtime_of(request).db.read_connection() as connection:
-        caller = await authorize(request, connection)
-        if not is_uuid(generation_id):
-            raise GenerationNotFound()
-        row = await repository.read_for_account(
-            connection, caller.account.id, generation_id.lower()
-        )
-    if row is None:
+    runtime = runtime_of(request)
+    key_hash = key_hash_from_header(runtime.secret, request.headers.get("authorization"))
+    wanted = generation_id.lower() if is_uuid(generation_id) else None
+    async with runtime.db.read_connection() as connection:
+        row = await repository.read_with_caller(connection, key_hash, wanted)
+    await pass_gate(request, row)
+    if row is None or row.id is None:
         raise GenerationNotFound()
     return json_response(_shown(row))
 

@@ -14,7 +14,8 @@ from typing import Any
 from sqlalchemy import Row, and_, bindparam, case, exists, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from vivix.models import Base, Generation, GenerationStatus
+from vivix.accounts.repository import select_caller
+from vivix.models import Account, Base, Generation, GenerationStatus
 
 QUEUE_POSITION_CAP = 1000
 PENDING = GenerationStatus.PENDING.value
@@ -52,6 +53,12 @@ def _queue_position(generation_id: Any) -> Any:
 _READ = select(*_SHOWN_COLUMNS, _queue_position(bindparam("generation_id"))).where(
     Generation.id == bindparam("generation_id"), Generation.account_id == bindparam("account_id")
 )
+_READ_WITH_CALLER = select_caller(
+    *_SHOWN_COLUMNS, _queue_position(bindparam("generation_id"))
+).outerjoin(
+    Generation,
+    and_(Generation.id == bindparam("generation_id"), Generation.account_id == Account.id),
+)
 _BY_IDEMPOTENCY_KEY = select(
     *_SHOWN_COLUMNS, _queue_position(Generation.id), Generation.request_hash
 ).where(
@@ -67,6 +74,19 @@ async def read_for_account(
     """The generation with its queue position, if it belongs to the account."""
     return (
         await connection.execute(_READ, {"generation_id": generation_id, "account_id": account_id})
+    ).first()
+
+
+async def read_with_caller(
+    connection: AsyncConnection, key_hash: str, generation_id: str | None
+) -> Row[Any] | None:
+    """The status read, the call clients poll, in one statement: the caller's row
+    (`accounts.repository.select_caller`) with the generation's columns, which are NULL
+    (`id` None) unless the generation exists and is that account's."""
+    return (
+        await connection.execute(
+            _READ_WITH_CALLER, {"key_hash": key_hash, "generation_id": generation_id}
+        )
     ).first()
 
 

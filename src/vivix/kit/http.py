@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
+from fastapi.routing import APIRoute
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -37,6 +39,21 @@ class RequestContext:
         if self.balance is not None:
             out.append((b"x-credits-balance", str(self.balance).encode()))
         return out
+
+
+class PlainRoute(APIRoute):
+    """A route whose endpoint takes the Request (plus path params as strings) and returns a
+    Response, doing its own parsing. FastAPI still documents it from the signature, but a
+    request skips the dependency solving and validation machinery (~0.1 ms each call)."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        endpoint = self.endpoint
+
+        async def handle(request: Request) -> Response:
+            response: Response = await endpoint(request, **request.path_params)
+            return response
+
+        return handle
 
 
 def context_of(request: Request) -> RequestContext:
