@@ -6,7 +6,7 @@ for the same two calls, on the same server stack and the same database plumbing.
 - GET /rows/{id}: one primary-key SELECT of such a row, the row as JSON.
 
 Plain Starlette (the layer FastAPI is built on), SQLAlchemy Core statements, and the
-connections from `vivix.kit.db.Database` (`read_connection`, `write_connection`) so pool
+connections from `vivix.kit.db.Database` (`autocommit`, `write_connection`) so pool
 sizes, SQLite pragmas, autocommit reads, `BEGIN IMMEDIATE` and the in-process SQLite write
 lock are the app's own by construction. Served by
 `uvicorn.run` with the settings `vivix serve` uses.
@@ -105,8 +105,8 @@ def create_baseline_app(database_url: str) -> Starlette:
 
     async def read(request: Request) -> JSONResponse:
         db: Database = request.app.state.db
-        # db.read_connection(): the autocommit connection Vivix's reads use.
-        async with db.read_connection() as conn:
+        # db.autocommit(): the autocommit connection Vivix's reads use.
+        async with db.autocommit() as conn:
             row = (
                 await conn.execute(
                     select(baseline_rows).where(baseline_rows.c.id == request.path_params["row_id"])

@@ -85,7 +85,9 @@ def _context(request: Request) -> RequestContext:
     return ctx  # type: ignore[no-any-return]
 
 
-def _error_response(request: Request, error: VivixError, *, with_context_headers: bool = False) -> Response:
+def _error_response(
+    request: Request, error: VivixError, *, with_context_headers: bool = False
+) -> Response:
     ctx = _context(request)
     headers = dict(error.headers)
     if with_context_headers:
@@ -106,7 +108,9 @@ def _install_error_handlers(app: FastAPI) -> None:
             from vivix.kit.errors import InvalidJson
 
             return _error_response(request, InvalidJson())
-        return _error_response(request, InvalidParams(".".join(loc) or "body", str(first.get("msg"))))
+        return _error_response(
+            request, InvalidParams(".".join(loc) or "body", str(first.get("msg")))
+        )
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
@@ -153,8 +157,9 @@ def _install_operations_routes(app: FastAPI) -> None:
             # Redis down degrades rate limiting but does not stop serving: report, stay ready.
             checks["redis"] = "ok" if await runtime.limiter.check_redis() else "degraded"
         ready = checks["database"] == "ok"
-        return json_response({"status": "ready" if ready else "unavailable", "checks": checks},
-                             200 if ready else 503)
+        return json_response(
+            {"status": "ready" if ready else "unavailable", "checks": checks}, 200 if ready else 503
+        )
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics(request: Request) -> Response:

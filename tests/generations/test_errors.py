@@ -776,7 +776,7 @@ async def test_unexpected_fault_is_internal_error_without_trace_or_secrets(
     app = create_app(runtime.settings, runtime=runtime)
 
     async def broken(request: Request) -> None:
-        async with runtime.db.read_connection() as connection:
+        async with runtime.db.autocommit() as connection:
             await authorize(request, connection)  # the account headers are known when it breaks
         secret_in_scope = acct.key
         raise RuntimeError(f"boom after reading {len(secret_in_scope)} chars")

@@ -20,7 +20,9 @@ async def require_admin(request: Request) -> None:
         raise AdminUnauthorized("The admin API is disabled: VIVIX_ADMIN_TOKEN is not set.")
     header = request.headers.get("authorization", "")
     scheme, _, given = header.partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+    if scheme.lower() != "bearer" or not hmac.compare_digest(
+        given.strip().encode(), token.encode()
+    ):
         raise AdminUnauthorized()
 
 
@@ -68,12 +70,16 @@ async def grant_credits(request: Request, account: str, body: schemas.CreditGran
 
 @router.post("/accounts/{account}/models/allow")
 async def allow_models(request: Request, account: str, body: schemas.ModelSlugs) -> Response:
-    return json_response(await service.set_models(runtime_of(request), account, body.slugs, allow=True))
+    return json_response(
+        await service.set_models(runtime_of(request), account, body.slugs, allow=True)
+    )
 
 
 @router.post("/accounts/{account}/models/deny")
 async def deny_models(request: Request, account: str, body: schemas.ModelSlugs) -> Response:
-    return json_response(await service.set_models(runtime_of(request), account, body.slugs, allow=False))
+    return json_response(
+        await service.set_models(runtime_of(request), account, body.slugs, allow=False)
+    )
 
 
 @router.put("/accounts/{account}/pricing/{slug}")

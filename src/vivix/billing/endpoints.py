@@ -15,7 +15,7 @@ router = APIRouter(prefix="/api/v1", tags=["credits"], route_class=PlainRoute)
 
 @router.get("/credits", summary="The account's wallet")
 async def credits(request: Request) -> Response:
-    async with runtime_of(request).db.read_connection() as connection:
+    async with runtime_of(request).db.autocommit() as connection:
         caller = await authorize(request, connection)
     account = caller.account
     out = CreditsOut(

@@ -14,7 +14,7 @@ router = APIRouter(prefix="/api/v1", tags=["models"], route_class=PlainRoute)
 @router.get("/models", summary="Models this key can call")
 async def list_models(request: Request) -> Response:
     runtime = runtime_of(request)
-    async with runtime.db.read_connection() as connection:
+    async with runtime.db.autocommit() as connection:
         caller = await authorize(request, connection)
     catalog = runtime.catalog
     account = caller.account

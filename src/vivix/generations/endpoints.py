@@ -26,7 +26,7 @@ router = APIRouter(prefix="/api/v1", tags=["generations"], route_class=PlainRout
 @router.post("/generate", status_code=201, summary="Submit a generation")
 async def generate(request: Request) -> Response:
     runtime = runtime_of(request)
-    async with runtime.db.read_connection() as connection:
+    async with runtime.db.autocommit() as connection:
         caller = await authorize(request, connection)
     body, _raw = await read_json_object(request, runtime.settings.max_body_bytes)
     wait_s = _prefer_wait(request.headers.get("prefer"))
@@ -55,7 +55,7 @@ async def read_generation(request: Request, generation_id: str) -> Response:
     runtime = runtime_of(request)
     key_hash = key_hash_from_header(runtime.secret, request.headers.get("authorization"))
     wanted = generation_id.lower() if is_uuid(generation_id) else None
-    async with runtime.db.read_connection() as connection:
+    async with runtime.db.autocommit() as connection:
         row = await repository.read_with_caller(connection, key_hash, wanted)
     await pass_gate(request, row)
     if row is None or row.id is None:
@@ -66,7 +66,7 @@ async def read_generation(request: Request, generation_id: str) -> Response:
 @router.post("/generations/{generation_id}/cancel", summary="Cancel a generation")
 async def cancel_generation(request: Request, generation_id: str) -> Response:
     runtime = runtime_of(request)
-    async with runtime.db.read_connection() as connection:
+    async with runtime.db.autocommit() as connection:
         caller = await authorize(request, connection)
     if not is_uuid(generation_id):
         raise GenerationNotFound()
@@ -81,7 +81,7 @@ async def cancel_generation(request: Request, generation_id: str) -> Response:
 @router.get("/generations", summary="List generations, newest first")
 async def list_generations(request: Request) -> Response:
     query = request.query_params
-    async with runtime_of(request).db.read_connection() as connection:
+    async with runtime_of(request).db.autocommit() as connection:
         caller = await authorize(request, connection)
         limit = parse_limit(query.get("limit"))
         cursor = query.get("cursor")

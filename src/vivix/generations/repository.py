@@ -11,11 +11,24 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, and_, bindparam, case, exists, func, insert, select, update
+from sqlalchemy import (
+    Integer,
+    Row,
+    String,
+    and_,
+    bindparam,
+    case,
+    exists,
+    func,
+    insert,
+    literal,
+    select,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from vivix.accounts.repository import select_caller
-from vivix.models import Account, Base, Generation, GenerationStatus
+from vivix.models import Account, Base, Generation, GenerationStatus, LedgerKind
 
 QUEUE_POSITION_CAP = 1000
 PENDING = GenerationStatus.PENDING.value
@@ -66,6 +79,25 @@ _BY_IDEMPOTENCY_KEY = select(
     Generation.idempotency_key == bindparam("idempotency_key"),
 )
 _INSERT = insert(Base.metadata.tables["generations"])
+# What a submit writes; the other columns start NULL (a JSON column given None would hold
+# JSON `null` instead).
+SUBMITTED_COLUMNS = (
+    "id",
+    "account_id",
+    "api_key_id",
+    "model",
+    "status",
+    "is_test",
+    "params",
+    "metadata",
+    "credits_estimate",
+    "idempotency_key",
+    "request_hash",
+    "created_at",
+    "attempts",
+    "run_after",
+    "cancel_requested",
+)
 
 
 async def read_for_account(
@@ -101,9 +133,73 @@ async def find_by_idempotency_key(
     ).first()
 
 
-async def insert_generation(connection: AsyncConnection, values: dict[str, Any]) -> None:
-    """`values` by column name (the table's `metadata`, not the attribute `metadata_`)."""
-    await connection.execute(_INSERT, values)
+async def insert_generation(connection: AsyncConnection, columns: dict[str, Any]) -> None:
+    """`columns`: the SUBMITTED_COLUMNS by name (`metadata`, not the attribute `metadata_`)."""
+    await connection.execute(_INSERT, columns)
+
+
+def _admission_statement() -> Any:
+    """PostgreSQL: admission in one statement. The UPDATE takes a concurrency slot and the
+    credits only if both are there; the generation row and the hold entry are inserted
+    from its result, so a refusal inserts nothing. Run in autocommit it is one round trip
+    and its own transaction, and the account row is locked only while it runs."""
+    amount = bindparam("amount", type_=Integer)
+    account = (
+        update(Account)
+        .where(
+            Account.id == bindparam("account_id"),
+            Account.balance >= amount,
+            Account.active_jobs < bindparam("concurrent_limit", type_=Integer),
+        )
+        .values(
+            balance=Account.balance - amount,
+            held=Account.held + amount,
+            active_jobs=Account.active_jobs + 1,
+        )
+        .returning(Account.balance)
+        .cte("account")
+    )
+    generations = Base.metadata.tables["generations"]
+    generation = _INSERT.from_select(
+        list(SUBMITTED_COLUMNS),
+        select(
+            *(bindparam(f"g_{name}", type_=generations.c[name].type) for name in SUBMITTED_COLUMNS)
+        ).select_from(account),
+    ).cte("generation")
+    ledger = Base.metadata.tables["ledger_entries"]
+    hold = (
+        insert(ledger)
+        .from_select(
+            ["account_id", "kind", "amount", "generation_id", "created_at"],
+            select(
+                bindparam("account_id", type_=String),
+                literal(LedgerKind.HOLD.value, String),
+                -amount,
+                bindparam("g_id", type_=String),
+                bindparam("g_created_at", type_=ledger.c.created_at.type),
+            )
+            .select_from(account)
+            .where(amount > 0),
+        )
+        .cte("hold")
+    )
+    return select(account.c.balance).add_cte(generation, hold)
+
+
+_ADMIT = _admission_statement()
+
+
+async def admit_in_one_statement(
+    connection: AsyncConnection, columns: dict[str, Any], amount: int, concurrent_limit: int
+) -> int | None:
+    """PostgreSQL only, on an autocommit connection (see `_admission_statement`). The
+    balance after the hold, or None when the slot or the credits were not there."""
+    values = {f"g_{name}": columns[name] for name in SUBMITTED_COLUMNS}
+    values.update(
+        account_id=columns["account_id"], amount=amount, concurrent_limit=concurrent_limit
+    )
+    balance = (await connection.execute(_ADMIT, values)).scalar_one_or_none()
+    return None if balance is None else int(balance)
 
 
 async def expire_idempotency_key(

@@ -19,6 +19,7 @@ from typing import Any
 
 from sqlalchemy import Row
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from vivix.accounts import repository as accounts_repository
 from vivix.accounts.endpoints import Caller
@@ -63,10 +64,7 @@ class Submitted:
 
 
 class _Refused(Exception):
-    """Raised inside the admission transaction to roll it back; carries the error."""
-
-    def __init__(self, error: Exception | None) -> None:
-        self.error = error
+    """Raised inside a write transaction to roll it back."""
 
 
 ADMISSION_ATTEMPTS = 3
@@ -168,7 +166,7 @@ async def submit(
     estimate = 0 if caller.is_test else pricing.estimate(model.spec, params, override)
 
     now = utcnow()
-    columns: dict[str, Any] = {
+    columns: dict[str, Any] = {  # repository.SUBMITTED_COLUMNS
         "id": uuid7(),
         "account_id": account.id,
         "api_key_id": caller.key_id,
@@ -178,73 +176,106 @@ async def submit(
         "params": params,
         "metadata": metadata,
         "credits_estimate": estimate,
-        "credits_used": None,
         "idempotency_key": idempotency_key,
         "request_hash": fingerprint,
-        "error_code": None,
-        "error_message": None,
         "created_at": now,
-        "started_at": None,
-        "completed_at": None,
         "attempts": 0,
         "run_after": now,
-        "lease_owner": None,
-        "lease_expires_at": None,
         "cancel_requested": False,
-        "route_index": None,
-        "provider": None,
-        "upstream_handle": None,
-        "progress": None,
-        "outputs": None,
     }
-    try:
-        balance = await _admit(runtime, caller, columns, estimate)
-    except IntegrityError:
-        # Another request with the same Idempotency-Key committed first.
-        if idempotency_key is None:
-            raise
-        replay = await _find_replay(runtime, account.id, idempotency_key, fingerprint)
-        if replay is None:
-            raise
-        return Submitted(replay.id, account.balance, replay=replay)
+    admitted = await _admit(runtime, caller, columns, estimate)
+    if isinstance(admitted, Row):
+        return Submitted(admitted.id, account.balance, replay=admitted)
     await runtime.notify_enqueued()
-    return Submitted(columns["id"], balance, created=columns)
+    return Submitted(columns["id"], admitted, created=columns)
 
 
-async def _admit(runtime: Runtime, caller: Caller, columns: dict[str, Any], estimate: int) -> int:
-    """The generation row, its hold, a concurrency slot: all or nothing, in one short
-    transaction. The inserts go first and the account row is locked last, by the one
-    conditional UPDATE that takes the slot and the credits, so it stays locked only until
-    the commit. A duplicate Idempotency-Key fails at its insert (IntegrityError) before
-    touching any limit. Returns the balance after the hold."""
+async def _admit(
+    runtime: Runtime, caller: Caller, columns: dict[str, Any], estimate: int
+) -> int | Row[Any]:
+    """The generation row, its hold and a concurrency slot: all or nothing. Returns the
+    balance after the hold or, when another request used the same Idempotency-Key first,
+    the original generation; raises the documented error when a limit refuses."""
     account_id = caller.account.id
     limit = caller.limits.concurrent_jobs
     key = columns["idempotency_key"]
+    admit = _admit_on_sqlite if runtime.db.is_sqlite else _admit_on_postgres
     for _ in range(ADMISSION_ATTEMPTS):
         try:
-            async with runtime.db.write_connection() as connection:
-                if key is not None:
-                    window = timedelta(hours=runtime.settings.idempotency_window_hours)
-                    await repository.expire_idempotency_key(
-                        connection, account_id, key, columns["created_at"] - window
-                    )
-                await repository.insert_generation(connection, columns)
-                balance = await billing.hold_for_generation(
-                    connection, account_id, columns["id"], estimate, limit, columns["created_at"]
-                )
-                if balance is None:
-                    active, available = await accounts_repository.get_slots_and_balance(
-                        connection, account_id
-                    )
-                    raise _Refused(_refusal(active, available, limit, estimate))
-                return balance
-        except _Refused as refused:
-            if refused.error is not None:
-                raise refused.error from None
-            # Neither limit binds any more (PostgreSQL: jobs settled meanwhile): try again.
+            balance = await admit(runtime, columns, estimate, limit)
+        except IntegrityError:
+            # The (account, Idempotency-Key) unique index: a duplicate committed first.
+            if key is None:
+                raise
+            replay = await _find_replay(runtime, account_id, key, columns["request_hash"])
+            if replay is None:
+                raise
+            return replay
+        if balance is not None:
+            return balance
+        if key is not None:
+            # A duplicate may have taken the last slot or credits: it is the answer.
+            replay = await _find_replay(runtime, account_id, key, columns["request_hash"])
+            if replay is not None:
+                return replay
+        async with runtime.db.autocommit() as connection:
+            active, available = await accounts_repository.get_slots_and_balance(
+                connection, account_id
+            )
+        refusal = _refusal(active, available, limit, estimate)
+        if refusal is not None:
+            raise refusal
+        # Neither limit binds any more (jobs settled meanwhile): try again.
     raise ConcurrencyLimited(
         "The account's limits changed while this request was admitted; retry.", limit=limit
     )
+
+
+async def _admit_on_sqlite(
+    runtime: Runtime, columns: dict[str, Any], estimate: int, limit: int
+) -> int | None:
+    """One short write transaction: the inserts first, then the conditional UPDATE that
+    takes the slot and the credits (rolled back when it refuses)."""
+    try:
+        async with runtime.db.write_connection() as connection:
+            await _expire_idempotency_key(runtime, connection, columns)
+            await repository.insert_generation(connection, columns)
+            balance = await billing.hold_for_generation(
+                connection,
+                columns["account_id"],
+                columns["id"],
+                estimate,
+                limit,
+                columns["created_at"],
+            )
+            if balance is None:
+                raise _Refused()
+            return balance
+    except _Refused:
+        return None
+
+
+async def _admit_on_postgres(
+    runtime: Runtime, columns: dict[str, Any], estimate: int, limit: int
+) -> int | None:
+    """One statement in autocommit (`repository.admit_in_one_statement`): one round trip,
+    and the account row is locked only while it runs."""
+    async with runtime.db.autocommit() as connection:
+        await _expire_idempotency_key(runtime, connection, columns)
+        return await repository.admit_in_one_statement(connection, columns, estimate, limit)
+
+
+async def _expire_idempotency_key(
+    runtime: Runtime, connection: AsyncConnection, columns: dict[str, Any]
+) -> None:
+    if columns["idempotency_key"] is not None:
+        window = timedelta(hours=runtime.settings.idempotency_window_hours)
+        await repository.expire_idempotency_key(
+            connection,
+            columns["account_id"],
+            columns["idempotency_key"],
+            columns["created_at"] - window,
+        )
 
 
 def _refusal(active: int, balance: int, limit: int, estimate: int) -> Exception | None:
@@ -265,7 +296,7 @@ def _refusal(active: int, balance: int, limit: int, estimate: int) -> Exception 
 async def _find_replay(
     runtime: Runtime, account_id: str, key: str, fingerprint: str | None
 ) -> Row[Any] | None:
-    async with runtime.db.read_connection() as connection:
+    async with runtime.db.autocommit() as connection:
         existing = await repository.find_by_idempotency_key(connection, account_id, key)
     if existing is None:
         return None
@@ -307,7 +338,7 @@ async def wait_until_settled(
     deadline = loop.time() + seconds
     delay = 0.05
     while True:
-        async with runtime.db.read_connection() as connection:
+        async with runtime.db.autocommit() as connection:
             generation = await repository.read_for_account(connection, account_id, generation_id)
         if generation is None or generation.status not in ACTIVE_STATUSES:
             return generation

@@ -87,8 +87,10 @@ class Database:
                 yield session
 
     @asynccontextmanager
-    async def read_connection(self) -> AsyncIterator[AsyncConnection]:
-        """A Core connection for hot-path reads; each statement sees its own snapshot."""
+    async def autocommit(self) -> AsyncIterator[AsyncConnection]:
+        """A Core connection on which every statement is its own transaction: for reads
+        (each sees its own snapshot), and on PostgreSQL for writes done in one statement.
+        Not for writes on SQLite, which go through `write_connection` (its write lock)."""
         async with self._autocommit_engine.connect() as connection:
             yield connection
 
