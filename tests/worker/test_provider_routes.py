@@ -34,8 +34,10 @@ slug = "slow-seedream"
 name = "Seedream with a short deadline"
 category = "image"
 creator = "test"
-description = "A fal route and a 1 second deadline."
-deadline_seconds = 1
+description = "A fal route and a 3 second deadline."
+# Long enough for the claim and the submit on a loaded machine: the deadline must hit
+# while the job is being polled, so there is an upstream job to cancel.
+deadline_seconds = 3
 [models.params]
 prompt = { type = "string", required = true, max_length = 2000 }
 [[models.pricing]]
