@@ -213,7 +213,13 @@ def settings_overrides(tmp_path: Path) -> dict[str, object]:
     catalog = tmp_path / "catalog.toml"
     catalog.write_text(catalog_toml())
     return {
-        "worker": {**FAST_WORKER, "route_attempts": 1},
+        # A lease a loaded machine can't lose: a lost lease asks the upstream to stop.
+        "worker": {
+            **FAST_WORKER,
+            "lease_seconds": 15.0,
+            "heartbeat_seconds": 1.0,
+            "route_attempts": 1,
+        },
         "catalog_path": catalog,
         "providers": {
             "fal": {"api_key": "fal-test-key"},

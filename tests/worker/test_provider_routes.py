@@ -53,7 +53,15 @@ def settings_overrides(tmp_path: Path) -> dict[str, object]:
     catalog = tmp_path / "catalog.toml"
     catalog.write_text(SLOW_MODEL)
     return {
-        "worker": {**FAST_WORKER, "route_attempts": 2, "route_retry_backoff_seconds": 0.01},
+        # A lease a loaded machine can't lose: a reaped job's worker cancels its upstream
+        # job (a lost lease asks the upstream to stop), which these tests don't exercise.
+        "worker": {
+            **FAST_WORKER,
+            "lease_seconds": 15.0,
+            "heartbeat_seconds": 1.0,
+            "route_attempts": 2,
+            "route_retry_backoff_seconds": 0.01,
+        },
         # Long enough that the 503 below is asked for while the circuits are surely open.
         "circuit": {"failure_threshold": 2, "cooldown_seconds": 4.0},
         "providers": {
