@@ -73,8 +73,11 @@ class FakeFal:
     `submit_delay_s` (answer the submit late, after accepting it). `inject()` queues
     HTTP faults (e.g. 429 with Retry-After, 503) in front of an endpoint.
 
+    `submit_gate`: when set, each submit waits for that event before it is answered.
+
     Observations: `submissions` (accepted submits), `submit_attempts`, `received`
-    (accepted input bodies), `received_models`, `poll_counts`, `result_requests`, `cancels`.
+    (accepted input bodies), `received_models`, `poll_counts`, `result_requests`, `cancels`,
+    `most_submits_at_once` (submits in progress at the same moment).
     """
 
     image_size = (64, 48)
@@ -96,6 +99,9 @@ class FakeFal:
         self.known_models = known_models
         self.failure: Failure | None = None
         self.submit_delay_s = 0.0
+        self.submit_gate: asyncio.Event | None = None
+        self.submits_now = 0
+        self.most_submits_at_once = 0
         self.jobs: dict[str, FalJob] = {}
         self.files: dict[str, tuple[bytes, str]] = {}
         self.submissions = 0
@@ -147,6 +153,16 @@ class FakeFal:
         self.submit_attempts += 1
         if (fault := self._fault("submit")) is not None:
             return fault
+        self.submits_now += 1
+        self.most_submits_at_once = max(self.most_submits_at_once, self.submits_now)
+        try:
+            if self.submit_gate is not None:
+                await self.submit_gate.wait()
+            return await self._accept(request)
+        finally:
+            self.submits_now -= 1
+
+    async def _accept(self, request: Request) -> Response:
         model = request.path_params["model"]
         if self.known_models is not None and model not in self.known_models:
             return JSONResponse({"detail": f"Application '{model}' not found"}, status_code=404)

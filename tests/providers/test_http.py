@@ -6,6 +6,7 @@ response body is produced lazily, chunk by chunk, as the client pulls it."""
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import time
 from collections.abc import AsyncIterator, Callable
@@ -541,3 +542,93 @@ async def test_a_call_can_bring_its_own_classifier(
     upstream.faults.append((404, {}, {}))
     assert (await http.request("GET", "/jobs", classify_error=classify)).status_code == 404
     assert seen_statuses == [503, 502]
+
+
+# -- the per-provider concurrency cap ----------------------------------------------------
+
+
+class GatedUpstream:
+    """Holds every request until `gate` opens, counting how many are inside at once."""
+
+    def __init__(self) -> None:
+        self.gate = asyncio.Event()
+        self.arrived = 0
+        self.inside = 0
+        self.most_inside = 0
+
+    async def handle(self, request: httpx.Request) -> httpx.Response:
+        self.arrived += 1
+        self.inside += 1
+        self.most_inside = max(self.most_inside, self.inside)
+        try:
+            await self.gate.wait()
+        finally:
+            self.inside -= 1
+        return httpx.Response(200, json={"path": request.url.path})
+
+    async def until_arrived(self, count: int) -> None:
+        async with asyncio.timeout(10):
+            while True:
+                if self.arrived >= count:
+                    break
+                await asyncio.sleep(0)
+        for _ in range(200):  # let every other waiting request try its luck
+            await asyncio.sleep(0)
+
+
+async def test_no_more_than_the_cap_of_requests_are_in_flight_at_once() -> None:
+    upstream = GatedUpstream()
+    client = make_http(httpx.MockTransport(upstream.handle), max_concurrent_requests=3)
+
+    calls = [
+        asyncio.create_task(client.request("POST" if i % 2 else "GET", f"/jobs/{i}"))
+        for i in range(8)
+    ]
+    await upstream.until_arrived(3)
+    assert (upstream.arrived, upstream.inside) == (3, 3), "the other five wait for a slot"
+    upstream.gate.set()
+    responses = await asyncio.gather(*calls)
+    await client.aclose()
+
+    assert [r.status_code for r in responses] == [200] * 8
+    assert upstream.arrived == 8
+    assert upstream.most_inside == 3
+
+
+async def test_each_provider_has_its_own_cap() -> None:
+    upstream = GatedUpstream()
+    first = make_http(httpx.MockTransport(upstream.handle), max_concurrent_requests=1)
+    second = make_http(httpx.MockTransport(upstream.handle), max_concurrent_requests=1)
+
+    calls = [asyncio.create_task(c.request("GET", "/jobs")) for c in (first, first, second)]
+    await upstream.until_arrived(2)
+    assert upstream.inside == 2, "one from each provider; the first's second call waits"
+    upstream.gate.set()
+    await asyncio.gather(*calls)
+    await first.aclose()
+    await second.aclose()
+
+    assert upstream.arrived == 3
+
+
+async def test_a_retry_waits_for_its_backoff_outside_the_slot() -> None:
+    # A 429 answered to one call must not keep the only slot through its Retry-After.
+    answers = [httpx.Response(429, headers={"Retry-After": "0.2"}), httpx.Response(200)]
+    order: list[str] = []
+
+    async def handle(request: httpx.Request) -> httpx.Response:
+        order.append(request.url.path)
+        return answers.pop(0) if request.url.path == "/slow" else httpx.Response(200)
+
+    client = make_http(httpx.MockTransport(handle), max_concurrent_requests=1)
+    slow = asyncio.create_task(client.request("GET", "/slow"))
+    async with asyncio.timeout(10):
+        while True:
+            if order:
+                break
+            await asyncio.sleep(0)
+    await client.request("GET", "/fast")  # gets the slot while /slow backs off
+    await slow
+    await client.aclose()
+
+    assert order == ["/slow", "/fast", "/slow"]

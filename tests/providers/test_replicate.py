@@ -177,6 +177,57 @@ async def test_sync_mode_answer_that_is_already_done_needs_no_poll_request(
     assert set(persisted) == {"prediction_id", "get_url", "cancel_url"}
 
 
+async def test_a_routes_prefer_wait_option_holds_the_create_until_the_prediction_is_done(
+    fake: FakeReplicate, adapter: ReplicateAdapter
+) -> None:
+    fake.polls_before_done = 0
+    fake.outputs = 2
+    request = image_request({"prefer_wait": 30}, number_results=2)
+
+    handle = await adapter.submit(request)
+    outcome = await adapter.poll(handle, request)
+
+    assert fake.prefer_headers == ["wait=30"]
+    assert isinstance(outcome, RenderResult)
+    assert len(outcome.outputs) == 2
+    assert fake.poll_counts == {handle["prediction_id"]: 0}, "no GET was needed"
+
+
+async def test_a_held_create_that_is_still_running_is_polled_as_usual(
+    fake: FakeReplicate, adapter: ReplicateAdapter
+) -> None:
+    # Replicate answers a wait that ran out with the prediction still processing.
+    request = image_request({"prefer_wait": 1})
+
+    handle = await adapter.submit(request)
+    result, progress = await poll_until_done(adapter, handle, request)
+
+    assert fake.prefer_headers == ["wait=1"]
+    assert "result" not in handle
+    assert progress
+    assert len(result.outputs) == 1
+    assert fake.submissions == 1
+
+
+async def test_prefer_wait_zero_on_a_route_turns_the_adapters_default_off(
+    fake: FakeReplicate,
+) -> None:
+    adapter = replicate_adapter(fake, prefer_wait_s=10)
+    await adapter.submit(image_request({"prefer_wait": 0}))
+    await adapter.aclose()
+
+    assert fake.prefer_headers == [None]
+
+
+@pytest.mark.parametrize("value", [61, -1, "10", True, 2.5])
+async def test_a_bad_prefer_wait_option_is_a_misconfigured_route(
+    fake: FakeReplicate, adapter: ReplicateAdapter, value: object
+) -> None:
+    with pytest.raises(ProviderFatalError, match="prefer_wait"):
+        await adapter.submit(image_request({"prefer_wait": value}))
+    assert fake.submit_attempts == 0
+
+
 async def test_image_route_sends_mapped_params_as_the_replicate_input(
     fake: FakeReplicate, adapter: ReplicateAdapter
 ) -> None:

@@ -87,7 +87,9 @@ class CircuitBreakers:
         async with self.db.read() as session:
             failures = (
                 await session.execute(
-                    select(ProviderCircuit.consecutive_failures).where(ProviderCircuit.route == route)
+                    select(ProviderCircuit.consecutive_failures).where(
+                        ProviderCircuit.route == route
+                    )
                 )
             ).scalar_one_or_none()
         if not failures:
@@ -98,7 +100,9 @@ class CircuitBreakers:
                     select(ProviderCircuit).where(ProviderCircuit.route == route).with_for_update()
                 )
             ).scalar_one_or_none()
-            if circuit is None or (circuit.consecutive_failures == 0 and circuit.open_until is None):
+            if circuit is None or (
+                circuit.consecutive_failures == 0 and circuit.open_until is None
+            ):
                 return
             circuit.consecutive_failures = 0
             circuit.open_until = None

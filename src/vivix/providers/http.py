@@ -138,10 +138,12 @@ class ProviderHttp:
         content: bytes | None = None,
         files: Any = None,
         classify_error: ErrorClassifier | None = None,
+        request_timeout: httpx.Timeout | None = None,
     ) -> httpx.Response:
         """Send with retries; returns any non-retriable response for the adapter to map.
         Raises ProviderRetriableError when retries are exhausted, or what `classify_error`
-        (this call's, else the client's) makes of a retriable answer."""
+        (this call's, else the client's) makes of a retriable answer. `request_timeout`
+        replaces the client's for this call (e.g. a create the provider holds open)."""
         url = self.url(path)
         if idempotent is None:
             idempotent = method.upper() in ("GET", "HEAD", "DELETE", "PUT", "OPTIONS")
@@ -156,6 +158,7 @@ class ProviderHttp:
             headers=headers,
             content=content,
             files=files,
+            timeout=httpx.USE_CLIENT_DEFAULT if request_timeout is None else request_timeout,
         )
 
     async def _send(

@@ -38,7 +38,9 @@ def probe(output: OutputFile) -> OutputFile:
                 output,
                 duration_s=output.duration_s if output.duration_s is not None else duration,
                 width=output.width if output.width is not None or not frame_size else frame_size[0],
-                height=output.height if output.height is not None or not frame_size else frame_size[1],
+                height=output.height
+                if output.height is not None or not frame_size
+                else frame_size[1],
             )
         except Exception:
             return output

@@ -163,11 +163,13 @@ class Worker:
         except LeaseLost:
             log.info("lease_lost", generation_id=generation.id)
         except asyncio.CancelledError:
-            # Canceled by the client, a lost lease or shutdown: ask the upstream to stop.
+            if self._stopping.is_set():
+                # Shutdown hands the job back: the next worker resumes its upstream job,
+                # which must keep running.
+                raise
+            # Canceled by the client or a lost lease: ask the upstream to stop.
             await self.executor._cancel_upstream(generation)
-            if not self._stopping.is_set():
-                return
-            raise
+            return
         except Exception:
             # Unexpected: leave the lease to expire; the reaper retries or fails + refunds.
             log.exception("job_crashed", generation_id=generation.id)

@@ -14,11 +14,14 @@ Protocol (Replicate HTTP API reference, header `Authorization: Bearer <token>`):
 - errors are RFC 7807 problem details `{"title", "detail", "status"}`; 422 for invalid
   input, 429 with `Retry-After` when throttled.
 
-We don't send `Prefer: wait` by default (`prefer_wait_s=None`): a held connection
-occupies a request slot, and a read timeout on it would be ambiguous. When enabled and the
-answer is already terminal, the prediction rides in the handle's in-memory `result` key
-(stripped before the handle is persisted); the persisted part - id and URLs - is enough to
-resume, because a resumed `poll` simply fetches the prediction again.
+We don't send `Prefer: wait` by default: a held connection occupies a request slot. The
+adapter's `prefer_wait_s`, or a route's `prefer_wait` option (seconds, 1-60; 0 turns it
+off), enables it for fast models; the create's read timeout is then raised past the wait,
+so the held request can't time out on our side first (that would leave us unsure whether
+the prediction exists). When the answer is already terminal, the prediction rides in the
+handle's in-memory `result` key (stripped before the handle is persisted); the persisted
+part - id and URLs - is enough to resume, because a resumed `poll` simply fetches the
+prediction again.
 
 A failed poll asks for a new prediction (`resubmit=True`) only when this one can no longer
 deliver: Replicate forgot it (404), it failed for a transient reason, its output was
@@ -131,16 +134,7 @@ class ReplicateAdapter:
         self.base_url = (base_url or DEFAULT_BASE_URL).rstrip("/")
         self.prefer_wait_s = min(prefer_wait_s, MAX_PREFER_WAIT_S) if prefer_wait_s else None
         client_timeout = timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout)
-        if self.prefer_wait_s:
-            # The held create must not time out on our side first: that read timeout
-            # would leave us unsure whether the prediction exists.
-            read = max(client_timeout.read or 0.0, self.prefer_wait_s + 15.0)
-            client_timeout = httpx.Timeout(
-                client_timeout.connect,
-                read=read,
-                write=client_timeout.write,
-                pool=client_timeout.pool,
-            )
+        self._timeout = client_timeout
         self._http = ProviderHttp(
             self.name,
             self.base_url,
@@ -157,9 +151,14 @@ class ReplicateAdapter:
         path, body = prediction_request(
             request.upstream_model, build_input(request, REPLICATE_INPUT)
         )
-        headers = {"Prefer": f"wait={self.prefer_wait_s}"} if self.prefer_wait_s else None
+        wait_s = prefer_wait(request.options, self.prefer_wait_s)
         response = await self._http.request(
-            "POST", path, json=body, headers=headers, idempotent=False
+            "POST",
+            path,
+            json=body,
+            headers={"Prefer": f"wait={wait_s}"} if wait_s else None,
+            request_timeout=held_create_timeout(self._timeout, wait_s) if wait_s else None,
+            idempotent=False,
         )
         if not response.is_success:
             raise submit_error(response, request.upstream_model)
@@ -245,6 +244,30 @@ class ReplicateAdapter:
             data, served_type = await self._http.download(url)  # data: URIs too
             outputs.append(OutputFile(data, known_content_type(served_type, url)))
         return outputs
+
+
+def prefer_wait(options: dict[str, Any], default_s: int | None) -> int | None:
+    """Seconds to hold the create (`Prefer: wait=N`): the route's `prefer_wait` option,
+    else the adapter's default; None or 0 means don't wait."""
+    value = options.get("prefer_wait", default_s)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_PREFER_WAIT_S:
+        raise ProviderFatalError(
+            f"Replicate route option prefer_wait must be 0-{MAX_PREFER_WAIT_S} seconds"
+        )
+    return value or None
+
+
+def held_create_timeout(timeout: httpx.Timeout, wait_s: int) -> httpx.Timeout:
+    """The client's timeout with a read timeout well past the time Replicate holds the
+    create: a read timeout there would leave us unsure whether the prediction exists."""
+    return httpx.Timeout(
+        timeout.connect,
+        read=max(timeout.read or 0.0, wait_s + 15.0),
+        write=timeout.write,
+        pool=timeout.pool,
+    )
 
 
 def prediction_request(model: str, model_input: dict[str, Any]) -> tuple[str, dict[str, Any]]:
