@@ -16,6 +16,7 @@ from vivix.admin import service as admin
 from vivix.catalog.repository import CatalogError
 from vivix.kit.errors import VivixError
 from vivix.kit.runtime import Runtime, build_runtime, close_runtime
+from vivix.providers.registry import SELF_HOSTED
 from vivix.settings import Settings, SettingsError, load_settings
 
 app = typer.Typer(
@@ -340,7 +341,8 @@ def catalog_list(as_json: JsonFlag = False) -> None:
 
 def _route_state(route: dict[str, Any]) -> str:
     if not route["configured"]:
-        return "[red]no credentials[/red]"
+        missing = "no base URL" if route["provider"] in SELF_HOSTED else "no credentials"
+        return f"[red]{missing}[/red]"
     if route["circuit_open_until"]:
         return f"[yellow]circuit open until {route['circuit_open_until']}[/yellow]"
     return "[green]available[/green]"
