@@ -242,7 +242,7 @@ async def test_fuzzed_submits_leave_the_ledger_consistent(
 
 # -- GET /generations (list) and /generations/{id} ---------------------------------------
 
-any_text = st.text(max_size=30)
+any_text = st.text(st.characters(codec="utf-8"), max_size=30)  # what a URL can carry
 offsets = st.builds(
     lambda minutes: timezone(timedelta(minutes=minutes)), st.integers(-23 * 60, 23 * 60)
 )
@@ -306,7 +306,11 @@ async def test_any_list_query_gets_a_page_or_a_422(
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 # "/" is excluded: an id with a slash is another route (and a trailing one redirects).
-@given(generation_id=st.text(st.characters(exclude_characters="/"), min_size=1, max_size=40))
+@given(
+    generation_id=st.text(
+        st.characters(exclude_characters="/", codec="utf-8"), min_size=1, max_size=40
+    )
+)
 async def test_any_generation_id_gets_the_generation_or_a_404(
     client: httpx.AsyncClient, acct: AccountWithKey, generation_id: str
 ) -> None:

@@ -46,7 +46,10 @@ async def get_caller(connection: AsyncConnection, key_hash: str) -> Row[Any] | N
     return (await connection.execute(_CALLER_BY_KEY_HASH, {"key_hash": key_hash})).first()
 
 
-_TAKE_SLOT_AND_HOLD = (
+# One concurrency slot and `:amount` credits, only if both are there; returns the new
+# balance (no row: refused, nothing changed). Locks the account row until the transaction
+# ends (on SQLite the write lock is already held).
+TAKE_SLOT_AND_HOLD = (
     update(Account)
     .where(
         Account.id == bindparam("account_id"),
@@ -60,21 +63,6 @@ _TAKE_SLOT_AND_HOLD = (
     )
     .returning(Account.balance)
 )
-
-
-async def take_slot_and_hold(
-    connection: AsyncConnection, account_id: str, amount: int, concurrent_limit: int
-) -> int | None:
-    """One conditional UPDATE: a concurrency slot and `amount` credits, only if both are
-    there. The new balance, or None when a limit refused (nothing changed). It locks the
-    account row until the transaction ends (on SQLite the write lock is already held)."""
-    balance = (
-        await connection.execute(
-            _TAKE_SLOT_AND_HOLD,
-            {"account_id": account_id, "amount": amount, "concurrent_limit": concurrent_limit},
-        )
-    ).scalar_one_or_none()
-    return None if balance is None else int(balance)
 
 
 async def get_slots_and_balance(connection: AsyncConnection, account_id: str) -> tuple[int, int]:

@@ -7,10 +7,8 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from vivix.accounts import repository as accounts_repository
-from vivix.billing import repository
 from vivix.kit.clock import add_months, utcnow
 from vivix.kit.errors import AdminInvalid
 from vivix.models import Account, LedgerEntry, LedgerKind
@@ -71,27 +69,6 @@ def adjust(session: AsyncSession, account: Account, amount: int, reason: str) ->
     if account.balance + amount < 0:
         raise AdminInvalid("amount", f"would make the balance negative (balance {account.balance})")
     _append(session, account, LedgerKind.ADJUSTMENT, amount, reason=reason)
-
-
-async def hold_for_generation(
-    connection: AsyncConnection,
-    account_id: str,
-    generation_id: str,
-    amount: int,
-    concurrent_limit: int,
-    now: datetime,
-) -> int | None:
-    """Admission's money step, in the caller's write transaction: the hold entry, then
-    one concurrency slot and `amount` credits taken from the account in one conditional
-    UPDATE. Returns the balance after it, or None when the slot or the credits are not
-    there: the caller must then roll back, the entry included."""
-    if amount:
-        await repository.insert_generation_entry(
-            connection, account_id, generation_id, LedgerKind.HOLD, -amount, now
-        )
-    return await accounts_repository.take_slot_and_hold(
-        connection, account_id, amount, concurrent_limit
-    )
 
 
 def settle(

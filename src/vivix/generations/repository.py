@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
+    Connection,
     Integer,
     Row,
     String,
@@ -27,7 +28,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from vivix.accounts.repository import select_caller
+from vivix.accounts.repository import TAKE_SLOT_AND_HOLD, select_caller
 from vivix.models import Account, Base, Generation, GenerationStatus, LedgerKind
 
 QUEUE_POSITION_CAP = 1000
@@ -79,6 +80,16 @@ _BY_IDEMPOTENCY_KEY = select(
     Generation.idempotency_key == bindparam("idempotency_key"),
 )
 _INSERT = insert(Base.metadata.tables["generations"])
+_INSERT_LEDGER_ENTRY = insert(Base.metadata.tables["ledger_entries"])
+_EXPIRE_IDEMPOTENCY_KEY = (
+    update(Generation)
+    .where(
+        Generation.account_id == bindparam("b_account_id"),
+        Generation.idempotency_key == bindparam("b_idempotency_key"),
+        Generation.created_at < bindparam("older_than"),
+    )
+    .values(idempotency_key=None)
+)
 # What a submit writes; the other columns start NULL (a JSON column given None would hold
 # JSON `null` instead).
 SUBMITTED_COLUMNS = (
@@ -133,32 +144,13 @@ async def find_by_idempotency_key(
     ).first()
 
 
-async def insert_generation(connection: AsyncConnection, columns: dict[str, Any]) -> None:
-    """`columns`: the SUBMITTED_COLUMNS by name (`metadata`, not the attribute `metadata_`)."""
-    await connection.execute(_INSERT, columns)
-
-
 def _admission_statement() -> Any:
     """PostgreSQL: admission in one statement. The UPDATE takes a concurrency slot and the
     credits only if both are there; the generation row and the hold entry are inserted
     from its result, so a refusal inserts nothing. Run in autocommit it is one round trip
     and its own transaction, and the account row is locked only while it runs."""
     amount = bindparam("amount", type_=Integer)
-    account = (
-        update(Account)
-        .where(
-            Account.id == bindparam("account_id"),
-            Account.balance >= amount,
-            Account.active_jobs < bindparam("concurrent_limit", type_=Integer),
-        )
-        .values(
-            balance=Account.balance - amount,
-            held=Account.held + amount,
-            active_jobs=Account.active_jobs + 1,
-        )
-        .returning(Account.balance)
-        .cte("account")
-    )
+    account = TAKE_SLOT_AND_HOLD.cte("account")
     generations = Base.metadata.tables["generations"]
     generation = _INSERT.from_select(
         list(SUBMITTED_COLUMNS),
@@ -189,6 +181,48 @@ def _admission_statement() -> Any:
 _ADMIT = _admission_statement()
 
 
+def admit_on_sqlite(
+    connection: Connection,
+    columns: dict[str, Any],
+    amount: int,
+    concurrent_limit: int,
+    idempotency_keys_before: datetime,
+) -> int | None:
+    """SQLite, inside `Database.run_sqlite_write`: the inserts, then the conditional
+    UPDATE that takes the slot and the credits. None when it refused; the caller then
+    rolls the transaction back (raises)."""
+    if columns["idempotency_key"] is not None:
+        connection.execute(
+            _EXPIRE_IDEMPOTENCY_KEY,
+            {
+                "b_account_id": columns["account_id"],
+                "b_idempotency_key": columns["idempotency_key"],
+                "older_than": idempotency_keys_before,
+            },
+        )
+    connection.execute(_INSERT, columns)
+    if amount:
+        connection.execute(
+            _INSERT_LEDGER_ENTRY,
+            {
+                "account_id": columns["account_id"],
+                "kind": LedgerKind.HOLD.value,
+                "amount": -amount,
+                "generation_id": columns["id"],
+                "created_at": columns["created_at"],
+            },
+        )
+    balance = connection.execute(
+        TAKE_SLOT_AND_HOLD,
+        {
+            "account_id": columns["account_id"],
+            "amount": amount,
+            "concurrent_limit": concurrent_limit,
+        },
+    ).scalar_one_or_none()
+    return None if balance is None else int(balance)
+
+
 async def admit_in_one_statement(
     connection: AsyncConnection, columns: dict[str, Any], amount: int, concurrent_limit: int
 ) -> int | None:
@@ -207,13 +241,8 @@ async def expire_idempotency_key(
 ) -> None:
     """Free a key whose 24 h replay window has passed so it can be used again."""
     await connection.execute(
-        update(Generation)
-        .where(
-            Generation.account_id == account_id,
-            Generation.idempotency_key == key,
-            Generation.created_at < older_than,
-        )
-        .values(idempotency_key=None)
+        _EXPIRE_IDEMPOTENCY_KEY,
+        {"b_account_id": account_id, "b_idempotency_key": key, "older_than": older_than},
     )
 
 

@@ -17,13 +17,12 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import Row
+from sqlalchemy import Connection, Row
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from vivix.accounts import repository as accounts_repository
 from vivix.accounts.endpoints import Caller
-from vivix.billing import service as billing
 from vivix.catalog import pricing
 from vivix.catalog.params import validate_metadata, validate_params
 from vivix.catalog.service import CatalogModel
@@ -234,23 +233,18 @@ async def _admit(
 async def _admit_on_sqlite(
     runtime: Runtime, columns: dict[str, Any], estimate: int, limit: int
 ) -> int | None:
-    """One short write transaction: the inserts first, then the conditional UPDATE that
-    takes the slot and the credits (rolled back when it refuses)."""
+    """One short write transaction in one hand-off to the writer thread
+    (`repository.admit_on_sqlite`), rolled back when a limit refuses."""
+    keys_before = columns["created_at"] - timedelta(hours=runtime.settings.idempotency_window_hours)
+
+    def admit(connection: Connection) -> int:
+        balance = repository.admit_on_sqlite(connection, columns, estimate, limit, keys_before)
+        if balance is None:
+            raise _Refused()
+        return balance
+
     try:
-        async with runtime.db.write_connection() as connection:
-            await _expire_idempotency_key(runtime, connection, columns)
-            await repository.insert_generation(connection, columns)
-            balance = await billing.hold_for_generation(
-                connection,
-                columns["account_id"],
-                columns["id"],
-                estimate,
-                limit,
-                columns["created_at"],
-            )
-            if balance is None:
-                raise _Refused()
-            return balance
+        return await runtime.db.run_sqlite_write(admit)
     except _Refused:
         return None
 

@@ -13,12 +13,13 @@ concurrently.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
@@ -27,7 +28,9 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
-from sqlalchemy.pool import NullPool
+from sqlalchemy.pool import NullPool, StaticPool
+
+T = TypeVar("T")
 
 _WRITE_OPTION = "vivix_write"
 _AUTOCOMMIT_OPTION = "vivix_autocommit"
@@ -69,6 +72,20 @@ class Database:
         self._read_sessions = async_sessionmaker(self.engine, expire_on_commit=False)
         self._write_sessions = async_sessionmaker(self._write_engine, expire_on_commit=False)
         self._sqlite_write_lock = asyncio.Lock() if self.is_sqlite else None
+        self._sqlite_writer: tuple[Engine, ThreadPoolExecutor] | None = None
+        if self.is_sqlite:
+            # One connection, used only from one thread (see run_sqlite_write).
+            writer = create_engine(
+                make_url(url).set(drivername="sqlite+pysqlite"),
+                poolclass=StaticPool,
+                connect_args={
+                    "timeout": sqlite_busy_timeout_ms / 1000,
+                    "check_same_thread": False,
+                },
+                echo=echo,
+            )
+            _install_sqlite_hooks(writer, sqlite_busy_timeout_ms, always_immediate=True)
+            self._sqlite_writer = (writer, ThreadPoolExecutor(1, "vivix-sqlite-writer"))
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncSession]:
@@ -105,14 +122,42 @@ class Database:
             async with self._write_engine.begin() as connection:
                 yield connection
 
+    async def run_sqlite_write(self, work: Callable[[Connection], T]) -> T:
+        """SQLite: `work` (synchronous Core statements) in one write transaction on a
+        dedicated writer thread, committed unless it raises. With aiosqlite every
+        statement costs three or four hand-offs between the event loop and its thread,
+        each waiting its turn on a busy loop while the database write lock is held; here
+        the whole transaction is one hand-off. Serialized with the other writers by the
+        same in-process lock."""
+        if self._sqlite_writer is None or self._sqlite_write_lock is None:
+            raise RuntimeError("run_sqlite_write is for SQLite databases")
+        writer, thread = self._sqlite_writer
+
+        def run() -> T:
+            with writer.begin() as connection:
+                return work(connection)
+
+        async with self._sqlite_write_lock:
+            future = asyncio.get_running_loop().run_in_executor(thread, run)
+            try:
+                return await asyncio.shield(future)
+            finally:
+                if not future.done():  # canceled: keep the lock until the thread is done
+                    await asyncio.wait([future])
+
     async def dispose(self) -> None:
+        if self._sqlite_writer is not None:
+            writer, thread = self._sqlite_writer
+            await asyncio.get_running_loop().run_in_executor(thread, writer.dispose)
+            thread.shutdown(wait=True)
+            self._sqlite_writer = None
         await self.engine.dispose()
 
 
 def _install_sqlite_hooks(
-    engine: AsyncEngine, busy_timeout_ms: int, *, always_immediate: bool = False
+    engine: AsyncEngine | Engine, busy_timeout_ms: int, *, always_immediate: bool = False
 ) -> None:
-    sync_engine = engine.sync_engine
+    sync_engine = engine.sync_engine if isinstance(engine, AsyncEngine) else engine
 
     @event.listens_for(sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:

@@ -52,7 +52,7 @@ class JobsNotifier:
         try:
             while True:
                 self._again = False
-                async with self._db.read_connection() as connection:
+                async with self._db.autocommit() as connection:
                     await connection.execute(text(f"NOTIFY {JOBS_CHANNEL}"))
                 if not self._again:
                     return
