@@ -20,6 +20,7 @@ from vivix.models import Generation, LedgerEntry
 from vivix.providers.base import OutputFile, RenderResult
 from vivix.providers.guarded_fetch import GuardedFetcher
 from vivix.providers.local import render
+from vivix.providers.local.adapter import LocalAdapter
 from vivix.providers.registry import ProviderRegistry
 from vivix.worker import repository
 from vivix.worker.runner import Worker, reap_expired_leases
@@ -214,6 +215,9 @@ async def test_cancel_processing_stops_the_render_and_refunds(
     while worker._running and loop.time() < deadline:
         await asyncio.sleep(0.05)
     assert not worker._running, "the worker stopped the canceled job"
+    local = worker.registry.get("local")
+    assert isinstance(local, LocalAdapter)
+    assert local.active_renders == 0, "the job ended only once its render process stopped"
     # The render process is free again: a small job completes promptly.
     quick = await submit(client, acct.headers, {"model": "vivix-local-image", "prompt": "quick"})
     assert (await wait_for_status(client, quick, acct.headers, timeout=15))["status"] == "completed"

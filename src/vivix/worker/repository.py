@@ -93,6 +93,10 @@ async def lock_leased_generation(
     ).scalar_one_or_none()
 
 
+async def find_generation(session: AsyncSession, generation_id: str) -> Generation | None:
+    return await session.get(Generation, generation_id, populate_existing=True)
+
+
 async def lock_generation(session: AsyncSession, generation_id: str) -> Generation | None:
     return (
         await session.execute(

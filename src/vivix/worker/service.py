@@ -45,7 +45,8 @@ from vivix.worker import repository
 
 log = structlog.get_logger(__name__)
 
-POLL_INTERVAL_S = (0.5, 5.0)  # first and longest wait between upstream status checks
+POLL_INTERVAL_S = (0.5, 5.0)
+ACTIVE = frozenset({GenerationStatus.PENDING.value, GenerationStatus.PROCESSING.value})  # first and longest wait between upstream status checks
 
 
 class LeaseLost(Exception):
@@ -204,6 +205,13 @@ class JobExecutor:
                     )
             await asyncio.sleep(wait)
             wait = min(POLL_INTERVAL_S[1], wait * 1.5)
+
+    async def is_abandoned(self, generation_id: str) -> bool:
+        """True when no worker will resume this generation (canceled, or otherwise finished);
+        False while it is queued or leased again, so its upstream job must be kept."""
+        async with self.runtime.db.read() as session:
+            current = await repository.find_generation(session, generation_id)
+        return current is None or current.status not in ACTIVE
 
     async def _cancel_upstream(self, generation: Generation) -> None:
         routes = self.routes_for(generation)

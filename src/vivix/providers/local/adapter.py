@@ -13,7 +13,7 @@ import contextlib
 import multiprocessing
 import os
 import secrets
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -97,6 +97,7 @@ class LocalAdapter:
         self._scratch = scratch_dir
         self._processes = processes or os.cpu_count() or 1
         self._pool: ProcessPoolExecutor | None = None
+        self._renders: set[Future[list[OutputFile]]] = set()
 
     def _executor(self) -> ProcessPoolExecutor:
         if self._pool is None:
@@ -110,25 +111,36 @@ class LocalAdapter:
     async def submit(self, request: RenderRequest) -> UpstreamHandle:
         return {"local": True}
 
+    @property
+    def active_renders(self) -> int:
+        """Renders submitted to the pool and not yet ended (queued or running)."""
+        return len(self._renders)
+
     async def poll(self, handle: UpstreamHandle, request: RenderRequest) -> RenderResult:
         flag = StopFlag(str(self._scratch / f"stop-{request.generation_id}-{secrets.token_hex(6)}"))
-        loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(
-            self._executor(), render_outputs, request.category, request.params, flag
+        render_job = self._executor().submit(
+            render_outputs, request.category, request.params, flag
         )
+        self._renders.add(render_job)
+        render_job.add_done_callback(self._renders.discard)
+        waiter = asyncio.wrap_future(render_job)
         try:
-            outputs = await asyncio.shield(future)
+            outputs = await asyncio.shield(waiter)
         except asyncio.CancelledError:
-            flag.raise_()  # tell the render process to stop, then let it finish
-            with contextlib.suppress(Exception):
-                await future
+            # Not started yet: drop it from the pool queue. Running: raise the flag and wait
+            # until the render process has noticed it, so the slot is free when we return.
+            if not render_job.cancel():
+                flag.raise_()
+                await _wait_out(waiter)
             raise
         except RenderCanceled:
             raise ProviderRejectedError("render canceled") from None
         except ValueError as exc:
             raise ProviderRejectedError(f"local renderer refused the params: {exc}") from None
         finally:
-            flag.clear()
+            # Only once the render has ended: clearing the flag earlier would let it run on.
+            if render_job.done():
+                flag.clear()
         return RenderResult(outputs)
 
     async def cancel(self, handle: UpstreamHandle) -> None:
@@ -138,3 +150,14 @@ class LocalAdapter:
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
+
+
+async def _wait_out(waiter: asyncio.Future[list[OutputFile]]) -> None:
+    """Wait for a render to end even if our task is canceled again meanwhile (the client's
+    cancel, its NOTIFY and the heartbeat may each cancel the job): leaving early would free
+    the worker's slot while the render process is still busy."""
+    while not waiter.done():
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await asyncio.shield(waiter)
+    if not waiter.cancelled():
+        waiter.exception()  # retrieved: its outcome no longer matters
