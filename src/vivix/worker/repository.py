@@ -108,7 +108,9 @@ async def lock_generation(session: AsyncSession, generation_id: str) -> Generati
     ).scalar_one_or_none()
 
 
-async def expired_leases(session: AsyncSession, now: datetime, limit: int = 100) -> list[Generation]:
+async def expired_leases(
+    session: AsyncSession, now: datetime, limit: int = 100
+) -> list[Generation]:
     return list(
         (
             await session.execute(

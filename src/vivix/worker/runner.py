@@ -153,7 +153,9 @@ class Worker:
 
     async def _claim(self) -> Generation | None:
         async with self.runtime.db.transaction() as session:
-            generation = await repository.claim_next_generation(session, self.owner, utcnow(), self.lease)
+            generation = await repository.claim_next_generation(
+                session, self.owner, utcnow(), self.lease
+            )
         if generation is not None:
             self.claimed += 1
         return generation
@@ -236,7 +238,9 @@ async def reap_expired_leases(runtime: Runtime) -> int:
                 await finalize(session, generation, GenerationStatus.CANCELED)
             elif generation.attempts >= settings.max_attempts:
                 await finalize(
-                    session, generation, GenerationStatus.FAILED,
+                    session,
+                    generation,
+                    GenerationStatus.FAILED,
                     error_code="INTERNAL_ERROR",
                     error_message=f"Rendering was interrupted {generation.attempts} times; the charge was refunded.",
                 )

@@ -50,7 +50,9 @@ class StopFlag:
             os.unlink(self.path)
 
 
-def render_outputs(category: str, params: dict[str, Any], should_stop: StopFlag) -> list[OutputFile]:
+def render_outputs(
+    category: str, params: dict[str, Any], should_stop: StopFlag
+) -> list[OutputFile]:
     """Runs in a pool process: render every requested result."""
     prompt = str(params["prompt"])
     seed = int(params.get("seed", 0))
@@ -64,8 +66,13 @@ def render_outputs(category: str, params: dict[str, Any], should_stop: StopFlag)
             if should_stop():
                 raise RenderCanceled()
             data = render.render_image(
-                prompt, width=width, height=height, seed=seed, variation=variation,
-                fmt=fmt, negative_prompt=negative,
+                prompt,
+                width=width,
+                height=height,
+                seed=seed,
+                variation=variation,
+                fmt=fmt,
+                negative_prompt=negative,
             )
             outputs.append(OutputFile(data, IMAGE_TYPES[fmt], width=width, height=height))
         return outputs
@@ -75,11 +82,18 @@ def render_outputs(category: str, params: dict[str, Any], should_stop: StopFlag)
         )
         duration = int(params.get("duration", 5))
         data = render.render_video(
-            prompt, width=width, height=height, duration_s=duration, seed=seed,
-            audio=bool(params.get("audio", False)), negative_prompt=negative,
+            prompt,
+            width=width,
+            height=height,
+            duration_s=duration,
+            seed=seed,
+            audio=bool(params.get("audio", False)),
+            negative_prompt=negative,
             should_stop=should_stop,
         )
-        return [OutputFile(data, "video/mp4", width=width, height=height, duration_s=float(duration))]
+        return [
+            OutputFile(data, "video/mp4", width=width, height=height, duration_s=float(duration))
+        ]
     if category == "audio":
         duration = int(params.get("duration", 5))
         fmt = str(params.get("output_format", "mp3"))
@@ -118,9 +132,7 @@ class LocalAdapter:
 
     async def poll(self, handle: UpstreamHandle, request: RenderRequest) -> RenderResult:
         flag = StopFlag(str(self._scratch / f"stop-{request.generation_id}-{secrets.token_hex(6)}"))
-        render_job = self._executor().submit(
-            render_outputs, request.category, request.params, flag
-        )
+        render_job = self._executor().submit(render_outputs, request.category, request.params, flag)
         self._renders.add(render_job)
         render_job.add_done_callback(self._renders.discard)
         waiter = asyncio.wrap_future(render_job)
