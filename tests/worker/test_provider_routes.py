@@ -52,7 +52,10 @@ def settings_overrides(tmp_path: Path) -> dict[str, object]:
     return {
         "worker": {**FAST_WORKER, "route_attempts": 2, "route_retry_backoff_seconds": 0.01},
         "circuit": {"failure_threshold": 2, "cooldown_seconds": 1.0},
-        "providers": {"fal": {"api_key": "fal-test-key"}, "replicate": {"api_key": "r8_test_token"}},
+        "providers": {
+            "fal": {"api_key": "fal-test-key"},
+            "replicate": {"api_key": "r8_test_token"},
+        },
         "catalog_path": catalog,
     }
 
@@ -75,12 +78,16 @@ async def worker(
         {
             "local": LocalAdapter(tmp_path / "scratch", processes=1),
             "fal": FalAdapter(
-                api_key="fal-test-key", base_url="http://fal.test",
-                transport=httpx.ASGITransport(app=fal.app), poll_backoff_s=0.01,
+                api_key="fal-test-key",
+                base_url="http://fal.test",
+                transport=httpx.ASGITransport(app=fal.app),
+                poll_backoff_s=0.01,
             ),
             "replicate": ReplicateAdapter(
-                api_key="r8_test_token", base_url="http://replicate.test",
-                transport=httpx.ASGITransport(app=replicate.app), poll_backoff_s=0.01,
+                api_key="r8_test_token",
+                base_url="http://replicate.test",
+                transport=httpx.ASGITransport(app=replicate.app),
+                poll_backoff_s=0.01,
             ),
         }
     )
@@ -93,11 +100,18 @@ async def worker(
         await registry.aclose()
 
 
-WAN = {"model": "wan-2.7-text-to-video", "prompt": "neon-lit Tokyo street", "duration": 5, "resolution": "720p"}
+WAN = {
+    "model": "wan-2.7-text-to-video",
+    "prompt": "neon-lit Tokyo street",
+    "duration": 5,
+    "resolution": "720p",
+}
 SEEDREAM = {"model": "seedream-4", "prompt": "a teapot", "resolution": "1K", "number_results": 2}
 
 
-async def submit(client: httpx.AsyncClient, headers: dict[str, str], body: dict[str, object]) -> str:
+async def submit(
+    client: httpx.AsyncClient, headers: dict[str, str], body: dict[str, object]
+) -> str:
     response = await client.post("/api/v1/generate", json=body, headers=headers)
     assert response.status_code == 201, response.text
     return str(response.json()["generation_id"])
@@ -132,7 +146,11 @@ async def test_generation_completes_on_the_primary_route_and_outputs_are_copied_
 
 
 async def test_with_the_primary_returning_5xx_the_generation_completes_on_the_mirror(
-    runtime: Runtime, client: httpx.AsyncClient, worker: Worker, fal: FakeFal, replicate: FakeReplicate
+    runtime: Runtime,
+    client: httpx.AsyncClient,
+    worker: Worker,
+    fal: FakeFal,
+    replicate: FakeReplicate,
 ) -> None:
     fal.inject("submit", 500, times=100)
     acct = await account_with_key(runtime, credits=5000)
@@ -140,12 +158,17 @@ async def test_with_the_primary_returning_5xx_the_generation_completes_on_the_mi
     body = await wait_for_status(client, generation_id, acct.headers)
     assert body["status"] == "completed", body
     assert await provider_of(runtime, generation_id) == "replicate"
-    assert fal.submissions == 0 and replicate.submissions == 1
+    assert fal.submissions == 0
+    assert replicate.submissions == 1
     await assert_ledger_consistent(runtime)
 
 
 async def test_all_routes_down_opens_the_circuits_then_submit_is_503_until_the_cooldown_ends(
-    runtime: Runtime, client: httpx.AsyncClient, worker: Worker, fal: FakeFal, replicate: FakeReplicate
+    runtime: Runtime,
+    client: httpx.AsyncClient,
+    worker: Worker,
+    fal: FakeFal,
+    replicate: FakeReplicate,
 ) -> None:
     fal.inject("submit", 503, times=1000)
     replicate.inject("create", 503, times=1000)
@@ -153,7 +176,8 @@ async def test_all_routes_down_opens_the_circuits_then_submit_is_503_until_the_c
     failed = [await submit(client, acct.headers, WAN) for _ in range(2)]
     for generation_id in failed:
         body = await wait_for_status(client, generation_id, acct.headers)
-        assert body["status"] == "failed" and body["error"] == "PROVIDER_ERROR"
+        assert body["status"] == "failed"
+        assert body["error"] == "PROVIDER_ERROR"
         assert body["credits_used"] == 0
     before = (await client.get("/api/v1/credits", headers=acct.headers)).json()
     response = await client.post("/api/v1/generate", json=WAN, headers=acct.headers)
@@ -178,7 +202,11 @@ async def test_all_routes_down_opens_the_circuits_then_submit_is_503_until_the_c
 
 
 async def test_content_rejection_fails_with_content_rejected_and_refunds(
-    runtime: Runtime, client: httpx.AsyncClient, worker: Worker, fal: FakeFal, replicate: FakeReplicate
+    runtime: Runtime,
+    client: httpx.AsyncClient,
+    worker: Worker,
+    fal: FakeFal,
+    replicate: FakeReplicate,
 ) -> None:
     fal.failure = "content"
     acct = await account_with_key(runtime, credits=1000)
@@ -203,7 +231,7 @@ async def test_a_generation_past_its_deadline_times_out_cancels_upstream_and_ref
     acct = await account_with_key(runtime, credits=1000)
     await admin.set_models(runtime, acct.name, ["slow-seedream"], allow=True)
     generation_id = await submit(client, acct.headers, {"model": "slow-seedream", "prompt": "wait"})
-    body = await wait_for_status(client, generation_id, acct.headers, timeout=15)
+    body = await wait_for_status(client, generation_id, acct.headers, within_s=15)
     assert body["status"] == "failed"
     assert body["error"] == "TIMEOUT"
     assert body["credits_used"] == 0

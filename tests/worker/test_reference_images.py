@@ -68,8 +68,12 @@ def settings_overrides() -> dict[str, object]:
 @pytest.fixture
 def resolving_runtime(runtime: Runtime) -> Runtime:
     async def resolve(host: str, port: int, /) -> list[str]:
-        table = {TRUSTED_HOST: ["127.0.0.1"], "intranet.example.com": ["127.0.0.1"],
-                 "db.internal.example": ["10.1.2.3"], "mixed.example.com": ["93.184.216.34", "10.0.0.7"]}
+        table = {
+            TRUSTED_HOST: ["127.0.0.1"],
+            "intranet.example.com": ["127.0.0.1"],
+            "db.internal.example": ["10.1.2.3"],
+            "mixed.example.com": ["93.184.216.34", "10.0.0.7"],
+        }
         if host in table:
             return table[host]
         raise socket.gaierror(f"{host} does not resolve")
@@ -79,7 +83,12 @@ def resolving_runtime(runtime: Runtime) -> Runtime:
 
 
 def _submit_body(urls: list[str]) -> dict[str, object]:
-    return {"model": "seedream-4", "prompt": "a ceramic teapot", "resolution": "1K", "reference_images": urls}
+    return {
+        "model": "seedream-4",
+        "prompt": "a ceramic teapot",
+        "resolution": "1K",
+        "reference_images": urls,
+    }
 
 
 @pytest.mark.parametrize(
@@ -113,7 +122,9 @@ async def test_private_reference_image_urls_are_refused_at_submit(
 
 
 async def test_a_public_url_redirecting_to_a_private_address_fails_at_fetch_time_with_a_refund(
-    resolving_runtime: Runtime, client: httpx.AsyncClient, listener: Listener,
+    resolving_runtime: Runtime,
+    client: httpx.AsyncClient,
+    listener: Listener,
     local_registry: ProviderRegistry,
 ) -> None:
     acct = await account_with_key(resolving_runtime, credits=1000)
@@ -124,14 +135,17 @@ async def test_a_public_url_redirecting_to_a_private_address_fails_at_fetch_time
         # instead - the fetch happens before any route, for every key.
         test = await account_with_key(resolving_runtime, credits=1000, test_key=True)
         url = f"http://{TRUSTED_HOST}:{listener.port}/redirect.png"
-        response = await client.post("/api/v1/generate", json=_submit_body([url]), headers=test.headers)
+        response = await client.post(
+            "/api/v1/generate", json=_submit_body([url]), headers=test.headers
+        )
         assert response.status_code == 201, response.text
         body = await wait_for_status(client, response.json()["generation_id"], test.headers)
     finally:
         await worker.stop(grace_s=0)
     assert body["status"] == "failed"
     assert body["error"] == "INVALID_REFERENCE_IMAGE"
-    assert "redirect" in body["message"] and "127.0.0.1" in body["message"]
+    assert "redirect" in body["message"]
+    assert "127.0.0.1" in body["message"]
     assert body["credits_used"] == 0
     assert listener.paths == ["/redirect.png"], "the redirect target was never requested"
     assert (await client.get("/api/v1/credits", headers=acct.headers)).json()["held"] == 0
@@ -139,7 +153,9 @@ async def test_a_public_url_redirecting_to_a_private_address_fails_at_fetch_time
 
 
 async def test_a_reachable_trusted_reference_image_is_fetched_and_the_generation_completes(
-    resolving_runtime: Runtime, client: httpx.AsyncClient, listener: Listener,
+    resolving_runtime: Runtime,
+    client: httpx.AsyncClient,
+    listener: Listener,
     local_registry: ProviderRegistry,
 ) -> None:
     test = await account_with_key(resolving_runtime, credits=1000, test_key=True)
@@ -147,7 +163,9 @@ async def test_a_reachable_trusted_reference_image_is_fetched_and_the_generation
     await worker.start()
     try:
         url = f"http://{TRUSTED_HOST}:{listener.port}/ref.png"
-        response = await client.post("/api/v1/generate", json=_submit_body([url]), headers=test.headers)
+        response = await client.post(
+            "/api/v1/generate", json=_submit_body([url]), headers=test.headers
+        )
         assert response.status_code == 201, response.text
         body = await wait_for_status(client, response.json()["generation_id"], test.headers)
     finally:
