@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import io
 import multiprocessing
+import os
+import signal
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -15,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vivix.providers.base import RenderCanceled, RenderRequest
+from vivix.providers.base import ProviderRetriableError, RenderCanceled, RenderRequest
 from vivix.providers.local import render
 from vivix.providers.local.adapter import LocalAdapter
 from vivix.providers.local.theme import read_theme
@@ -303,3 +305,26 @@ def _request(category: str, params: dict[str, object]) -> RenderRequest:
         upstream_model=category,
         params={"seed": 1, **params},
     )
+
+
+async def test_a_killed_render_process_is_retriable_and_the_next_render_gets_a_new_pool(
+    tmp_path: Path,
+) -> None:
+    """An out-of-memory kill breaks a process pool for good; the adapter replaces it."""
+    adapter = LocalAdapter(tmp_path / "scratch", processes=1)
+    try:
+        warm = _request("image", {"prompt": "warm up", "resolution": "1K"})
+        await adapter.poll({"local": True}, warm)
+        long_video = _request("video", {"prompt": PROMPT, "resolution": "1080p", "duration": 10})
+        job = asyncio.create_task(adapter.poll({"local": True}, long_video))
+        await asyncio.sleep(0.5)
+        assert adapter._pool is not None
+        (pid,) = adapter._pool._processes  # the pool's one render process (CPython detail)
+        os.kill(pid, signal.SIGKILL)
+        with pytest.raises(ProviderRetriableError) as raised:
+            await job
+        assert raised.value.resubmit
+        again = await adapter.poll({"local": True}, warm)
+        assert len(again.outputs) == 1
+    finally:
+        await adapter.aclose()

@@ -14,6 +14,7 @@ import multiprocessing
 import os
 import secrets
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from typing import Any
 from vivix.providers.base import (
     OutputFile,
     ProviderRejectedError,
+    ProviderRetriableError,
     RenderCanceled,
     RenderRequest,
     RenderResult,
@@ -122,6 +124,11 @@ class LocalAdapter:
             )
         return self._pool
 
+    def _discard(self, pool: ProcessPoolExecutor) -> None:
+        if self._pool is pool:
+            self._pool = None
+        pool.shutdown(wait=False, cancel_futures=True)
+
     async def submit(self, request: RenderRequest) -> UpstreamHandle:
         return {"local": True}
 
@@ -132,7 +139,13 @@ class LocalAdapter:
 
     async def poll(self, handle: UpstreamHandle, request: RenderRequest) -> RenderResult:
         flag = StopFlag(str(self._scratch / f"stop-{request.generation_id}-{secrets.token_hex(6)}"))
-        render_job = self._executor().submit(render_outputs, request.category, request.params, flag)
+        pool = self._executor()
+        try:
+            render_job = pool.submit(render_outputs, request.category, request.params, flag)
+        except BrokenProcessPool:
+            self._discard(pool)
+            pool = self._executor()
+            render_job = pool.submit(render_outputs, request.category, request.params, flag)
         self._renders.add(render_job)
         render_job.add_done_callback(self._renders.discard)
         waiter = asyncio.wrap_future(render_job)
@@ -147,6 +160,11 @@ class LocalAdapter:
             raise
         except RenderCanceled:
             raise ProviderRejectedError("render canceled") from None
+        except BrokenProcessPool:
+            # A render process died (killed, out of memory): the pool is unusable from now
+            # on, so start a new one and let the worker render again after its backoff.
+            self._discard(pool)
+            raise ProviderRetriableError("a render process died", resubmit=True) from None
         except ValueError as exc:
             raise ProviderRejectedError(f"local renderer refused the params: {exc}") from None
         finally:
