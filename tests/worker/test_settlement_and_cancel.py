@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 from datetime import timedelta
 from pathlib import Path
+from urllib.parse import urlsplit
+from urllib.request import url2pathname
 
 import httpx
 import pytest
@@ -14,7 +16,9 @@ from tests.audit import assert_ledger_consistent
 from tests.factories import account_with_key
 from tests.worker.conftest import FAST_WORKER
 from tests.worker.helpers import wait_for_status
+from vivix.generations import service as generations
 from vivix.kit.clock import utcnow
+from vivix.kit.errors import NotCancelable
 from vivix.kit.runtime import Runtime
 from vivix.models import Generation, LedgerEntry
 from vivix.providers.base import OutputFile, RenderResult
@@ -76,6 +80,10 @@ async def expire_leases(runtime: Runtime) -> None:
                 lease_expires_at=utcnow() - timedelta(seconds=1), run_after=utcnow()
             )
         )
+
+
+def files_under(directory: Path) -> list[Path]:
+    return [path for path in directory.rglob("*") if path.is_file()]
 
 
 async def ledger_kinds(runtime: Runtime, generation_id: str) -> list[str]:
@@ -141,6 +149,43 @@ async def test_two_workers_racing_to_settle_the_same_job_settle_it_once(
     assert body["status"] == "completed"
     assert body["credits_used"] == 2
     assert (await client.get(body["output_url"])).status_code == 200
+    await assert_ledger_consistent(runtime)
+
+
+async def test_a_cancel_racing_the_workers_settlement_settles_the_job_once(
+    runtime: Runtime, client: httpx.AsyncClient, local_registry: ProviderRegistry
+) -> None:
+    acct = await account_with_key(runtime, credits=100)
+    png = render.render_image("photo finish", width=64, height=64, seed=1)
+    result = RenderResult([OutputFile(png, "image/png", width=64, height=64)])
+    executor = JobExecutor(runtime, local_registry, "worker-a", GuardedFetcher())
+    for _ in range(5):  # either side may win; whichever does, the other changes nothing
+        generation_id = await submit(
+            client, acct.headers, {"model": "vivix-local-image", "prompt": "photo finish"}
+        )
+        claimed = await claim(runtime, "worker-a")
+        completed, canceled = await asyncio.gather(
+            executor.complete(claimed, result),
+            generations.cancel(runtime, acct.id, generation_id),
+            return_exceptions=True,
+        )
+        body = (
+            await client.get(f"/api/v1/generations/{generation_id}", headers=acct.headers)
+        ).json()
+        if body["status"] == "completed":
+            assert completed is None
+            assert isinstance(canceled, NotCancelable)
+            assert await ledger_kinds(runtime, generation_id) == ["capture", "hold", "release"]
+            assert body["credits_used"] == 2
+        else:
+            assert body["status"] == "canceled"
+            assert isinstance(completed, LeaseLost)
+            assert not isinstance(canceled, BaseException)
+            assert await ledger_kinds(runtime, generation_id) == ["hold", "release"]
+            assert body["credits_used"] == 0
+            outputs = Path(url2pathname(urlsplit(runtime.settings.resolved_storage_url).path))
+            orphans = await asyncio.to_thread(files_under, outputs / generation_id)
+            assert orphans == []  # the loser removed the outputs it had stored
     await assert_ledger_consistent(runtime)
 
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -37,6 +39,9 @@ def settings_overrides(tmp_path: Path) -> dict[str, object]:
 class WorkerProcesses:
     def __init__(self, runtime: Runtime, tmp_path: Path) -> None:
         settings = runtime.settings
+        # Short: the render pool's forkserver puts its socket here (AF_UNIX paths are
+        # limited to 108 bytes, which pytest's tmp_path under xdist exceeds).
+        self.render_tmp = Path(tempfile.mkdtemp(prefix="vvx-"))
         self.env = {
             **os.environ,
             "VIVIX_DATABASE_URL": settings.resolved_database_url,
@@ -50,6 +55,9 @@ class WorkerProcesses:
             "VIVIX_WORKER__RETRY_BACKOFF_SECONDS": "0.1",
             "VIVIX_WORKER__SHUTDOWN_GRACE_SECONDS": "0.5",
             "VIVIX_WORKER__RENDER_PROCESSES": "1",
+            # Renders encode video in a temporary directory: seeing one here means a render
+            # is under way.
+            "TMPDIR": str(self.render_tmp),
         }
         self.env.pop("VIVIX_REDIS_URL", None)
         self.processes: list[subprocess.Popen[bytes]] = []
@@ -65,11 +73,20 @@ class WorkerProcesses:
         self.processes.append(process)
         return process
 
+    async def wait_for_a_render(self, within_s: float = 60.0) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within_s
+        while not any(self.render_tmp.glob("vivix-render-*")):
+            assert loop.time() < deadline, "no render started"
+            assert all(p.poll() is None for p in self.processes), "a worker exited"
+            await asyncio.sleep(0.05)
+
     def stop_all(self) -> None:
         for process in self.processes:
             if process.poll() is None:
                 os.killpg(process.pid, signal.SIGKILL)
             process.wait(timeout=10)
+        shutil.rmtree(self.render_tmp, ignore_errors=True)
 
 
 @pytest.fixture
@@ -106,6 +123,7 @@ async def test_kill_9_mid_render_completes_on_another_worker_and_charges_once(
     generation_id = response.json()["generation_id"]
     first = workers.start()
     await wait_for_status(client, generation_id, acct.headers, {"processing"}, within_s=30)
+    await workers.wait_for_a_render()
     os.killpg(first.pid, signal.SIGKILL)  # mid-render, no chance to clean up
     first.wait(timeout=10)
     assert (await generation_row(runtime, generation_id)).status == "processing"
