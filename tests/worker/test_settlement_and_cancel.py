@@ -131,6 +131,9 @@ async def test_two_workers_racing_to_settle_the_same_job_settle_it_once(
     second = await claim(runtime, "worker-b")
     assert second.id == first.id == generation_id
     assert second.attempts == 2
+    assert first.started_at is not None
+    assert second.started_at == first.started_at  # the first claim's time is kept
+    assert second.lease_owner == "worker-b"
 
     png = render.render_image("race", width=64, height=64, seed=1)
     result = RenderResult([OutputFile(png, "image/png", width=64, height=64)])
