@@ -11,10 +11,14 @@ Generations run on an "instant renderer": the fal provider pointed at the fal fa
 status check with a 64×48 PNG, so what is measured is Vivix's engine (API, queue, worker,
 storage, settlement), not a renderer.
 
-Dispatch latency is read from the rows Vivix writes: `generations.created_at` (stamped by
-the API as the submit starts its transaction) → `generations.started_at` (stamped by the
-worker's claim), at a paced, moderate submit rate so that it measures wake-up, not queueing.
-Throughput: a burst of generations, first `created_at` → last `completed_at`.
+Dispatch latency: from the moment the submit's admission transaction committed to the moment
+a worker's claim of that generation returned, both recorded by a probe in the processes
+(SQLAlchemy's after_commit event in the API, a wrapper of `Worker._claim` in the worker; see
+"stamps"), at a paced submit rate well below the engine's throughput so that it measures the
+wake-up and the claim, not a queue. Throughput: `queued` drains N generations enqueued
+before the workers start; `burst` submits N while they run (first `created_at` → last
+`completed_at`). Memory: 1,000 generations queued, then drained by one worker process whose
+resident memory is sampled throughout (plus the kernel's peak, VmHWM).
 
 Targets (PostgreSQL): dispatch p50 ≤ 20 ms and p99 ≤ 100 ms; throughput grows with worker
 processes.
@@ -37,7 +41,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from bench.common import (
     BenchError,
@@ -58,6 +62,7 @@ from bench.common import (
     uvicorn_settings,
 )
 
+P = TypeVar("P", bound=ServerProcess)
 FAL_KEY = "vivix-bench-fal-key"
 SECRET_KEY = "vivix-bench-secret"
 # seedream-4's first route is fal; 1K is its cheapest price row.
@@ -69,8 +74,11 @@ BENCH_CREDITS = 1_000_000_000
 BENCH_LIMIT = 100_000_000
 CONCURRENCY = 8  # jobs per worker process (and for the embedded worker)
 SUBMIT_CONNECTIONS = 8
-DISPATCH_RATE = 20.0  # submits per second, paced
-DISPATCH_SECONDS = 10.0
+# Paced well below the engine's throughput on this 2-core machine, so that dispatch measures
+# the wake-up and the claim, not a queue.
+DISPATCH_RATE = 5.0  # submits per second
+DISPATCH_SECONDS = 20.0
+START_TIMEOUT_S = 180.0  # process start-up (imports) on a busy 2-core machine
 BURST = {"sqlite": 200, "postgres": 300}
 WARMUP_JOBS = 16
 DRAIN_TIMEOUT_S = 120.0
@@ -254,7 +262,7 @@ def worker_process(dep: Deployment, index: int, concurrency: int = CONCURRENCY) 
 async def start_all(processes: Sequence[ServerProcess]) -> None:
     for process in processes:
         process.start()
-    await asyncio.gather(*(process.wait_ready() for process in processes))
+    await asyncio.gather(*(process.wait_ready(START_TIMEOUT_S) for process in processes))
 
 
 def stop_all(processes: Sequence[ServerProcess], timeout_s: float = 15.0) -> None:
@@ -503,6 +511,7 @@ class DispatchResult:
     p99_ms: float
     max_ms: float
     submit_p50_ms: float  # client-observed POST latency (admission transaction and all)
+    admission_p50_ms: float  # created_at (the submit starts) → its transaction committed
     target: dict[str, float] | None = None
     met: bool | None = None
 
@@ -527,12 +536,28 @@ class ThroughputResult:
     cores_busy: dict[str, float] = field(default_factory=dict)
 
 
+def load_stamps(paths: Sequence[Path]) -> dict[str, dict[str, float]]:
+    """Merged "stamps" probe output of the run's processes: committed / claimed times."""
+    merged: dict[str, dict[str, float]] = {"committed": {}, "claimed": {}}
+    for path in paths:
+        if not path.exists():
+            raise BenchError(f"{path.name} missing: a process did not stop cleanly")
+        data = json.loads(path.read_text("utf-8"))
+        for kind in merged:
+            merged[kind].update(data[kind])
+    return merged
+
+
 def dispatch_result(
-    dep: Deployment, topology: Topology, submitted: list[Submitted], rows: list[GenerationTimes]
-) -> DispatchResult:
-    waits = sorted(
-        (r.started_at - r.created_at).total_seconds() for r in rows if r.started_at is not None
-    )
+    dep: Deployment, topology: Topology, submitted: list[Submitted], rows: list[GenerationTimes],
+    stamps: dict[str, dict[str, float]],
+) -> DispatchResult:  # fmt: skip
+    committed, claimed = stamps["committed"], stamps["claimed"]
+    missing = [r.generation_id for r in rows if r.generation_id not in committed or r.generation_id not in claimed]  # fmt: skip
+    if missing:
+        raise BenchError(f"{len(missing)} generations without commit/claim stamps")
+    waits = sorted(claimed[r.generation_id] - committed[r.generation_id] for r in rows)
+    admission = sorted(committed[r.generation_id] - r.created_at.timestamp() for r in rows)
     result = DispatchResult(
         database=dep.kind,
         topology=topology.name,
@@ -543,6 +568,7 @@ def dispatch_result(
         p99_ms=ms(percentile(waits, 99)),
         max_ms=ms(waits[-1]),
         submit_p50_ms=round(percentile(sorted(s.latency_ms for s in submitted), 50), 2),
+        admission_p50_ms=ms(percentile(admission, 50)),
     )
     if dep.kind == "postgres" and topology.worker_processes:
         result.target = TARGET_DISPATCH_MS
@@ -594,20 +620,33 @@ def throughput_result(
 async def bench_topology(
     dep: Deployment, topology: Topology, fal: ServerProcess, reader: QueueReader
 ) -> tuple[ThroughputResult, DispatchResult, ThroughputResult]:
-    """Queued drain, then paced dispatch, then a burst, on one set of processes."""
+    """Queued drain, then paced dispatch, then a burst, on one set of processes. Every
+    Vivix process runs under the "stamps" probe, which records when each generation's
+    admission transaction committed and when a worker's claim of it returned."""
     jobs = BURST[dep.kind]
-    enqueuer = api_process(dep, embedded_worker=False, tag="-enqueue")
+    tag = topology.name.replace(" ", "-")
+    stamp_files: list[Path] = []
+
+    def stamped(process: P) -> P:
+        out = dep.workdir / f"stamps-{tag}-{len(stamp_files)}.json"
+        stamp_files.append(out)
+        return profiled(process, out, "stamps")
+
+    enqueuer = stamped(api_process(dep, embedded_worker=False, tag=f"-enqueue-{tag}"))
     processes: list[ServerProcess] = [enqueuer]
     try:
         await start_all([enqueuer])
         async with Submitter(enqueuer.base_url, dep.api_key) as submitter:
             queued = await submitter.burst(jobs)
         if topology.worker_processes:
-            engine = Engine(enqueuer, [worker_process(dep, i + 1) for i in range(topology.worker_processes)])  # fmt: skip
+            workers = [
+                stamped(worker_process(dep, i + 1)) for i in range(topology.worker_processes)
+            ]
+            engine = Engine(enqueuer, workers)
             starting: list[ServerProcess] = list(engine.workers)
         else:
             stop_all([enqueuer])
-            engine = Engine(api_process(dep, embedded_worker=True), [])
+            engine = Engine(stamped(api_process(dep, embedded_worker=True, tag=f"-{tag}")), [])
             starting = [engine.api]
         processes = [engine.api, *engine.workers]
         # They claim as soon as they run; CPU is counted from ready on (start-up imports
@@ -624,10 +663,9 @@ async def bench_topology(
         await asyncio.sleep(0.5)
 
         async with Submitter(engine.api.base_url, dep.api_key) as submitter:
-            submitted = await submitter.paced(DISPATCH_RATE, DISPATCH_SECONDS)
+            paced = await submitter.paced(DISPATCH_RATE, DISPATCH_SECONDS)
             await reader.wait_drained(engine=engine)
-            rows = await reader.completed_times([s.generation_id for s in submitted])
-            dispatch = dispatch_result(dep, topology, submitted, rows)
+            paced_rows = await reader.completed_times([s.generation_id for s in paced])
 
             meter.start()
             submitted = await submitter.burst(jobs)
@@ -635,14 +673,89 @@ async def bench_topology(
             cpu = meter.stop()
         rows = await reader.completed_times([s.generation_id for s in submitted])
         burst = throughput_result(dep, topology, "burst", rows, cpu, jobs)
-        return drain, dispatch, burst
     finally:
         stop_all(processes)
+    dispatch = dispatch_result(dep, topology, paced, paced_rows, load_stamps(stamp_files))
+    return drain, dispatch, burst
+
+
+MEMORY_JOBS = 1000
+
+
+def vm_hwm_bytes(pid: int) -> int | None:
+    """The kernel's peak resident set size of a process (Linux /proc; None elsewhere)."""
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return None
+
+
+async def bench_memory(dep: Deployment, reader: QueueReader) -> dict[str, Any]:
+    """MEMORY_JOBS generations queued with no worker running, then drained by one worker
+    process; its RSS is sampled every 0.1 s and read at each quarter of the drain."""
+    import psutil
+
+    from bench.common import process_tree_rss
+
+    mb = 1024 * 1024
+    enqueuer = api_process(dep, embedded_worker=False, tag="-memory")
+    worker = worker_process(dep, 1)
+    try:
+        await start_all([enqueuer])
+        async with Submitter(enqueuer.base_url, dep.api_key) as submitter:
+            queued = await submitter.burst(MEMORY_JOBS)
+        stop_all([enqueuer])
+        done_before = await reader.count("completed")
+        await start_all([worker])
+        assert worker.pid is not None
+        main = psutil.Process(worker.pid)
+        ready = main.memory_info().rss
+        peak = tree_peak = ready
+        marks: dict[int, float] = {}
+        quarter = MEMORY_JOBS // 4
+        started = time.monotonic()
+        while True:
+            with contextlib.suppress(psutil.Error):
+                peak = max(peak, main.memory_info().rss)
+            tree_peak = max(tree_peak, process_tree_rss(worker.pid) or 0)
+            done = await reader.count("completed") - done_before
+            for mark in range(quarter, done + 1, quarter):
+                marks.setdefault(mark, main.memory_info().rss / mb)
+            if await reader.unfinished() == 0:
+                break
+            worker.check_alive()
+            if time.monotonic() - started > DRAIN_TIMEOUT_S * 5:
+                raise BenchError(f"memory drain: {MEMORY_JOBS - done} left after the timeout")
+            await asyncio.sleep(0.1)
+        seconds = time.monotonic() - started
+        hwm = vm_hwm_bytes(worker.pid) or 0
+    finally:
+        stop_all([enqueuer, worker])
+    await reader.completed_times([s.generation_id for s in queued])
+    result = {
+        "database": dep.kind,
+        "jobs": MEMORY_JOBS,
+        "concurrency": CONCURRENCY,
+        "seconds": round(seconds, 1),
+        "rss_ready_mb": round(ready / mb, 1),
+        "rss_peak_mb": round(peak / mb, 1),
+        "tree_rss_peak_mb": round(tree_peak / mb, 1),
+        "vmhwm_mb": round(hwm / mb, 1),
+        "rss_mb_when_done": {str(k): round(v, 1) for k, v in sorted(marks.items())},
+    }
+    log(
+        f"  memory     {MEMORY_JOBS} drained in {seconds:.1f} s; worker RSS ready"
+        f" {result['rss_ready_mb']} MiB, peak {result['rss_peak_mb']} MiB, VmHWM"
+        f" {result['vmhwm_mb']} MiB, by jobs done {result['rss_mb_when_done']}"
+    )
+    return result
 
 
 async def bench_database(
-    kind: str, fal: ServerProcess, report: dict[str, Any], topologies: Sequence[Topology]
-) -> None:
+    kind: str, fal: ServerProcess, report: dict[str, Any], topologies: Sequence[Topology],
+    memory: bool,
+) -> None:  # fmt: skip
     with tempfile.TemporaryDirectory(prefix=f"vivix-bench-engine-{kind}-") as tmp:
         async with deployment(kind, Path(tmp), fal.base_url) as dep:
             reader = QueueReader(dep.database_url)
@@ -651,6 +764,8 @@ async def bench_database(
                     drain, dispatch, burst = await bench_topology(dep, topology, fal, reader)
                     report["throughput"] += [asdict(drain), asdict(burst)]
                     report["dispatch"].append(asdict(dispatch))
+                if memory:
+                    report["memory"].append(await bench_memory(dep, reader))
             finally:
                 await reader.close()
 
@@ -699,7 +814,7 @@ def run_render_benchmark() -> dict[str, Any] | None:
     return dict(json.loads(done.stdout.strip().splitlines()[-1]))
 
 
-async def bench_all(databases: Sequence[str]) -> dict[str, Any]:
+async def bench_all(databases: Sequence[str], memory: bool = True) -> dict[str, Any]:
     report: dict[str, Any] = {
         "benchmark": "engine",
         "machine": machine_description(),
@@ -714,6 +829,7 @@ async def bench_all(databases: Sequence[str]) -> dict[str, Any]:
         },
         "dispatch": [],
         "throughput": [],
+        "memory": [],
         "skipped": [],
     }
     with tempfile.TemporaryDirectory(prefix="vivix-bench-fal-") as tmp:
@@ -724,7 +840,7 @@ async def bench_all(databases: Sequence[str]) -> dict[str, Any]:
             for kind in databases:
                 log(f"{kind}:")
                 try:
-                    await bench_database(kind, fal, report, TOPOLOGIES[kind])
+                    await bench_database(kind, fal, report, TOPOLOGIES[kind], memory)
                 except PostgresUnavailable as exc:
                     log(f"  skipped: {exc}")
                     report["skipped"].append({"database": kind, "reason": str(exc)})
@@ -774,6 +890,9 @@ class WorkerProbe:
         self.concurrency = 0
         self.loop_lag_ms: list[float] = []
         self.profiler: Any = None
+        # "stamps": when each generation's row was committed (API) and claimed (worker).
+        self.committed: dict[str, float] = {}
+        self.claimed: dict[str, float] = {}
 
     def _timed(self, label: str, module_name: str, attribute: str) -> None:
         import functools
@@ -808,6 +927,18 @@ class WorkerProbe:
             runner.Worker._claim, runner.Worker.wake, runner.Worker.wake_async,
             runner.Worker.start, runner.Worker.stop,
         )  # fmt: skip
+
+        if self.mode == "stamps":
+            self._stamp_commits()
+
+            async def stamped_claim(worker: Any) -> Any:
+                generation = await claim(worker)
+                if generation is not None:
+                    probe.claimed[generation.id] = time.time()
+                return generation
+
+            runner.Worker._claim = stamped_claim  # type: ignore[method-assign]
+            return
 
         if self.mode == "cprofile":
             import cProfile
@@ -904,6 +1035,31 @@ class WorkerProbe:
 
         db.Database.__init__ = probed_init  # type: ignore[method-assign]
 
+    def _stamp_commits(self) -> None:
+        """The moment each new generation row's transaction committed (the submit's
+        admission transaction), from SQLAlchemy's session events."""
+        from sqlalchemy import event
+        from sqlalchemy.orm import Session
+
+        from vivix.models import Generation
+
+        def after_flush(session: Any, _context: Any) -> None:
+            new = [o.id for o in session.new if isinstance(o, Generation)]
+            if new:
+                session.info.setdefault("probe_new_generations", []).extend(new)
+
+        def after_commit(session: Any) -> None:
+            now = time.time()
+            for generation_id in session.info.pop("probe_new_generations", ()):
+                self.committed[generation_id] = now
+
+        def after_rollback(session: Any) -> None:
+            session.info.pop("probe_new_generations", None)
+
+        event.listen(Session, "after_flush", after_flush)
+        event.listen(Session, "after_commit", after_commit)
+        event.listen(Session, "after_rollback", after_rollback)
+
     def _count_commit(self, conn: Any) -> None:
         self.sql["(commit; count only)"][0] += 1
 
@@ -911,6 +1067,10 @@ class WorkerProbe:
         if self.profiler is not None:
             self.profiler.disable()
             self.profiler.dump_stats(str(out))
+            return
+        if self.mode == "stamps":
+            stamps = {"committed": self.committed, "claimed": self.claimed}
+            out.write_text(json.dumps(stamps), "utf-8")
             return
         data = {
             "spans": dict(self.spans),
@@ -1150,10 +1310,10 @@ async def profile_all(databases: Sequence[str], workers: Sequence[int], keep: Pa
 def render_tables(report: dict[str, Any]) -> str:
     settings = report["settings"]
     lines = [
-        f"dispatch latency (ms): created_at → started_at, {settings['dispatch_rate_per_s']:g}"
+        f"dispatch latency (ms): submit committed → claim returned, {settings['dispatch_rate_per_s']:g}"
         f" submits/s for {settings['dispatch_seconds']:g} s",
         f"{'db':<9} {'workers':<10} {'n':>4} {'p50':>7} {'p90':>7} {'p99':>7} {'max':>7}"
-        f" {'submit p50':>11} {'target p50/p99':>15} {'met':>4}",
+        f" {'submit p50':>11} {'admission p50':>13} {'target p50/p99':>15} {'met':>4}",
     ]
     for d in report["dispatch"]:
         target = "-" if d["target"] is None else f"≤{d['target']['p50']:g}/≤{d['target']['p99']:g}"
@@ -1161,7 +1321,7 @@ def render_tables(report: dict[str, Any]) -> str:
         lines.append(
             f"{d['database']:<9} {d['topology']:<10} {d['submits']:>4} {d['p50_ms']:>7.1f}"
             f" {d['p90_ms']:>7.1f} {d['p99_ms']:>7.1f} {d['max_ms']:>7.1f}"
-            f" {d['submit_p50_ms']:>11.1f} {target:>15} {met:>4}"
+            f" {d['submit_p50_ms']:>11.1f} {d['admission_p50_ms']:>13.1f} {target:>15} {met:>4}"
         )
     lines += [
         "",
@@ -1186,6 +1346,16 @@ def render_tables(report: dict[str, Any]) -> str:
         )
     for skipped in report["skipped"]:
         lines.append(f"{skipped['database']}: skipped ({skipped['reason']})")
+    for m in report.get("memory", []):
+        marks = "  ".join(f"{done}: {mb:.0f}" for done, mb in m["rss_mb_when_done"].items())
+        lines += [
+            "",
+            f"memory: {m['jobs']} queued generations drained by 1 worker process"
+            f" (concurrency {m['concurrency']}) on {m['database']} in {m['seconds']:.1f} s",
+            f"  worker RSS MiB: ready {m['rss_ready_mb']:.0f}, peak sampled"
+            f" {m['rss_peak_mb']:.0f} (process tree {m['tree_rss_peak_mb']:.0f}), kernel peak"
+            f" VmHWM {m['vmhwm_mb']:.0f}; after N done: {marks}",
+        ]
     render = report.get("render")
     if render:
         lines += ["", "local renderer (bench/bench_render.py; median seconds)"]
@@ -1216,6 +1386,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--render",
         action="store_true",
         help="also run bench/bench_render.py and include its table (adds ~75 s)",
+    )
+    parser.add_argument(
+        "--no-memory", action="store_true", help=f"skip the {MEMORY_JOBS}-generation memory drain"
     )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--output", type=Path, help="also write the JSON report to this file")
@@ -1260,7 +1433,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         with event_loop_runner() as runner:
-            report = runner.run(bench_all(databases))
+            report = runner.run(bench_all(databases, memory=not args.no_memory))
         if args.render:
             log("local renderer (bench/bench_render.py):")
             report["render"] = run_render_benchmark()
