@@ -108,13 +108,14 @@ def log(message: str) -> None:
 # --- the instant renderer: the fal fake in its own process --------------------------------
 
 
-def serve_fal_fake(port: int) -> None:
-    """The fal fake answering COMPLETED on the first status check (`polls_before_done=0`),
-    plus /healthz for the readiness check, on uvicorn's default (fast) HTTP stack."""
+def serve_fal_fake(port: int, polls_before_done: int = 0) -> None:
+    """The fal fake answering COMPLETED on the first status check (`polls_before_done=0`;
+    more makes a slow upstream: the worker polls after 0.5 s, then 0.75 s…), plus /healthz
+    for the readiness check, on uvicorn's default (fast) HTTP stack."""
     import uvicorn
     from tests.fakes.fal import FakeFal
 
-    fake = FakeFal(FAL_KEY, polls_before_done=0)
+    fake = FakeFal(FAL_KEY, polls_before_done=polls_before_done)
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "http" and scope["path"] == "/healthz":
@@ -126,14 +127,15 @@ def serve_fal_fake(port: int) -> None:
     uvicorn.run(app, host="127.0.0.1", port=port, lifespan="off", **uvicorn_settings())
 
 
-def fal_fake_process(workdir: Path) -> ServerProcess:
+def fal_fake_process(workdir: Path, polls_before_done: int = 0) -> ServerProcess:
     port = free_port()
+    argv = [sys.executable, "-m", "bench.bench_engine", "--serve-fal-fake", str(port)]
     return ServerProcess(
-        "fal-fake",
-        [sys.executable, "-m", "bench.bench_engine", "--serve-fal-fake", str(port)],
+        f"fal-fake-{polls_before_done}",
+        [*argv, "--fal-polls", str(polls_before_done)],
         env=clean_environment(),
         port=port,
-        log_path=workdir / "fal-fake.log",
+        log_path=workdir / f"fal-fake-{polls_before_done}.log",
     )
 
 
@@ -680,6 +682,7 @@ async def bench_topology(
 
 
 MEMORY_JOBS = 1000
+SCENARIOS = ("engine", "slow", "memory")
 
 
 def vm_hwm_bytes(pid: int) -> int | None:
@@ -752,19 +755,64 @@ async def bench_memory(dep: Deployment, reader: QueueReader) -> dict[str, Any]:
     return result
 
 
+SLOW_POLLS = 2  # the slow fal fake: done on the third status check, ~1.3 s after submit
+SLOW_JOBS = 160
+
+
+async def bench_slow_scaling(
+    dep: Deployment, reader: QueueReader, slow_fal_url: str
+) -> list[dict[str, Any]]:
+    """Throughput when the upstream takes ~1.3 s per job (as real ones take seconds): a
+    worker process is then bound by its concurrency slots, not by CPU, so more processes
+    should complete more. SLOW_JOBS queued, drained by 1, then by 4 worker processes."""
+    results = []
+    for count in (1, 4):
+        enqueuer = api_process(dep, embedded_worker=False, tag=f"-slow-{count}")
+        workers = [worker_process(dep, i + 1) for i in range(count)]
+        for worker in workers:
+            worker.env["VIVIX_PROVIDERS__FAL__BASE_URL"] = slow_fal_url
+        try:
+            await start_all([enqueuer])
+            async with Submitter(enqueuer.base_url, dep.api_key) as submitter:
+                queued = await submitter.burst(SLOW_JOBS)
+            await start_all(workers)
+            await reader.wait_drained(engine=Engine(enqueuer, workers))
+        finally:
+            stop_all([enqueuer, *workers])
+        rows = await reader.completed_times([s.generation_id for s in queued])
+        first = min(r.started_at for r in rows if r.started_at is not None)
+        seconds = (max(r.completed_at for r in rows if r.completed_at) - first).total_seconds()
+        results.append(
+            {
+                "database": dep.kind,
+                "worker_processes": count,
+                "concurrency_per_process": CONCURRENCY,
+                "jobs": len(rows),
+                "seconds": round(seconds, 2),
+                "completed_per_s": round(len(rows) / seconds, 1),
+            }
+        )
+        log(f"  slow upstream, {count} worker(s): {results[-1]['completed_per_s']}/s")
+    return results
+
+
 async def bench_database(
     kind: str, fal: ServerProcess, report: dict[str, Any], topologies: Sequence[Topology],
-    memory: bool,
+    only: set[str], slow_fal: ServerProcess,
 ) -> None:  # fmt: skip
     with tempfile.TemporaryDirectory(prefix=f"vivix-bench-engine-{kind}-") as tmp:
         async with deployment(kind, Path(tmp), fal.base_url) as dep:
             reader = QueueReader(dep.database_url)
             try:
-                for topology in topologies:
+                for topology in topologies if "engine" in only else ():
                     drain, dispatch, burst = await bench_topology(dep, topology, fal, reader)
                     report["throughput"] += [asdict(drain), asdict(burst)]
                     report["dispatch"].append(asdict(dispatch))
-                if memory:
+                if "slow" in only:
+                    report["slow_scaling"] += await bench_slow_scaling(
+                        dep, reader, slow_fal.base_url
+                    )
+                if "memory" in only:
                     report["memory"].append(await bench_memory(dep, reader))
             finally:
                 await reader.close()
@@ -773,11 +821,12 @@ async def bench_database(
 def scaling(report: dict[str, Any]) -> list[dict[str, Any]]:
     """Throughput with 4 worker processes ÷ with 1, per database and mode."""
     rows = []
+    slow = [{**r, "mode": "slow upstream"} for r in report.get("slow_scaling", [])]
     for kind in ("sqlite", "postgres"):
-        for mode in ("queued", "burst"):
+        for mode in ("queued", "burst", "slow upstream"):
             rates = {
                 r["worker_processes"]: r["completed_per_s"]
-                for r in report["throughput"]
+                for r in [*report["throughput"], *slow]
                 if r["database"] == kind and r["mode"] == mode
             }
             if 1 in rates and 4 in rates:
@@ -814,7 +863,7 @@ def run_render_benchmark() -> dict[str, Any] | None:
     return dict(json.loads(done.stdout.strip().splitlines()[-1]))
 
 
-async def bench_all(databases: Sequence[str], memory: bool = True) -> dict[str, Any]:
+async def bench_all(databases: Sequence[str], only: set[str]) -> dict[str, Any]:
     report: dict[str, Any] = {
         "benchmark": "engine",
         "machine": machine_description(),
@@ -830,22 +879,23 @@ async def bench_all(databases: Sequence[str], memory: bool = True) -> dict[str, 
         "dispatch": [],
         "throughput": [],
         "memory": [],
+        "slow_scaling": [],
         "skipped": [],
     }
     with tempfile.TemporaryDirectory(prefix="vivix-bench-fal-") as tmp:
         fal = fal_fake_process(Path(tmp))
-        fal.start()
+        slow_fal = fal_fake_process(Path(tmp), SLOW_POLLS)
         try:
-            await fal.wait_ready()
+            await start_all([fal, slow_fal])
             for kind in databases:
                 log(f"{kind}:")
                 try:
-                    await bench_database(kind, fal, report, TOPOLOGIES[kind], memory)
+                    await bench_database(kind, fal, report, TOPOLOGIES[kind], only, slow_fal)
                 except PostgresUnavailable as exc:
                     log(f"  skipped: {exc}")
                     report["skipped"].append({"database": kind, "reason": str(exc)})
         finally:
-            fal.stop()
+            stop_all([fal, slow_fal])
     report["scaling"] = scaling(report)
     report["machine"]["loadavg_1m_at_end"] = round(os.getloadavg()[0], 2)
     return report
@@ -1346,6 +1396,15 @@ def render_tables(report: dict[str, Any]) -> str:
         )
     for skipped in report["skipped"]:
         lines.append(f"{skipped['database']}: skipped ({skipped['reason']})")
+    slow = report.get("slow_scaling", [])
+    if slow:
+        lines += ["", f"slow upstream (~1.3 s per job), {SLOW_JOBS} queued, drained by N workers"]
+        for row in slow:
+            lines.append(
+                f"  {row['database']:<9} {row['worker_processes']} worker(s) x"
+                f" {row['concurrency_per_process']}: {row['completed_per_s']:6.1f}/s"
+                f" ({row['jobs']} in {row['seconds']:.1f} s)"
+            )
     for m in report.get("memory", []):
         marks = "  ".join(f"{done}: {mb:.0f}" for done, mb in m["rss_mb_when_done"].items())
         lines += [
@@ -1388,7 +1447,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="also run bench/bench_render.py and include its table (adds ~75 s)",
     )
     parser.add_argument(
-        "--no-memory", action="store_true", help=f"skip the {MEMORY_JOBS}-generation memory drain"
+        "--only",
+        nargs="+",
+        choices=SCENARIOS,
+        default=list(SCENARIOS),
+        help="engine: dispatch and throughput per topology; slow: 1 vs 4 workers with a slow"
+        " upstream; memory: the 1,000-generation drain (default: all)",
     )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--output", type=Path, help="also write the JSON report to this file")
@@ -1407,6 +1471,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--keep-profiles", type=Path, help="copy the probes' raw output here")
     parser.add_argument("--serve-fal-fake", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    parser.add_argument("--fal-polls", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument(
         "--profiled-worker", nargs=2, metavar=("OUT", "MODE"), help=argparse.SUPPRESS
     )
@@ -1417,7 +1482,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.serve_fal_fake:
-        serve_fal_fake(args.serve_fal_fake)
+        serve_fal_fake(args.serve_fal_fake, args.fal_polls)
         return 0
     if args.profiled_worker:
         out, mode = args.profiled_worker
@@ -1433,7 +1498,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         with event_loop_runner() as runner:
-            report = runner.run(bench_all(databases, memory=not args.no_memory))
+            report = runner.run(bench_all(databases, set(args.only)))
         if args.render:
             log("local renderer (bench/bench_render.py):")
             report["render"] = run_render_benchmark()
