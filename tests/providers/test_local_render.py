@@ -328,3 +328,29 @@ async def test_a_killed_render_process_is_retriable_and_the_next_render_gets_a_n
         assert len(again.outputs) == 1
     finally:
         await adapter.aclose()
+
+
+async def test_canceling_renders_queued_behind_a_busy_pool_leaves_no_render_behind(
+    tmp_path: Path,
+) -> None:
+    """One render process, three long renders: the first runs, the next waits in the
+    pool's call queue, the last is still pending in the executor. Canceling all three
+    ends every one of them (the pending one without ever starting)."""
+    adapter = LocalAdapter(tmp_path / "scratch", processes=1)
+    try:
+        await adapter.poll({"local": True}, _request("image", {"prompt": "warm up"}))
+        long_video = {"prompt": PROMPT, "resolution": "1080p", "duration": 10}
+        jobs = [
+            asyncio.create_task(adapter.poll({"local": True}, _request("video", long_video)))
+            for _ in range(3)
+        ]
+        await asyncio.sleep(0.5)
+        assert adapter.active_renders == 3
+        for job in reversed(jobs):
+            job.cancel()
+        outcomes = await asyncio.gather(*jobs, return_exceptions=True)
+        assert all(isinstance(o, asyncio.CancelledError) for o in outcomes), outcomes
+        assert adapter.active_renders == 0
+        assert list((tmp_path / "scratch").iterdir()) == []
+    finally:
+        await adapter.aclose()
