@@ -11,10 +11,14 @@ Generations run on an "instant renderer": the fal provider pointed at the fal fa
 status check with a 64×48 PNG, so what is measured is Vivix's engine (API, queue, worker,
 storage, settlement), not a renderer.
 
-Dispatch latency is read from the rows Vivix writes: `generations.created_at` (stamped by
-the API as the submit starts its transaction) → `generations.started_at` (stamped by the
-worker's claim), at a paced, moderate submit rate so that it measures wake-up, not queueing.
-Throughput: a burst of generations, first `created_at` → last `completed_at`.
+Dispatch latency: from the moment the submit's admission transaction committed to the moment
+a worker's claim of that generation returned, both recorded by a probe in the processes
+(SQLAlchemy's after_commit event in the API, a wrapper of `Worker._claim` in the worker; see
+"stamps"), at a paced submit rate well below the engine's throughput so that it measures the
+wake-up and the claim, not a queue. Throughput: `queued` drains N generations enqueued
+before the workers start; `burst` submits N while they run (first `created_at` → last
+`completed_at`). Memory: 1,000 generations queued, then drained by one worker process whose
+resident memory is sampled throughout (plus the kernel's peak, VmHWM).
 
 Targets (PostgreSQL): dispatch p50 ≤ 20 ms and p99 ≤ 100 ms; throughput grows with worker
 processes.
@@ -37,7 +41,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from bench.common import (
     BenchError,
@@ -58,6 +62,7 @@ from bench.common import (
     uvicorn_settings,
 )
 
+P = TypeVar("P", bound=ServerProcess)
 FAL_KEY = "vivix-bench-fal-key"
 SECRET_KEY = "vivix-bench-secret"
 # seedream-4's first route is fal; 1K is its cheapest price row.
@@ -69,8 +74,11 @@ BENCH_CREDITS = 1_000_000_000
 BENCH_LIMIT = 100_000_000
 CONCURRENCY = 8  # jobs per worker process (and for the embedded worker)
 SUBMIT_CONNECTIONS = 8
-DISPATCH_RATE = 20.0  # submits per second, paced
-DISPATCH_SECONDS = 10.0
+# Paced well below the engine's throughput on this 2-core machine, so that dispatch measures
+# the wake-up and the claim, not a queue.
+DISPATCH_RATE = 5.0  # submits per second
+DISPATCH_SECONDS = 20.0
+START_TIMEOUT_S = 180.0  # process start-up (imports) on a busy 2-core machine
 BURST = {"sqlite": 200, "postgres": 300}
 WARMUP_JOBS = 16
 DRAIN_TIMEOUT_S = 120.0
@@ -100,13 +108,14 @@ def log(message: str) -> None:
 # --- the instant renderer: the fal fake in its own process --------------------------------
 
 
-def serve_fal_fake(port: int) -> None:
-    """The fal fake answering COMPLETED on the first status check (`polls_before_done=0`),
-    plus /healthz for the readiness check, on uvicorn's default (fast) HTTP stack."""
+def serve_fal_fake(port: int, polls_before_done: int = 0) -> None:
+    """The fal fake answering COMPLETED on the first status check (`polls_before_done=0`;
+    more makes a slow upstream: the worker polls after 0.5 s, then 0.75 s…), plus /healthz
+    for the readiness check, on uvicorn's default (fast) HTTP stack."""
     import uvicorn
     from tests.fakes.fal import FakeFal
 
-    fake = FakeFal(FAL_KEY, polls_before_done=0)
+    fake = FakeFal(FAL_KEY, polls_before_done=polls_before_done)
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "http" and scope["path"] == "/healthz":
@@ -118,14 +127,15 @@ def serve_fal_fake(port: int) -> None:
     uvicorn.run(app, host="127.0.0.1", port=port, lifespan="off", **uvicorn_settings())
 
 
-def fal_fake_process(workdir: Path) -> ServerProcess:
+def fal_fake_process(workdir: Path, polls_before_done: int = 0) -> ServerProcess:
     port = free_port()
+    argv = [sys.executable, "-m", "bench.bench_engine", "--serve-fal-fake", str(port)]
     return ServerProcess(
-        "fal-fake",
-        [sys.executable, "-m", "bench.bench_engine", "--serve-fal-fake", str(port)],
+        f"fal-fake-{polls_before_done}",
+        [*argv, "--fal-polls", str(polls_before_done)],
         env=clean_environment(),
         port=port,
-        log_path=workdir / "fal-fake.log",
+        log_path=workdir / f"fal-fake-{polls_before_done}.log",
     )
 
 
@@ -254,7 +264,7 @@ def worker_process(dep: Deployment, index: int, concurrency: int = CONCURRENCY) 
 async def start_all(processes: Sequence[ServerProcess]) -> None:
     for process in processes:
         process.start()
-    await asyncio.gather(*(process.wait_ready() for process in processes))
+    await asyncio.gather(*(process.wait_ready(START_TIMEOUT_S) for process in processes))
 
 
 def stop_all(processes: Sequence[ServerProcess], timeout_s: float = 15.0) -> None:
@@ -503,6 +513,7 @@ class DispatchResult:
     p99_ms: float
     max_ms: float
     submit_p50_ms: float  # client-observed POST latency (admission transaction and all)
+    admission_p50_ms: float  # created_at (the submit starts) → its transaction committed
     target: dict[str, float] | None = None
     met: bool | None = None
 
@@ -527,12 +538,28 @@ class ThroughputResult:
     cores_busy: dict[str, float] = field(default_factory=dict)
 
 
+def load_stamps(paths: Sequence[Path]) -> dict[str, dict[str, float]]:
+    """Merged "stamps" probe output of the run's processes: committed / claimed times."""
+    merged: dict[str, dict[str, float]] = {"committed": {}, "claimed": {}}
+    for path in paths:
+        if not path.exists():
+            raise BenchError(f"{path.name} missing: a process did not stop cleanly")
+        data = json.loads(path.read_text("utf-8"))
+        for kind in merged:
+            merged[kind].update(data[kind])
+    return merged
+
+
 def dispatch_result(
-    dep: Deployment, topology: Topology, submitted: list[Submitted], rows: list[GenerationTimes]
-) -> DispatchResult:
-    waits = sorted(
-        (r.started_at - r.created_at).total_seconds() for r in rows if r.started_at is not None
-    )
+    dep: Deployment, topology: Topology, submitted: list[Submitted], rows: list[GenerationTimes],
+    stamps: dict[str, dict[str, float]],
+) -> DispatchResult:  # fmt: skip
+    committed, claimed = stamps["committed"], stamps["claimed"]
+    missing = [r.generation_id for r in rows if r.generation_id not in committed or r.generation_id not in claimed]  # fmt: skip
+    if missing:
+        raise BenchError(f"{len(missing)} generations without commit/claim stamps")
+    waits = sorted(claimed[r.generation_id] - committed[r.generation_id] for r in rows)
+    admission = sorted(committed[r.generation_id] - r.created_at.timestamp() for r in rows)
     result = DispatchResult(
         database=dep.kind,
         topology=topology.name,
@@ -543,6 +570,7 @@ def dispatch_result(
         p99_ms=ms(percentile(waits, 99)),
         max_ms=ms(waits[-1]),
         submit_p50_ms=round(percentile(sorted(s.latency_ms for s in submitted), 50), 2),
+        admission_p50_ms=ms(percentile(admission, 50)),
     )
     if dep.kind == "postgres" and topology.worker_processes:
         result.target = TARGET_DISPATCH_MS
@@ -594,20 +622,33 @@ def throughput_result(
 async def bench_topology(
     dep: Deployment, topology: Topology, fal: ServerProcess, reader: QueueReader
 ) -> tuple[ThroughputResult, DispatchResult, ThroughputResult]:
-    """Queued drain, then paced dispatch, then a burst, on one set of processes."""
+    """Queued drain, then paced dispatch, then a burst, on one set of processes. Every
+    Vivix process runs under the "stamps" probe, which records when each generation's
+    admission transaction committed and when a worker's claim of it returned."""
     jobs = BURST[dep.kind]
-    enqueuer = api_process(dep, embedded_worker=False, tag="-enqueue")
+    tag = topology.name.replace(" ", "-")
+    stamp_files: list[Path] = []
+
+    def stamped(process: P) -> P:
+        out = dep.workdir / f"stamps-{tag}-{len(stamp_files)}.json"
+        stamp_files.append(out)
+        return profiled(process, out, "stamps")
+
+    enqueuer = stamped(api_process(dep, embedded_worker=False, tag=f"-enqueue-{tag}"))
     processes: list[ServerProcess] = [enqueuer]
     try:
         await start_all([enqueuer])
         async with Submitter(enqueuer.base_url, dep.api_key) as submitter:
             queued = await submitter.burst(jobs)
         if topology.worker_processes:
-            engine = Engine(enqueuer, [worker_process(dep, i + 1) for i in range(topology.worker_processes)])  # fmt: skip
+            workers = [
+                stamped(worker_process(dep, i + 1)) for i in range(topology.worker_processes)
+            ]
+            engine = Engine(enqueuer, workers)
             starting: list[ServerProcess] = list(engine.workers)
         else:
             stop_all([enqueuer])
-            engine = Engine(api_process(dep, embedded_worker=True), [])
+            engine = Engine(stamped(api_process(dep, embedded_worker=True, tag=f"-{tag}")), [])
             starting = [engine.api]
         processes = [engine.api, *engine.workers]
         # They claim as soon as they run; CPU is counted from ready on (start-up imports
@@ -624,10 +665,9 @@ async def bench_topology(
         await asyncio.sleep(0.5)
 
         async with Submitter(engine.api.base_url, dep.api_key) as submitter:
-            submitted = await submitter.paced(DISPATCH_RATE, DISPATCH_SECONDS)
+            paced = await submitter.paced(DISPATCH_RATE, DISPATCH_SECONDS)
             await reader.wait_drained(engine=engine)
-            rows = await reader.completed_times([s.generation_id for s in submitted])
-            dispatch = dispatch_result(dep, topology, submitted, rows)
+            paced_rows = await reader.completed_times([s.generation_id for s in paced])
 
             meter.start()
             submitted = await submitter.burst(jobs)
@@ -635,22 +675,145 @@ async def bench_topology(
             cpu = meter.stop()
         rows = await reader.completed_times([s.generation_id for s in submitted])
         burst = throughput_result(dep, topology, "burst", rows, cpu, jobs)
-        return drain, dispatch, burst
     finally:
         stop_all(processes)
+    dispatch = dispatch_result(dep, topology, paced, paced_rows, load_stamps(stamp_files))
+    return drain, dispatch, burst
+
+
+MEMORY_JOBS = 1000
+SCENARIOS = ("engine", "slow", "memory")
+
+
+def vm_hwm_bytes(pid: int) -> int | None:
+    """The kernel's peak resident set size of a process (Linux /proc; None elsewhere)."""
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return None
+
+
+async def bench_memory(dep: Deployment, reader: QueueReader) -> dict[str, Any]:
+    """MEMORY_JOBS generations queued with no worker running, then drained by one worker
+    process; its RSS is sampled every 0.1 s and read at each quarter of the drain."""
+    import psutil
+
+    from bench.common import process_tree_rss
+
+    mb = 1024 * 1024
+    enqueuer = api_process(dep, embedded_worker=False, tag="-memory")
+    worker = worker_process(dep, 1)
+    try:
+        await start_all([enqueuer])
+        async with Submitter(enqueuer.base_url, dep.api_key) as submitter:
+            queued = await submitter.burst(MEMORY_JOBS)
+        stop_all([enqueuer])
+        done_before = await reader.count("completed")
+        await start_all([worker])
+        assert worker.pid is not None
+        main = psutil.Process(worker.pid)
+        ready = main.memory_info().rss
+        peak = tree_peak = ready
+        marks: dict[int, float] = {}
+        quarter = MEMORY_JOBS // 4
+        started = time.monotonic()
+        while True:
+            with contextlib.suppress(psutil.Error):
+                peak = max(peak, main.memory_info().rss)
+            tree_peak = max(tree_peak, process_tree_rss(worker.pid) or 0)
+            done = await reader.count("completed") - done_before
+            for mark in range(quarter, done + 1, quarter):
+                marks.setdefault(mark, main.memory_info().rss / mb)
+            if await reader.unfinished() == 0:
+                break
+            worker.check_alive()
+            if time.monotonic() - started > DRAIN_TIMEOUT_S * 5:
+                raise BenchError(f"memory drain: {MEMORY_JOBS - done} left after the timeout")
+            await asyncio.sleep(0.1)
+        seconds = time.monotonic() - started
+        hwm = vm_hwm_bytes(worker.pid) or 0
+    finally:
+        stop_all([enqueuer, worker])
+    await reader.completed_times([s.generation_id for s in queued])
+    result = {
+        "database": dep.kind,
+        "jobs": MEMORY_JOBS,
+        "concurrency": CONCURRENCY,
+        "seconds": round(seconds, 1),
+        "rss_ready_mb": round(ready / mb, 1),
+        "rss_peak_mb": round(peak / mb, 1),
+        "tree_rss_peak_mb": round(tree_peak / mb, 1),
+        "vmhwm_mb": round(hwm / mb, 1),
+        "rss_mb_when_done": {str(k): round(v, 1) for k, v in sorted(marks.items())},
+    }
+    log(
+        f"  memory     {MEMORY_JOBS} drained in {seconds:.1f} s; worker RSS ready"
+        f" {result['rss_ready_mb']} MiB, peak {result['rss_peak_mb']} MiB, VmHWM"
+        f" {result['vmhwm_mb']} MiB, by jobs done {result['rss_mb_when_done']}"
+    )
+    return result
+
+
+SLOW_POLLS = 2  # the slow fal fake: done on the third status check, ~1.3 s after submit
+SLOW_JOBS = 160
+
+
+async def bench_slow_scaling(
+    dep: Deployment, reader: QueueReader, slow_fal_url: str
+) -> list[dict[str, Any]]:
+    """Throughput when the upstream takes ~1.3 s per job (as real ones take seconds): a
+    worker process is then bound by its concurrency slots, not by CPU, so more processes
+    should complete more. SLOW_JOBS queued, drained by 1, then by 4 worker processes."""
+    results = []
+    for count in (1, 4):
+        enqueuer = api_process(dep, embedded_worker=False, tag=f"-slow-{count}")
+        workers = [worker_process(dep, i + 1) for i in range(count)]
+        for worker in workers:
+            worker.env["VIVIX_PROVIDERS__FAL__BASE_URL"] = slow_fal_url
+        try:
+            await start_all([enqueuer])
+            async with Submitter(enqueuer.base_url, dep.api_key) as submitter:
+                queued = await submitter.burst(SLOW_JOBS)
+            await start_all(workers)
+            await reader.wait_drained(engine=Engine(enqueuer, workers))
+        finally:
+            stop_all([enqueuer, *workers])
+        rows = await reader.completed_times([s.generation_id for s in queued])
+        first = min(r.started_at for r in rows if r.started_at is not None)
+        seconds = (max(r.completed_at for r in rows if r.completed_at) - first).total_seconds()
+        results.append(
+            {
+                "database": dep.kind,
+                "worker_processes": count,
+                "concurrency_per_process": CONCURRENCY,
+                "jobs": len(rows),
+                "seconds": round(seconds, 2),
+                "completed_per_s": round(len(rows) / seconds, 1),
+            }
+        )
+        log(f"  slow upstream, {count} worker(s): {results[-1]['completed_per_s']}/s")
+    return results
 
 
 async def bench_database(
-    kind: str, fal: ServerProcess, report: dict[str, Any], topologies: Sequence[Topology]
-) -> None:
+    kind: str, fal: ServerProcess, report: dict[str, Any], topologies: Sequence[Topology],
+    only: set[str], slow_fal: ServerProcess,
+) -> None:  # fmt: skip
     with tempfile.TemporaryDirectory(prefix=f"vivix-bench-engine-{kind}-") as tmp:
         async with deployment(kind, Path(tmp), fal.base_url) as dep:
             reader = QueueReader(dep.database_url)
             try:
-                for topology in topologies:
+                for topology in topologies if "engine" in only else ():
                     drain, dispatch, burst = await bench_topology(dep, topology, fal, reader)
                     report["throughput"] += [asdict(drain), asdict(burst)]
                     report["dispatch"].append(asdict(dispatch))
+                if "slow" in only:
+                    report["slow_scaling"] += await bench_slow_scaling(
+                        dep, reader, slow_fal.base_url
+                    )
+                if "memory" in only:
+                    report["memory"].append(await bench_memory(dep, reader))
             finally:
                 await reader.close()
 
@@ -658,11 +821,12 @@ async def bench_database(
 def scaling(report: dict[str, Any]) -> list[dict[str, Any]]:
     """Throughput with 4 worker processes ÷ with 1, per database and mode."""
     rows = []
+    slow = [{**r, "mode": "slow upstream"} for r in report.get("slow_scaling", [])]
     for kind in ("sqlite", "postgres"):
-        for mode in ("queued", "burst"):
+        for mode in ("queued", "burst", "slow upstream"):
             rates = {
                 r["worker_processes"]: r["completed_per_s"]
-                for r in report["throughput"]
+                for r in [*report["throughput"], *slow]
                 if r["database"] == kind and r["mode"] == mode
             }
             if 1 in rates and 4 in rates:
@@ -699,7 +863,7 @@ def run_render_benchmark() -> dict[str, Any] | None:
     return dict(json.loads(done.stdout.strip().splitlines()[-1]))
 
 
-async def bench_all(databases: Sequence[str]) -> dict[str, Any]:
+async def bench_all(databases: Sequence[str], only: set[str]) -> dict[str, Any]:
     report: dict[str, Any] = {
         "benchmark": "engine",
         "machine": machine_description(),
@@ -714,22 +878,24 @@ async def bench_all(databases: Sequence[str]) -> dict[str, Any]:
         },
         "dispatch": [],
         "throughput": [],
+        "memory": [],
+        "slow_scaling": [],
         "skipped": [],
     }
     with tempfile.TemporaryDirectory(prefix="vivix-bench-fal-") as tmp:
         fal = fal_fake_process(Path(tmp))
-        fal.start()
+        slow_fal = fal_fake_process(Path(tmp), SLOW_POLLS)
         try:
-            await fal.wait_ready()
+            await start_all([fal, slow_fal])
             for kind in databases:
                 log(f"{kind}:")
                 try:
-                    await bench_database(kind, fal, report, TOPOLOGIES[kind])
+                    await bench_database(kind, fal, report, TOPOLOGIES[kind], only, slow_fal)
                 except PostgresUnavailable as exc:
                     log(f"  skipped: {exc}")
                     report["skipped"].append({"database": kind, "reason": str(exc)})
         finally:
-            fal.stop()
+            stop_all([fal, slow_fal])
     report["scaling"] = scaling(report)
     report["machine"]["loadavg_1m_at_end"] = round(os.getloadavg()[0], 2)
     return report
@@ -774,6 +940,9 @@ class WorkerProbe:
         self.concurrency = 0
         self.loop_lag_ms: list[float] = []
         self.profiler: Any = None
+        # "stamps": when each generation's row was committed (API) and claimed (worker).
+        self.committed: dict[str, float] = {}
+        self.claimed: dict[str, float] = {}
 
     def _timed(self, label: str, module_name: str, attribute: str) -> None:
         import functools
@@ -808,6 +977,18 @@ class WorkerProbe:
             runner.Worker._claim, runner.Worker.wake, runner.Worker.wake_async,
             runner.Worker.start, runner.Worker.stop,
         )  # fmt: skip
+
+        if self.mode == "stamps":
+            self._stamp_commits()
+
+            async def stamped_claim(worker: Any) -> Any:
+                generation = await claim(worker)
+                if generation is not None:
+                    probe.claimed[generation.id] = time.time()
+                return generation
+
+            runner.Worker._claim = stamped_claim  # type: ignore[method-assign]
+            return
 
         if self.mode == "cprofile":
             import cProfile
@@ -904,6 +1085,31 @@ class WorkerProbe:
 
         db.Database.__init__ = probed_init  # type: ignore[method-assign]
 
+    def _stamp_commits(self) -> None:
+        """The moment each new generation row's transaction committed (the submit's
+        admission transaction), from SQLAlchemy's session events."""
+        from sqlalchemy import event
+        from sqlalchemy.orm import Session
+
+        from vivix.models import Generation
+
+        def after_flush(session: Any, _context: Any) -> None:
+            new = [o.id for o in session.new if isinstance(o, Generation)]
+            if new:
+                session.info.setdefault("probe_new_generations", []).extend(new)
+
+        def after_commit(session: Any) -> None:
+            now = time.time()
+            for generation_id in session.info.pop("probe_new_generations", ()):
+                self.committed[generation_id] = now
+
+        def after_rollback(session: Any) -> None:
+            session.info.pop("probe_new_generations", None)
+
+        event.listen(Session, "after_flush", after_flush)
+        event.listen(Session, "after_commit", after_commit)
+        event.listen(Session, "after_rollback", after_rollback)
+
     def _count_commit(self, conn: Any) -> None:
         self.sql["(commit; count only)"][0] += 1
 
@@ -911,6 +1117,10 @@ class WorkerProbe:
         if self.profiler is not None:
             self.profiler.disable()
             self.profiler.dump_stats(str(out))
+            return
+        if self.mode == "stamps":
+            stamps = {"committed": self.committed, "claimed": self.claimed}
+            out.write_text(json.dumps(stamps), "utf-8")
             return
         data = {
             "spans": dict(self.spans),
@@ -1150,10 +1360,10 @@ async def profile_all(databases: Sequence[str], workers: Sequence[int], keep: Pa
 def render_tables(report: dict[str, Any]) -> str:
     settings = report["settings"]
     lines = [
-        f"dispatch latency (ms): created_at → started_at, {settings['dispatch_rate_per_s']:g}"
+        f"dispatch latency (ms): submit committed → claim returned, {settings['dispatch_rate_per_s']:g}"
         f" submits/s for {settings['dispatch_seconds']:g} s",
         f"{'db':<9} {'workers':<10} {'n':>4} {'p50':>7} {'p90':>7} {'p99':>7} {'max':>7}"
-        f" {'submit p50':>11} {'target p50/p99':>15} {'met':>4}",
+        f" {'submit p50':>11} {'admission p50':>13} {'target p50/p99':>15} {'met':>4}",
     ]
     for d in report["dispatch"]:
         target = "-" if d["target"] is None else f"≤{d['target']['p50']:g}/≤{d['target']['p99']:g}"
@@ -1161,7 +1371,7 @@ def render_tables(report: dict[str, Any]) -> str:
         lines.append(
             f"{d['database']:<9} {d['topology']:<10} {d['submits']:>4} {d['p50_ms']:>7.1f}"
             f" {d['p90_ms']:>7.1f} {d['p99_ms']:>7.1f} {d['max_ms']:>7.1f}"
-            f" {d['submit_p50_ms']:>11.1f} {target:>15} {met:>4}"
+            f" {d['submit_p50_ms']:>11.1f} {d['admission_p50_ms']:>13.1f} {target:>15} {met:>4}"
         )
     lines += [
         "",
@@ -1186,6 +1396,25 @@ def render_tables(report: dict[str, Any]) -> str:
         )
     for skipped in report["skipped"]:
         lines.append(f"{skipped['database']}: skipped ({skipped['reason']})")
+    slow = report.get("slow_scaling", [])
+    if slow:
+        lines += ["", f"slow upstream (~1.3 s per job), {SLOW_JOBS} queued, drained by N workers"]
+        for row in slow:
+            lines.append(
+                f"  {row['database']:<9} {row['worker_processes']} worker(s) x"
+                f" {row['concurrency_per_process']}: {row['completed_per_s']:6.1f}/s"
+                f" ({row['jobs']} in {row['seconds']:.1f} s)"
+            )
+    for m in report.get("memory", []):
+        marks = "  ".join(f"{done}: {mb:.0f}" for done, mb in m["rss_mb_when_done"].items())
+        lines += [
+            "",
+            f"memory: {m['jobs']} queued generations drained by 1 worker process"
+            f" (concurrency {m['concurrency']}) on {m['database']} in {m['seconds']:.1f} s",
+            f"  worker RSS MiB: ready {m['rss_ready_mb']:.0f}, peak sampled"
+            f" {m['rss_peak_mb']:.0f} (process tree {m['tree_rss_peak_mb']:.0f}), kernel peak"
+            f" VmHWM {m['vmhwm_mb']:.0f}; after N done: {marks}",
+        ]
     render = report.get("render")
     if render:
         lines += ["", "local renderer (bench/bench_render.py; median seconds)"]
@@ -1217,6 +1446,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="also run bench/bench_render.py and include its table (adds ~75 s)",
     )
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        choices=SCENARIOS,
+        default=list(SCENARIOS),
+        help="engine: dispatch and throughput per topology; slow: 1 vs 4 workers with a slow"
+        " upstream; memory: the 1,000-generation drain (default: all)",
+    )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--output", type=Path, help="also write the JSON report to this file")
     parser.add_argument("--check", action="store_true", help="exit 2 if a target is missed")
@@ -1234,6 +1471,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--keep-profiles", type=Path, help="copy the probes' raw output here")
     parser.add_argument("--serve-fal-fake", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    parser.add_argument("--fal-polls", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument(
         "--profiled-worker", nargs=2, metavar=("OUT", "MODE"), help=argparse.SUPPRESS
     )
@@ -1244,7 +1482,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.serve_fal_fake:
-        serve_fal_fake(args.serve_fal_fake)
+        serve_fal_fake(args.serve_fal_fake, args.fal_polls)
         return 0
     if args.profiled_worker:
         out, mode = args.profiled_worker
@@ -1260,7 +1498,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         with event_loop_runner() as runner:
-            report = runner.run(bench_all(databases))
+            report = runner.run(bench_all(databases, set(args.only)))
         if args.render:
             log("local renderer (bench/bench_render.py):")
             report["render"] = run_render_benchmark()

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.audit import assert_ledger_consistent
 from vivix.kit.runtime import Runtime
 from vivix.providers.local.adapter import LocalAdapter
 from vivix.providers.registry import ProviderRegistry
@@ -22,6 +23,14 @@ FAST_WORKER = {
 @pytest.fixture
 def settings_overrides() -> dict[str, object]:
     return {"worker": FAST_WORKER}
+
+
+@pytest.fixture
+async def runtime(runtime: Runtime) -> AsyncIterator[Runtime]:
+    """The shared runtime, audited afterwards: every engine scenario ends with balances
+    equal to the sums of their ledger entries (workers using it have stopped by then)."""
+    yield runtime
+    await assert_ledger_consistent(runtime)
 
 
 @pytest.fixture(scope="session")

@@ -38,9 +38,15 @@ async def test_image_with_four_results_completes_and_each_output_decodes_at_the_
 ) -> None:
     acct = await account_with_key(runtime, credits=1000)
     generation_id = await submit(
-        client, acct.headers,
-        {"model": "vivix-local-image", "prompt": "a misty forest at dawn", "aspect_ratio": "16:9",
-         "resolution": "1K", "number_results": 4},
+        client,
+        acct.headers,
+        {
+            "model": "vivix-local-image",
+            "prompt": "a misty forest at dawn",
+            "aspect_ratio": "16:9",
+            "resolution": "1K",
+            "number_results": 4,
+        },
     )
     body = await wait_for_status(client, generation_id, acct.headers)
     assert body["status"] == "completed", body
@@ -71,9 +77,16 @@ async def test_video_with_audio_and_audio_file_decode_to_the_requested_duration(
 ) -> None:
     acct = await account_with_key(runtime, credits=1000)
     video_id = await submit(
-        client, acct.headers,
-        {"model": "vivix-local-video", "prompt": "neon city at night", "duration": 2,
-         "resolution": "720p", "aspect_ratio": "16:9", "audio": True},
+        client,
+        acct.headers,
+        {
+            "model": "vivix-local-video",
+            "prompt": "neon city at night",
+            "duration": 2,
+            "resolution": "720p",
+            "aspect_ratio": "16:9",
+            "audio": True,
+        },
     )
     audio_id = await submit(
         client, acct.headers, {"model": "vivix-local-audio", "prompt": "calm rain", "duration": 3}
@@ -100,24 +113,40 @@ async def test_video_with_audio_and_audio_file_decode_to_the_requested_duration(
     await assert_ledger_consistent(runtime)
 
 
+@pytest.mark.parametrize(
+    "request_body",
+    [
+        {"model": "vivix-local-image", "prompt": "lighthouse in a storm", "number_results": 2},
+        {
+            "model": "vivix-local-video",
+            "prompt": "lanterns over a river",
+            "duration": 1,
+            "resolution": "720p",
+            "aspect_ratio": "1:1",
+            "audio": True,
+        },
+        {"model": "vivix-local-audio", "prompt": "birdsong at dawn", "duration": 2},
+    ],
+    ids=["image", "video-with-audio", "audio"],
+)
 async def test_same_seed_gives_identical_bytes_and_another_seed_differs(
-    runtime: Runtime, client: httpx.AsyncClient, worker: Worker
+    runtime: Runtime, client: httpx.AsyncClient, worker: Worker, request_body: dict[str, Any]
 ) -> None:
     acct = await account_with_key(runtime, credits=1000)
-    request = {"model": "vivix-local-image", "prompt": "lighthouse in a storm", "seed": 42}
+    same = {**request_body, "seed": 42}
     first, second, other = (
-        await submit(client, acct.headers, request),
-        await submit(client, acct.headers, request),
-        await submit(client, acct.headers, {**request, "seed": 43}),
+        await submit(client, acct.headers, same),
+        await submit(client, acct.headers, same),
+        await submit(client, acct.headers, {**request_body, "seed": 43}),
     )
     outputs = []
     for generation_id in (first, second, other):
         body = await wait_for_status(client, generation_id, acct.headers)
         assert body["status"] == "completed"
         assert body["params"]["seed"] in (42, 43)
-        outputs.append((await download(client, body["output_url"])).content)
-    assert outputs[0] == outputs[1]
-    assert outputs[0] != outputs[2]
+        outputs.append([(await download(client, url)).content for url in body["output_urls"]])
+    assert outputs[0] == outputs[1], "same request, same seed: byte-identical outputs"
+    assert all(a != b for a, b in zip(outputs[0], outputs[2], strict=True))
 
 
 async def test_omitted_seed_is_recorded_and_reproduces_the_output(
@@ -128,7 +157,9 @@ async def test_omitted_seed_is_recorded_and_reproduces_the_output(
     body = await wait_for_status(client, first, acct.headers)
     seed = body["params"]["seed"]
     assert isinstance(seed, int)
-    again = await submit(client, acct.headers, {"model": "vivix-local-image", "prompt": "red kite", "seed": seed})
+    again = await submit(
+        client, acct.headers, {"model": "vivix-local-image", "prompt": "red kite", "seed": seed}
+    )
     body_again = await wait_for_status(client, again, acct.headers)
     assert (await download(client, body["output_url"])).content == (
         await download(client, body_again["output_url"])
@@ -154,7 +185,16 @@ async def test_test_key_renders_a_provider_model_locally_and_charges_nothing(
     credits = (await client.get("/api/v1/credits", headers=acct.headers)).json()
     assert credits["balance"] == 500
     async with runtime.db.read() as session:
-        assert list((await session.execute(select(LedgerEntry).where(LedgerEntry.generation_id.is_not(None)))).scalars()) == []
+        assert (
+            list(
+                (
+                    await session.execute(
+                        select(LedgerEntry).where(LedgerEntry.generation_id.is_not(None))
+                    )
+                ).scalars()
+            )
+            == []
+        )
 
 
 async def test_prefer_wait_returns_the_finished_generation(
@@ -176,8 +216,13 @@ async def test_pending_generation_shows_queue_position_and_elapsed_time(
     runtime: Runtime, client: httpx.AsyncClient
 ) -> None:
     acct = await account_with_key(runtime, credits=1000)
-    ids = [await submit(client, acct.headers, {"model": "vivix-local-image", "prompt": f"p{i}"}) for i in range(3)]
-    bodies = [(await client.get(f"/api/v1/generations/{i}", headers=acct.headers)).json() for i in ids]
+    ids = [
+        await submit(client, acct.headers, {"model": "vivix-local-image", "prompt": f"p{i}"})
+        for i in range(3)
+    ]
+    bodies = [
+        (await client.get(f"/api/v1/generations/{i}", headers=acct.headers)).json() for i in ids
+    ]
     assert [b["queue_position"] for b in bodies] == [1, 2, 3]
     assert all(b["elapsed_ms"] >= 0 and b["status"] == "pending" for b in bodies)
 
@@ -188,7 +233,14 @@ async def test_many_generations_all_complete_with_ledger_consistent(
 ) -> None:
     acct = await account_with_key(runtime, credits=1000, concurrent_jobs=count)
     ids = await asyncio.gather(
-        *(submit(client, acct.headers, {"model": "vivix-local-audio", "prompt": f"tune {i}", "duration": 1}) for i in range(count))
+        *(
+            submit(
+                client,
+                acct.headers,
+                {"model": "vivix-local-audio", "prompt": f"tune {i}", "duration": 1},
+            )
+            for i in range(count)
+        )
     )
     for generation_id in ids:
         assert (await wait_for_status(client, generation_id, acct.headers))["status"] == "completed"

@@ -254,7 +254,7 @@ async def test_a_generation_past_its_deadline_times_out_cancels_upstream_and_ref
     acct = await account_with_key(runtime, credits=1000)
     await admin.set_models(runtime, acct.name, ["slow-seedream"], allow=True)
     generation_id = await submit(client, acct.headers, {"model": "slow-seedream", "prompt": "wait"})
-    body = await wait_for_status(client, generation_id, acct.headers, timeout=15)
+    body = await wait_for_status(client, generation_id, acct.headers, within_s=15)
     assert body["status"] == "failed"
     assert body["error"] == "TIMEOUT"
     assert body["credits_used"] == 0

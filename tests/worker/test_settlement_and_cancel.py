@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 from datetime import timedelta
 from pathlib import Path
+from urllib.parse import urlsplit
+from urllib.request import url2pathname
 
 import httpx
 import pytest
@@ -14,12 +16,15 @@ from tests.audit import assert_ledger_consistent
 from tests.factories import account_with_key
 from tests.worker.conftest import FAST_WORKER
 from tests.worker.helpers import wait_for_status
+from vivix.generations import service as generations
 from vivix.kit.clock import utcnow
+from vivix.kit.errors import NotCancelable
 from vivix.kit.runtime import Runtime
 from vivix.models import Generation, LedgerEntry
 from vivix.providers.base import OutputFile, RenderResult
 from vivix.providers.guarded_fetch import GuardedFetcher
 from vivix.providers.local import render
+from vivix.providers.local.adapter import LocalAdapter
 from vivix.providers.registry import ProviderRegistry
 from vivix.worker import repository
 from vivix.worker.runner import Worker, reap_expired_leases
@@ -51,7 +56,9 @@ def settings_overrides(tmp_path: Path) -> dict[str, object]:
     return {"worker": FAST_WORKER, "catalog_path": catalog}
 
 
-async def submit(client: httpx.AsyncClient, headers: dict[str, str], body: dict[str, object]) -> str:
+async def submit(
+    client: httpx.AsyncClient, headers: dict[str, str], body: dict[str, object]
+) -> str:
     response = await client.post("/api/v1/generate", json=body, headers=headers)
     assert response.status_code == 201, response.text
     return str(response.json()["generation_id"])
@@ -69,8 +76,14 @@ async def claim(runtime: Runtime, owner: str) -> Generation:
 async def expire_leases(runtime: Runtime) -> None:
     async with runtime.db.transaction() as session:
         await session.execute(
-            update(Generation).values(lease_expires_at=utcnow() - timedelta(seconds=1), run_after=utcnow())
+            update(Generation).values(
+                lease_expires_at=utcnow() - timedelta(seconds=1), run_after=utcnow()
+            )
         )
+
+
+def files_under(directory: Path) -> list[Path]:
+    return [path for path in directory.rglob("*") if path.is_file()]
 
 
 async def ledger_kinds(runtime: Runtime, generation_id: str) -> list[str]:
@@ -89,7 +102,9 @@ async def test_a_renderer_that_always_fails_ends_failed_with_the_hold_released(
     from vivix.admin import service as admin
 
     await admin.set_models(runtime, acct.name, acct_models, allow=True)
-    generation_id = await submit(client, acct.headers, {"model": "broken-local-image", "prompt": "x"})
+    generation_id = await submit(
+        client, acct.headers, {"model": "broken-local-image", "prompt": "x"}
+    )
     body = await wait_for_status(client, generation_id, acct.headers)
     assert body["status"] == "failed"
     assert body["error"] == "PROVIDER_ERROR"
@@ -106,28 +121,74 @@ async def test_two_workers_racing_to_settle_the_same_job_settle_it_once(
     runtime: Runtime, client: httpx.AsyncClient, local_registry: ProviderRegistry
 ) -> None:
     acct = await account_with_key(runtime, credits=100)
-    generation_id = await submit(client, acct.headers, {"model": "vivix-local-image", "prompt": "race"})
+    generation_id = await submit(
+        client, acct.headers, {"model": "vivix-local-image", "prompt": "race"}
+    )
     first = await claim(runtime, "worker-a")
     await expire_leases(runtime)
     assert await reap_expired_leases(runtime) == 1
     await expire_leases(runtime)  # make the retry due at once
     second = await claim(runtime, "worker-b")
-    assert second.id == first.id == generation_id and second.attempts == 2
+    assert second.id == first.id == generation_id
+    assert second.attempts == 2
+    assert first.started_at is not None
+    assert second.started_at == first.started_at  # the first claim's time is kept
+    assert second.lease_owner == "worker-b"
 
     png = render.render_image("race", width=64, height=64, seed=1)
     result = RenderResult([OutputFile(png, "image/png", width=64, height=64)])
     worker_a = JobExecutor(runtime, local_registry, "worker-a", GuardedFetcher())
     worker_b = JobExecutor(runtime, local_registry, "worker-b", GuardedFetcher())
     outcomes = await asyncio.gather(
-        worker_a.complete(first, result), worker_b.complete(second, result),
-        worker_b.complete(second, result), return_exceptions=True,
+        worker_a.complete(first, result),
+        worker_b.complete(second, result),
+        worker_b.complete(second, result),
+        return_exceptions=True,
     )
     assert sum(o is None for o in outcomes) == 1, outcomes
     assert all(isinstance(o, LeaseLost) for o in outcomes if o is not None)
     assert await ledger_kinds(runtime, generation_id) == ["capture", "hold", "release"]
     body = (await client.get(f"/api/v1/generations/{generation_id}", headers=acct.headers)).json()
-    assert body["status"] == "completed" and body["credits_used"] == 2
+    assert body["status"] == "completed"
+    assert body["credits_used"] == 2
     assert (await client.get(body["output_url"])).status_code == 200
+    await assert_ledger_consistent(runtime)
+
+
+async def test_a_cancel_racing_the_workers_settlement_settles_the_job_once(
+    runtime: Runtime, client: httpx.AsyncClient, local_registry: ProviderRegistry
+) -> None:
+    acct = await account_with_key(runtime, credits=100)
+    png = render.render_image("photo finish", width=64, height=64, seed=1)
+    result = RenderResult([OutputFile(png, "image/png", width=64, height=64)])
+    executor = JobExecutor(runtime, local_registry, "worker-a", GuardedFetcher())
+    for _ in range(5):  # either side may win; whichever does, the other changes nothing
+        generation_id = await submit(
+            client, acct.headers, {"model": "vivix-local-image", "prompt": "photo finish"}
+        )
+        claimed = await claim(runtime, "worker-a")
+        completed, canceled = await asyncio.gather(
+            executor.complete(claimed, result),
+            generations.cancel(runtime, acct.id, generation_id),
+            return_exceptions=True,
+        )
+        body = (
+            await client.get(f"/api/v1/generations/{generation_id}", headers=acct.headers)
+        ).json()
+        if body["status"] == "completed":
+            assert completed is None
+            assert isinstance(canceled, NotCancelable)
+            assert await ledger_kinds(runtime, generation_id) == ["capture", "hold", "release"]
+            assert body["credits_used"] == 2
+        else:
+            assert body["status"] == "canceled"
+            assert isinstance(completed, LeaseLost)
+            assert not isinstance(canceled, BaseException)
+            assert await ledger_kinds(runtime, generation_id) == ["hold", "release"]
+            assert body["credits_used"] == 0
+            outputs = Path(url2pathname(urlsplit(runtime.settings.resolved_storage_url).path))
+            orphans = await asyncio.to_thread(files_under, outputs / generation_id)
+            assert orphans == []  # the loser removed the outputs it had stored
     await assert_ledger_consistent(runtime)
 
 
@@ -135,7 +196,9 @@ async def test_a_job_interrupted_more_than_max_attempts_fails_and_is_refunded(
     runtime: Runtime, client: httpx.AsyncClient
 ) -> None:
     acct = await account_with_key(runtime, credits=100)
-    generation_id = await submit(client, acct.headers, {"model": "vivix-local-image", "prompt": "doomed"})
+    generation_id = await submit(
+        client, acct.headers, {"model": "vivix-local-image", "prompt": "doomed"}
+    )
     for attempt in range(1, runtime.settings.worker.max_attempts + 1):
         claimed = await claim(runtime, f"crashing-{attempt}")
         assert claimed.attempts == attempt
@@ -157,10 +220,14 @@ async def test_reaped_job_waits_for_its_backoff_before_it_can_be_claimed_again(
     await submit(client, acct.headers, {"model": "vivix-local-image", "prompt": "later"})
     await claim(runtime, "crashing")
     async with runtime.db.transaction() as session:
-        await session.execute(update(Generation).values(lease_expires_at=utcnow() - timedelta(seconds=1)))
+        await session.execute(
+            update(Generation).values(lease_expires_at=utcnow() - timedelta(seconds=1))
+        )
     await reap_expired_leases(runtime)
     async with runtime.db.transaction() as session:
-        again = await repository.claim_next_generation(session, "other", utcnow(), timedelta(seconds=30))
+        again = await repository.claim_next_generation(
+            session, "other", utcnow(), timedelta(seconds=30)
+        )
     assert again is None  # run_after is in the future (backoff)
 
 
@@ -168,11 +235,17 @@ async def test_cancel_pending_refunds_and_cancel_again_is_not_cancelable(
     runtime: Runtime, client: httpx.AsyncClient
 ) -> None:
     acct = await account_with_key(runtime, credits=100)
-    generation_id = await submit(client, acct.headers, {"model": "vivix-local-image", "prompt": "nah", "resolution": "4K"})
-    response = await client.post(f"/api/v1/generations/{generation_id}/cancel", headers=acct.headers)
+    generation_id = await submit(
+        client, acct.headers, {"model": "vivix-local-image", "prompt": "nah", "resolution": "4K"}
+    )
+    response = await client.post(
+        f"/api/v1/generations/{generation_id}/cancel", headers=acct.headers
+    )
     assert response.status_code == 200
     body = response.json()
-    assert body["status"] == "canceled" and body["credits_used"] == 0 and body["completed_at"]
+    assert body["status"] == "canceled"
+    assert body["credits_used"] == 0
+    assert body["completed_at"]
     assert response.headers["x-credits-balance"] == "100"
     again = await client.post(f"/api/v1/generations/{generation_id}/cancel", headers=acct.headers)
     assert again.status_code == 409
@@ -188,8 +261,12 @@ async def test_cancel_of_another_accounts_generation_is_not_found(
 ) -> None:
     owner = await account_with_key(runtime, credits=100)
     stranger = await account_with_key(runtime, credits=100)
-    generation_id = await submit(client, owner.headers, {"model": "vivix-local-image", "prompt": "mine"})
-    response = await client.post(f"/api/v1/generations/{generation_id}/cancel", headers=stranger.headers)
+    generation_id = await submit(
+        client, owner.headers, {"model": "vivix-local-image", "prompt": "mine"}
+    )
+    response = await client.post(
+        f"/api/v1/generations/{generation_id}/cancel", headers=stranger.headers
+    )
     assert response.status_code == 404
     assert response.json()["error"] == "GENERATION_NOT_FOUND"
     body = (await client.get(f"/api/v1/generations/{generation_id}", headers=owner.headers)).json()
@@ -201,24 +278,33 @@ async def test_cancel_processing_stops_the_render_and_refunds(
 ) -> None:
     acct = await account_with_key(runtime, credits=1000)
     generation_id = await submit(
-        client, acct.headers,
-        {"model": "vivix-local-video", "prompt": "very long render", "resolution": "1080p", "duration": 10},
+        client,
+        acct.headers,
+        {
+            "model": "vivix-local-video",
+            "prompt": "very long render",
+            "resolution": "1080p",
+            "duration": 10,
+        },
     )
     await wait_for_status(client, generation_id, acct.headers, {"processing"})
     await asyncio.sleep(0.3)
-    response = await client.post(f"/api/v1/generations/{generation_id}/cancel", headers=acct.headers)
+    response = await client.post(
+        f"/api/v1/generations/{generation_id}/cancel", headers=acct.headers
+    )
     assert response.status_code == 200
     assert response.json()["status"] == "canceled"
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 5
-    while worker._running and loop.time() < deadline:
-        await asyncio.sleep(0.05)
+    await asyncio.wait(list(worker._running.values()), timeout=10)
     assert not worker._running, "the worker stopped the canceled job"
+    local = worker.registry.get("local")
+    assert isinstance(local, LocalAdapter)
+    assert local.active_renders == 0, "the job ended only once its render process stopped"
     # The render process is free again: a small job completes promptly.
     quick = await submit(client, acct.headers, {"model": "vivix-local-image", "prompt": "quick"})
-    assert (await wait_for_status(client, quick, acct.headers, timeout=15))["status"] == "completed"
+    assert (await wait_for_status(client, quick, acct.headers))["status"] == "completed"
     final = (await client.get(f"/api/v1/generations/{generation_id}", headers=acct.headers)).json()
-    assert final["status"] == "canceled" and final["credits_used"] == 0
+    assert final["status"] == "canceled"
+    assert final["credits_used"] == 0
     assert await ledger_kinds(runtime, generation_id) == ["hold", "release"]
     await assert_ledger_consistent(runtime)
 
@@ -227,9 +313,13 @@ async def test_cancel_of_a_completed_generation_is_not_cancelable(
     runtime: Runtime, client: httpx.AsyncClient, worker: Worker
 ) -> None:
     acct = await account_with_key(runtime, credits=100)
-    generation_id = await submit(client, acct.headers, {"model": "vivix-local-image", "prompt": "done"})
+    generation_id = await submit(
+        client, acct.headers, {"model": "vivix-local-image", "prompt": "done"}
+    )
     assert (await wait_for_status(client, generation_id, acct.headers))["status"] == "completed"
-    response = await client.post(f"/api/v1/generations/{generation_id}/cancel", headers=acct.headers)
+    response = await client.post(
+        f"/api/v1/generations/{generation_id}/cancel", headers=acct.headers
+    )
     assert response.status_code == 409
     assert response.json() | {"request_id": None} == {
         "error": "NOT_CANCELABLE",

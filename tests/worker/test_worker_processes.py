@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -36,6 +39,9 @@ def settings_overrides(tmp_path: Path) -> dict[str, object]:
 class WorkerProcesses:
     def __init__(self, runtime: Runtime, tmp_path: Path) -> None:
         settings = runtime.settings
+        # Short: the render pool's forkserver puts its socket here (AF_UNIX paths are
+        # limited to 108 bytes, which pytest's tmp_path under xdist exceeds).
+        self.render_tmp = Path(tempfile.mkdtemp(prefix="vvx-"))
         self.env = {
             **os.environ,
             "VIVIX_DATABASE_URL": settings.resolved_database_url,
@@ -49,6 +55,9 @@ class WorkerProcesses:
             "VIVIX_WORKER__RETRY_BACKOFF_SECONDS": "0.1",
             "VIVIX_WORKER__SHUTDOWN_GRACE_SECONDS": "0.5",
             "VIVIX_WORKER__RENDER_PROCESSES": "1",
+            # Renders encode video in a temporary directory: seeing one here means a render
+            # is under way.
+            "TMPDIR": str(self.render_tmp),
         }
         self.env.pop("VIVIX_REDIS_URL", None)
         self.processes: list[subprocess.Popen[bytes]] = []
@@ -64,11 +73,20 @@ class WorkerProcesses:
         self.processes.append(process)
         return process
 
+    async def wait_for_a_render(self, within_s: float = 60.0) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within_s
+        while not any(self.render_tmp.glob("vivix-render-*")):
+            assert loop.time() < deadline, "no render started"
+            assert all(p.poll() is None for p in self.processes), "a worker exited"
+            await asyncio.sleep(0.05)
+
     def stop_all(self) -> None:
         for process in self.processes:
             if process.poll() is None:
                 os.killpg(process.pid, signal.SIGKILL)
             process.wait(timeout=10)
+        shutil.rmtree(self.render_tmp, ignore_errors=True)
 
 
 @pytest.fixture
@@ -82,7 +100,9 @@ def workers(runtime: Runtime, tmp_path: Path) -> Iterator[WorkerProcesses]:
 
 async def generation_row(runtime: Runtime, generation_id: str) -> Generation:
     async with runtime.db.read() as session:
-        row = (await session.execute(select(Generation).where(Generation.id == generation_id))).scalar_one()
+        row = (
+            await session.execute(select(Generation).where(Generation.id == generation_id))
+        ).scalar_one()
     return row
 
 
@@ -92,25 +112,35 @@ async def test_kill_9_mid_render_completes_on_another_worker_and_charges_once(
     acct = await account_with_key(runtime, credits=1000)
     response = await client.post(
         "/api/v1/generate",
-        json={"model": "vivix-local-video", "prompt": "storm over the sea", "duration": 3, "resolution": "720p"},
+        json={
+            "model": "vivix-local-video",
+            "prompt": "storm over the sea",
+            "duration": 3,
+            "resolution": "720p",
+        },
         headers=acct.headers,
     )
     generation_id = response.json()["generation_id"]
     first = workers.start()
-    await wait_for_status(client, generation_id, acct.headers, {"processing"}, timeout=30)
+    await wait_for_status(client, generation_id, acct.headers, {"processing"}, within_s=30)
+    await workers.wait_for_a_render()
     os.killpg(first.pid, signal.SIGKILL)  # mid-render, no chance to clean up
     first.wait(timeout=10)
     assert (await generation_row(runtime, generation_id)).status == "processing"
 
     workers.start()
-    body = await wait_for_status(client, generation_id, acct.headers, timeout=60)
+    body = await wait_for_status(client, generation_id, acct.headers, within_s=60)
     assert body["status"] == "completed", body
     assert body["credits_used"] == response.json()["credits_estimate"]
     row = await generation_row(runtime, generation_id)
     assert row.attempts == 2
     async with runtime.db.read() as session:
         kinds = sorted(
-            (await session.execute(select(LedgerEntry.kind).where(LedgerEntry.generation_id == generation_id))).scalars()
+            (
+                await session.execute(
+                    select(LedgerEntry.kind).where(LedgerEntry.generation_id == generation_id)
+                )
+            ).scalars()
         )
     assert kinds == ["capture", "hold", "release"]
     assert (await client.get(body["output_url"])).status_code == 200
@@ -123,12 +153,17 @@ async def test_sigterm_hands_the_running_job_back_without_spending_an_attempt(
     acct = await account_with_key(runtime, credits=1000)
     response = await client.post(
         "/api/v1/generate",
-        json={"model": "vivix-local-video", "prompt": "long road", "duration": 10, "resolution": "1080p"},
+        json={
+            "model": "vivix-local-video",
+            "prompt": "long road",
+            "duration": 10,
+            "resolution": "1080p",
+        },
         headers=acct.headers,
     )
     generation_id = response.json()["generation_id"]
     worker = workers.start()
-    await wait_for_status(client, generation_id, acct.headers, {"processing"}, timeout=30)
+    await wait_for_status(client, generation_id, acct.headers, {"processing"}, within_s=30)
     await asyncio.sleep(0.3)
     worker.send_signal(signal.SIGTERM)
     assert await asyncio.to_thread(worker.wait, 20) == 0
@@ -162,7 +197,10 @@ async def test_a_killed_worker_resumes_the_same_upstream_job_without_a_second_su
         first = workers.start()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 30
-        while fal.submissions == 0 or (await generation_row(runtime, generation_id)).upstream_handle is None:
+        while (
+            fal.submissions == 0
+            or (await generation_row(runtime, generation_id)).upstream_handle is None
+        ):
             assert loop.time() < deadline, "the first worker never submitted upstream"
             await asyncio.sleep(0.1)
         os.killpg(first.pid, signal.SIGKILL)
@@ -171,7 +209,7 @@ async def test_a_killed_worker_resumes_the_same_upstream_job_without_a_second_su
             job.polls_before_done = 0  # the upstream job finishes while no worker watches
 
         workers.start()
-        body = await wait_for_status(client, generation_id, acct.headers, timeout=60)
+        body = await wait_for_status(client, generation_id, acct.headers, within_s=60)
     assert body["status"] == "completed", body
     assert fal.submissions == 1, "the retry resumed the stored upstream job"
     assert (await generation_row(runtime, generation_id)).attempts == 2
@@ -203,36 +241,42 @@ async def test_the_service_completes_a_generation_through_a_fake_upstream_end_to
             "VIVIX_WORKER__POLL_INTERVAL_SECONDS": "0.2",
         }
         env.pop("VIVIX_REDIS_URL", None)
-        server = subprocess.Popen(
-            [sys.executable, "-m", "vivix", "serve", "--port", str(port)],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-        )
+        server = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "vivix", "serve", "--port", str(port),
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )  # fmt: skip
         try:
             base = f"http://127.0.0.1:{port}"
             async with httpx.AsyncClient(base_url=base, timeout=10) as http:
-                for _ in range(100):
-                    try:
+                loop = asyncio.get_running_loop()
+                deadline = loop.time() + 60
+                while True:
+                    assert server.returncode is None, "vivix serve exited"
+                    with contextlib.suppress(httpx.TransportError):
                         if (await http.get("/readyz")).status_code == 200:
                             break
-                    except httpx.TransportError:
-                        pass
+                    assert loop.time() < deadline, "vivix serve never became ready"
                     await asyncio.sleep(0.1)
                 response = await http.post(
                     "/api/v1/generate",
-                    json={"model": "seedream-4", "prompt": "a ceramic teapot", "resolution": "1K", "number_results": 2},
+                    json={
+                        "model": "seedream-4",
+                        "prompt": "a ceramic teapot",
+                        "resolution": "1K",
+                        "number_results": 2,
+                    },
                     headers=acct.headers,
                 )
                 assert response.status_code == 201, response.text
                 generation_id = response.json()["generation_id"]
-                body: dict[str, object] = {}
-                for _ in range(200):
-                    body = (await http.get(f"/api/v1/generations/{generation_id}", headers=acct.headers)).json()
-                    if body["status"] not in ("pending", "processing"):
-                        break
-                    await asyncio.sleep(0.1)
+                body = await wait_for_status(http, generation_id, acct.headers)
                 assert body["status"] == "completed", body
                 urls = body["output_urls"]
-                assert isinstance(urls, list) and len(urls) == 2
+                assert isinstance(urls, list)
+                assert len(urls) == 2
                 served = {data for data, _ in fal.files.values()}
                 for url in urls:
                     assert str(url).startswith(base + "/files/")
@@ -242,6 +286,6 @@ async def test_the_service_completes_a_generation_through_a_fake_upstream_end_to
                     assert download.content in served
         finally:
             os.killpg(server.pid, signal.SIGTERM)
-            server.wait(timeout=20)
+            await asyncio.wait_for(server.wait(), timeout=20)
     assert fal.submissions == 1
     await assert_ledger_consistent(runtime)

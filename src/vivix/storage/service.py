@@ -37,11 +37,14 @@ CONTENT_TYPES: dict[str, str] = {
 }
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
 # The first extension listed for a type is the one we name files with.
-_EXTENSION_FOR_TYPE = {t: ext for ext, t in reversed(CONTENT_TYPES.items())} | {"audio/x-wav": "wav"}
+_EXTENSION_FOR_TYPE = {t: ext for ext, t in reversed(CONTENT_TYPES.items())} | {
+    "audio/x-wav": "wav"
+}
 
 
 def extension_for(content_type: str) -> str:
     return _EXTENSION_FOR_TYPE.get(content_type.split(";", 1)[0].strip().lower(), "bin")
+
 
 _KEY = re.compile(r"[A-Za-z0-9._-]+(?:/[A-Za-z0-9._-]+)*")
 _EXTENSION = re.compile(r"[a-z0-9]{1,16}")

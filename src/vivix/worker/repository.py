@@ -12,7 +12,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import func, literal, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from vivix.models import Generation, GenerationStatus
@@ -24,25 +24,32 @@ PROCESSING = GenerationStatus.PROCESSING.value
 async def claim_next_generation(
     session: AsyncSession, owner: str, now: datetime, lease: timedelta
 ) -> Generation | None:
-    candidate = (
-        await session.execute(
-            select(Generation)
-            .where(Generation.status == PENDING, Generation.run_after <= now)
-            .order_by(Generation.id)
-            .limit(1)
-            .with_for_update(skip_locked=True)
+    """One statement: lease the oldest due pending row and return it. It sits on the
+    dispatch path (wake-up → claim), so no separate SELECT and ORM flush."""
+    due = (
+        select(Generation.id)
+        .where(Generation.status == PENDING, Generation.run_after <= now)
+        .order_by(Generation.id)
+        .limit(1)
+        .with_for_update(skip_locked=True)
+        .scalar_subquery()
+    )
+    claimed = await session.execute(
+        update(Generation)
+        .where(Generation.id == due, Generation.status == PENDING)
+        .values(
+            status=PROCESSING,
+            lease_owner=owner,
+            lease_expires_at=now + lease,
+            attempts=Generation.attempts + 1,
+            started_at=func.coalesce(
+                Generation.started_at, literal(now, Generation.started_at.type)
+            ),
         )
-    ).scalar_one_or_none()
-    if candidate is None:
-        return None
-    candidate.status = PROCESSING
-    candidate.lease_owner = owner
-    candidate.lease_expires_at = now + lease
-    candidate.attempts += 1
-    if candidate.started_at is None:
-        candidate.started_at = now
-    await session.flush()
-    return candidate
+        .returning(Generation)
+        .execution_options(synchronize_session=False)
+    )
+    return claimed.scalar_one_or_none()
 
 
 async def extend_lease(
@@ -93,6 +100,10 @@ async def lock_leased_generation(
     ).scalar_one_or_none()
 
 
+async def find_generation(session: AsyncSession, generation_id: str) -> Generation | None:
+    return await session.get(Generation, generation_id, populate_existing=True)
+
+
 async def lock_generation(session: AsyncSession, generation_id: str) -> Generation | None:
     return (
         await session.execute(
@@ -104,7 +115,9 @@ async def lock_generation(session: AsyncSession, generation_id: str) -> Generati
     ).scalar_one_or_none()
 
 
-async def expired_leases(session: AsyncSession, now: datetime, limit: int = 100) -> list[Generation]:
+async def expired_leases(
+    session: AsyncSession, now: datetime, limit: int = 100
+) -> list[Generation]:
     return list(
         (
             await session.execute(

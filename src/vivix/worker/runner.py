@@ -61,6 +61,7 @@ class Worker:
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._running: dict[str, asyncio.Task[None]] = {}
+        self._canceled: set[str] = set()
         self._listener: PostgresListener | None = None
         self._main: asyncio.Task[None] | None = None
         self._reaper: asyncio.Task[None] | None = None
@@ -75,8 +76,12 @@ class Worker:
         self._wake.set()
 
     def cancel_job(self, generation_id: str) -> None:
+        """Stop a running job. Once: the in-process signal, the NOTIFY and the heartbeat may
+        all report the same cancel, and a second cancel would interrupt the cleanup (waiting
+        for the render to stop, asking the upstream to stop) of the first."""
         task = self._running.get(generation_id)
-        if task is not None:
+        if task is not None and generation_id not in self._canceled:
+            self._canceled.add(generation_id)
             task.cancel()
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -105,8 +110,9 @@ class Worker:
             log.info("worker_draining", running=len(self._running), grace_s=grace)
             await asyncio.wait(list(self._running.values()), timeout=grace)
         leftovers = dict(self._running)
-        for task in leftovers.values():
-            task.cancel()
+        for generation_id, task in leftovers.items():
+            if generation_id not in self._canceled:  # those are already winding down
+                task.cancel()
         if leftovers:
             await asyncio.gather(*leftovers.values(), return_exceptions=True)
             await self._release(list(leftovers))
@@ -147,7 +153,9 @@ class Worker:
 
     async def _claim(self) -> Generation | None:
         async with self.runtime.db.transaction() as session:
-            generation = await repository.claim_next_generation(session, self.owner, utcnow(), self.lease)
+            generation = await repository.claim_next_generation(
+                session, self.owner, utcnow(), self.lease
+            )
         if generation is not None:
             self.claimed += 1
         return generation
@@ -157,28 +165,28 @@ class Worker:
         self._running[generation.id] = task
 
     async def _run_job(self, generation: Generation) -> None:
-        heartbeat = asyncio.create_task(self._heartbeat(generation.id, asyncio.current_task()))
+        heartbeat = asyncio.create_task(self._heartbeat(generation.id))
         try:
             await self.executor.run(generation)
         except LeaseLost:
             log.info("lease_lost", generation_id=generation.id)
         except asyncio.CancelledError:
-            if self._stopping.is_set():
-                # Shutdown hands the job back: the next worker resumes its upstream job,
-                # which must keep running.
-                raise
-            # Canceled by the client or a lost lease: ask the upstream to stop.
-            await self.executor._cancel_upstream(generation)
-            return
+            if generation.id not in self._canceled:
+                raise  # shutdown: released afterwards, the next worker resumes the upstream job
+            # Canceled by the client or a lost lease: the render has stopped (local); stop
+            # the upstream job too unless another worker now owns it and will resume it.
+            if await self.executor.is_abandoned(generation.id):
+                await self.executor._cancel_upstream(generation)
         except Exception:
             # Unexpected: leave the lease to expire; the reaper retries or fails + refunds.
             log.exception("job_crashed", generation_id=generation.id)
         finally:
             heartbeat.cancel()
             self._running.pop(generation.id, None)
+            self._canceled.discard(generation.id)
             self._wake.set()  # a slot is free
 
-    async def _heartbeat(self, generation_id: str, job: asyncio.Task[None] | None) -> None:
+    async def _heartbeat(self, generation_id: str) -> None:
         every = self.runtime.settings.worker.heartbeat_seconds
         while True:
             await asyncio.sleep(every)
@@ -190,8 +198,8 @@ class Worker:
             except Exception as exc:
                 log.warning("heartbeat_failed", generation_id=generation_id, error=repr(exc))
                 continue
-            if not ours and job is not None:
-                job.cancel()
+            if not ours:
+                self.cancel_job(generation_id)
                 return
 
     async def _reap_loop(self) -> None:
@@ -230,7 +238,9 @@ async def reap_expired_leases(runtime: Runtime) -> int:
                 await finalize(session, generation, GenerationStatus.CANCELED)
             elif generation.attempts >= settings.max_attempts:
                 await finalize(
-                    session, generation, GenerationStatus.FAILED,
+                    session,
+                    generation,
+                    GenerationStatus.FAILED,
                     error_code="INTERNAL_ERROR",
                     error_message=f"Rendering was interrupted {generation.attempts} times; the charge was refunded.",
                 )

@@ -19,9 +19,9 @@ from typing import Any
 
 import structlog
 
-from vivix.catalog.schemas import RouteSpec
 from vivix.accounts.repository import find_account
 from vivix.catalog import pricing
+from vivix.catalog.schemas import RouteSpec
 from vivix.generations.settlement import finalize
 from vivix.kit.clock import utcnow
 from vivix.kit.runtime import Runtime
@@ -45,7 +45,10 @@ from vivix.worker import repository
 
 log = structlog.get_logger(__name__)
 
-POLL_INTERVAL_S = (0.5, 5.0)  # first and longest wait between upstream status checks
+POLL_INTERVAL_S = (0.5, 5.0)
+ACTIVE = frozenset(
+    {GenerationStatus.PENDING.value, GenerationStatus.PROCESSING.value}
+)  # first and longest wait between upstream status checks
 
 
 class LeaseLost(Exception):
@@ -78,10 +81,14 @@ class JobExecutor:
     async def run(self, generation: Generation) -> None:
         model = self.runtime.catalog.get(generation.model)
         if model is None:
-            await self.fail(generation, Failure("PROVIDER_ERROR", "This model is no longer in the catalog."))
+            await self.fail(
+                generation, Failure("PROVIDER_ERROR", "This model is no longer in the catalog.")
+            )
             return
         started = generation.started_at or utcnow()
-        remaining = (started + timedelta(seconds=model.spec.deadline_seconds) - utcnow()).total_seconds()
+        remaining = (
+            started + timedelta(seconds=model.spec.deadline_seconds) - utcnow()
+        ).total_seconds()
         request = RenderRequest(
             generation_id=generation.id,
             model=generation.model,
@@ -120,7 +127,9 @@ class JobExecutor:
         request.reference_images = images
         return None
 
-    async def _run_routes(self, generation: Generation, request: RenderRequest) -> RenderResult | Failure:
+    async def _run_routes(
+        self, generation: Generation, request: RenderRequest
+    ) -> RenderResult | Failure:
         routes = self.routes_for(generation)
         start = generation.route_index or 0
         last_error = "no provider route is available"
@@ -168,16 +177,24 @@ class JobExecutor:
         log.warning("provider_route_failed", route=circuit, error=error, circuit_opened=opened)
 
     async def _submit(
-        self, generation: Generation, index: int, route: RouteSpec,
-        adapter: ProviderAdapter, request: RenderRequest,
+        self,
+        generation: Generation,
+        index: int,
+        route: RouteSpec,
+        adapter: ProviderAdapter,
+        request: RenderRequest,
     ) -> UpstreamHandle:
         handle = await adapter.submit(request)
         persisted = {k: v for k, v in handle.items() if k != "result"}
         # Stored before we wait on it: a crash from here on resumes this upstream job.
         async with self.runtime.db.transaction() as session:
             ok = await repository.update_if_leased(
-                session, generation.id, self.owner,
-                route_index=index, provider=route.provider, upstream_handle=persisted,
+                session,
+                generation.id,
+                self.owner,
+                route_index=index,
+                provider=route.provider,
+                upstream_handle=persisted,
             )
         if not ok:
             await adapter.cancel(handle)
@@ -187,7 +204,10 @@ class JobExecutor:
         return handle
 
     async def _poll(
-        self, generation: Generation, adapter: ProviderAdapter, handle: UpstreamHandle,
+        self,
+        generation: Generation,
+        adapter: ProviderAdapter,
+        handle: UpstreamHandle,
         request: RenderRequest,
     ) -> RenderResult:
         wait = POLL_INTERVAL_S[0]
@@ -200,10 +220,20 @@ class JobExecutor:
                 last_progress = outcome.fraction
                 async with self.runtime.db.transaction() as session:
                     await repository.update_if_leased(
-                        session, generation.id, self.owner, progress=min(1.0, max(0.0, outcome.fraction))
+                        session,
+                        generation.id,
+                        self.owner,
+                        progress=min(1.0, max(0.0, outcome.fraction)),
                     )
             await asyncio.sleep(wait)
             wait = min(POLL_INTERVAL_S[1], wait * 1.5)
+
+    async def is_abandoned(self, generation_id: str) -> bool:
+        """True when no worker will resume this generation (canceled, or otherwise finished);
+        False while it is queued or leased again, so its upstream job must be kept."""
+        async with self.runtime.db.read() as session:
+            current = await repository.find_generation(session, generation_id)
+        return current is None or current.status not in ACTIVE
 
     async def _cancel_upstream(self, generation: Generation) -> None:
         routes = self.routes_for(generation)
@@ -242,11 +272,16 @@ class JobExecutor:
             locked = await repository.lock_leased_generation(session, generation.id, self.owner)
             if locked is not None:
                 if stored:
-                    await finalize(session, locked, GenerationStatus.COMPLETED, charge=charge, outputs=stored)
+                    await finalize(
+                        session, locked, GenerationStatus.COMPLETED, charge=charge, outputs=stored
+                    )
                 else:
                     await finalize(
-                        session, locked, GenerationStatus.FAILED,
-                        error_code="PROVIDER_ERROR", error_message="The provider delivered no output.",
+                        session,
+                        locked,
+                        GenerationStatus.FAILED,
+                        error_code="PROVIDER_ERROR",
+                        error_message="The provider delivered no output.",
                     )
         if locked is None:
             for key in keys:  # lost the race (canceled/reaped): don't leave orphans behind
@@ -273,10 +308,18 @@ class JobExecutor:
             if locked is None:
                 raise LeaseLost()
             await finalize(
-                session, locked, GenerationStatus.FAILED,
-                error_code=failure.code, error_message=failure.message,
+                session,
+                locked,
+                GenerationStatus.FAILED,
+                error_code=failure.code,
+                error_message=failure.message,
             )
-        log.info("generation_failed", generation_id=generation.id, code=failure.code, reason=failure.message)
+        log.info(
+            "generation_failed",
+            generation_id=generation.id,
+            code=failure.code,
+            reason=failure.message,
+        )
 
 
 def _backoff(attempt: int, retry_after_s: float | None, base_s: float) -> float:

@@ -13,7 +13,8 @@ import contextlib
 import multiprocessing
 import os
 import secrets
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from typing import Any
 from vivix.providers.base import (
     OutputFile,
     ProviderRejectedError,
+    ProviderRetriableError,
     RenderCanceled,
     RenderRequest,
     RenderResult,
@@ -50,7 +52,9 @@ class StopFlag:
             os.unlink(self.path)
 
 
-def render_outputs(category: str, params: dict[str, Any], should_stop: StopFlag) -> list[OutputFile]:
+def render_outputs(
+    category: str, params: dict[str, Any], should_stop: StopFlag
+) -> list[OutputFile]:
     """Runs in a pool process: render every requested result."""
     prompt = str(params["prompt"])
     seed = int(params.get("seed", 0))
@@ -64,8 +68,13 @@ def render_outputs(category: str, params: dict[str, Any], should_stop: StopFlag)
             if should_stop():
                 raise RenderCanceled()
             data = render.render_image(
-                prompt, width=width, height=height, seed=seed, variation=variation,
-                fmt=fmt, negative_prompt=negative,
+                prompt,
+                width=width,
+                height=height,
+                seed=seed,
+                variation=variation,
+                fmt=fmt,
+                negative_prompt=negative,
             )
             outputs.append(OutputFile(data, IMAGE_TYPES[fmt], width=width, height=height))
         return outputs
@@ -75,11 +84,18 @@ def render_outputs(category: str, params: dict[str, Any], should_stop: StopFlag)
         )
         duration = int(params.get("duration", 5))
         data = render.render_video(
-            prompt, width=width, height=height, duration_s=duration, seed=seed,
-            audio=bool(params.get("audio", False)), negative_prompt=negative,
+            prompt,
+            width=width,
+            height=height,
+            duration_s=duration,
+            seed=seed,
+            audio=bool(params.get("audio", False)),
+            negative_prompt=negative,
             should_stop=should_stop,
         )
-        return [OutputFile(data, "video/mp4", width=width, height=height, duration_s=float(duration))]
+        return [
+            OutputFile(data, "video/mp4", width=width, height=height, duration_s=float(duration))
+        ]
     if category == "audio":
         duration = int(params.get("duration", 5))
         fmt = str(params.get("output_format", "mp3"))
@@ -97,6 +113,7 @@ class LocalAdapter:
         self._scratch = scratch_dir
         self._processes = processes or os.cpu_count() or 1
         self._pool: ProcessPoolExecutor | None = None
+        self._renders: set[Future[list[OutputFile]]] = set()
 
     def _executor(self) -> ProcessPoolExecutor:
         if self._pool is None:
@@ -107,28 +124,53 @@ class LocalAdapter:
             )
         return self._pool
 
+    def _discard(self, pool: ProcessPoolExecutor) -> None:
+        if self._pool is pool:
+            self._pool = None
+        pool.shutdown(wait=False, cancel_futures=True)
+
     async def submit(self, request: RenderRequest) -> UpstreamHandle:
         return {"local": True}
 
+    @property
+    def active_renders(self) -> int:
+        """Renders submitted to the pool and not yet ended (queued or running)."""
+        return len(self._renders)
+
     async def poll(self, handle: UpstreamHandle, request: RenderRequest) -> RenderResult:
         flag = StopFlag(str(self._scratch / f"stop-{request.generation_id}-{secrets.token_hex(6)}"))
-        loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(
-            self._executor(), render_outputs, request.category, request.params, flag
-        )
+        pool = self._executor()
         try:
-            outputs = await asyncio.shield(future)
+            render_job = pool.submit(render_outputs, request.category, request.params, flag)
+        except BrokenProcessPool:
+            self._discard(pool)
+            pool = self._executor()
+            render_job = pool.submit(render_outputs, request.category, request.params, flag)
+        self._renders.add(render_job)
+        render_job.add_done_callback(self._renders.discard)
+        waiter = asyncio.wrap_future(render_job)
+        try:
+            outputs = await asyncio.shield(waiter)
         except asyncio.CancelledError:
-            flag.raise_()  # tell the render process to stop, then let it finish
-            with contextlib.suppress(Exception):
-                await future
+            # Not started yet: drop it from the pool queue. Running: raise the flag and wait
+            # until the render process has noticed it, so the slot is free when we return.
+            if not render_job.cancel():
+                flag.raise_()
+                await _wait_out(waiter)
             raise
         except RenderCanceled:
             raise ProviderRejectedError("render canceled") from None
+        except BrokenProcessPool:
+            # A render process died (killed, out of memory): the pool is unusable from now
+            # on, so start a new one and let the worker render again after its backoff.
+            self._discard(pool)
+            raise ProviderRetriableError("a render process died", resubmit=True) from None
         except ValueError as exc:
             raise ProviderRejectedError(f"local renderer refused the params: {exc}") from None
         finally:
-            flag.clear()
+            # Only once the render has ended: clearing the flag earlier would let it run on.
+            if render_job.done():
+                flag.clear()
         return RenderResult(outputs)
 
     async def cancel(self, handle: UpstreamHandle) -> None:
@@ -138,3 +180,14 @@ class LocalAdapter:
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
+
+
+async def _wait_out(waiter: asyncio.Future[list[OutputFile]]) -> None:
+    """Wait for a render to end even if our task is canceled again meanwhile (the client's
+    cancel, its NOTIFY and the heartbeat may each cancel the job): leaving early would free
+    the worker's slot while the render process is still busy."""
+    while not waiter.done():
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await asyncio.shield(waiter)
+    if not waiter.cancelled():
+        waiter.exception()  # retrieved: its outcome no longer matters
