@@ -4,7 +4,8 @@ SHELL := /bin/bash
 PYTHON ?= python3
 UV := $(shell command -v uv 2>/dev/null || echo $(CURDIR)/.tools/bin/uv)
 export UV_PYTHON_DOWNLOADS := never
-export UV_PYTHON := $(shell command -v $(PYTHON))
+# The interpreter itself, not a shim (pyenv): uv compares it with the one .venv was made from.
+export UV_PYTHON := $(shell $(PYTHON) -c 'import sys; print(sys.executable)')
 SYNCED := .venv/.synced
 
 .PHONY: serve worker test lint typecheck format bench migrate clean

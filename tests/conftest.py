@@ -81,7 +81,9 @@ def postgres_backend() -> Iterator[Backend]:
     if not POSTGRES_URL or not REDIS_URL:
         if IN_CI:
             pytest.fail("CI=true needs VIVIX_TEST_POSTGRES_URL and VIVIX_TEST_REDIS_URL")
-        pytest.skip("set VIVIX_TEST_POSTGRES_URL and VIVIX_TEST_REDIS_URL for the PostgreSQL + Redis variant")
+        pytest.skip(
+            "set VIVIX_TEST_POSTGRES_URL and VIVIX_TEST_REDIS_URL for the PostgreSQL + Redis variant"
+        )
     admin_url = _asyncpg_url(POSTGRES_URL)
     name = f"vivix_test_{uuid.uuid4().hex[:12]}"
     try:

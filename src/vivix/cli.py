@@ -51,7 +51,9 @@ def _settings(**overrides: Any) -> Settings:
         raise typer.Exit(2) from None
 
 
-def _run(as_json: bool, work: Callable[[Runtime], Awaitable[T]], settings: Settings | None = None) -> T:
+def _run(
+    as_json: bool, work: Callable[[Runtime], Awaitable[T]], settings: Settings | None = None
+) -> T:
     """Run one operator operation against the configured database."""
     settings = settings or _settings()
 
@@ -106,9 +108,19 @@ def _emit(data: Any, as_json: bool, render: Callable[[Any], None]) -> None:
 def _render_account(data: dict[str, Any]) -> None:
     table = Table(show_header=False, box=None)
     for key in (
-        "name", "id", "tier", "api_access", "calls_per_minute", "concurrent_jobs",
-        "monthly_credits", "balance", "held", "spent_this_cycle", "granted_this_cycle",
-        "cycle_resets_at", "ledger_sum",
+        "name",
+        "id",
+        "tier",
+        "api_access",
+        "calls_per_minute",
+        "concurrent_jobs",
+        "monthly_credits",
+        "balance",
+        "held",
+        "spent_this_cycle",
+        "granted_this_cycle",
+        "cycle_resets_at",
+        "ledger_sum",
     ):
         if key in data:
             table.add_row(f"[bold]{key}[/bold]", str(data[key]))
@@ -119,7 +131,14 @@ def _render_account(data: dict[str, Any]) -> None:
     if data.get("keys"):
         keys = Table("prefix", "id", "name", "test", "created", "revoked")
         for k in data["keys"]:
-            keys.add_row(k["prefix"], k["id"], k["name"], str(k["test"]), k["created_at"], k["revoked_at"] or "")
+            keys.add_row(
+                k["prefix"],
+                k["id"],
+                k["name"],
+                str(k["test"]),
+                k["created_at"],
+                k["revoked_at"] or "",
+            )
         console.print(keys)
 
 
@@ -127,7 +146,9 @@ def _render_account(data: dict[str, Any]) -> None:
 def serve(
     host: Annotated[str | None, typer.Option(help="Interface to bind (default 127.0.0.1).")] = None,
     port: Annotated[int | None, typer.Option(help="Port (default 8000).")] = None,
-    no_worker: Annotated[bool, typer.Option("--no-worker", help="API only, no embedded worker.")] = False,
+    no_worker: Annotated[
+        bool, typer.Option("--no-worker", help="API only, no embedded worker.")
+    ] = False,
     as_json: JsonFlag = False,
 ) -> None:
     """Run the API (and, unless --no-worker, an embedded worker)."""
@@ -140,28 +161,35 @@ def serve(
     url = settings.resolved_public_url
     if demo_key:
         if as_json:
-            print(json.dumps({"demo_account": admin.DEMO_ACCOUNT, "demo_key": demo_key, "url": url}))
+            print(
+                json.dumps({"demo_account": admin.DEMO_ACCOUNT, "demo_key": demo_key, "url": url})
+            )
         else:
             # Plain print: rich would wrap the key and the command, breaking copy-paste.
             print(f"\nDemo account created. Its API key (shown once):\n\n  {demo_key}\n")
             print(
                 f"Try:\n  curl -X POST {url}/api/v1/generate -H 'Authorization: Bearer {demo_key}' "
                 "-H 'Content-Type: application/json' "
-                "-d '{\"model\": \"vivix-local-image\", \"prompt\": \"a misty forest at dawn\"}'\n",
+                '-d \'{"model": "vivix-local-image", "prompt": "a misty forest at dawn"}\'\n',
                 flush=True,
             )
     elif not as_json:
         console.print("Using the existing database; create keys with `vivix keys create ACCOUNT`.")
     fastapi_app = create_app(settings, embedded_worker=not no_worker)
     uvicorn.run(
-        fastapi_app, host=settings.host, port=settings.port, log_level=settings.log_level,
+        fastapi_app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
         access_log=False,
     )
 
 
 @app.command()
 def worker(
-    concurrency: Annotated[int | None, typer.Option(help="Jobs run at once (default VIVIX_WORKER__CONCURRENCY).")] = None,
+    concurrency: Annotated[
+        int | None, typer.Option(help="Jobs run at once (default VIVIX_WORKER__CONCURRENCY).")
+    ] = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Run a standalone worker. SIGTERM/SIGINT: stop claiming, let running jobs finish
@@ -178,7 +206,9 @@ def worker(
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, worker.request_stop)
         if as_json:
-            print(json.dumps({"worker": worker.owner, "concurrency": worker.concurrency}), flush=True)
+            print(
+                json.dumps({"worker": worker.owner, "concurrency": worker.concurrency}), flush=True
+            )
         else:
             console.print(f"worker {worker.owner} running {worker.concurrency} jobs at once")
         try:
@@ -199,14 +229,20 @@ def migrate(as_json: JsonFlag = False) -> None:
 
     settings = _settings()
     asyncio.run(upgrade_to_head(settings.resolved_database_url))
-    _emit({"revision": head_revision()}, as_json, lambda d: console.print(f"schema at {d['revision']}"))
+    _emit(
+        {"revision": head_revision()},
+        as_json,
+        lambda d: console.print(f"schema at {d['revision']}"),
+    )
 
 
 @accounts_app.command("create")
 def accounts_create(
     name: str,
     tier: Annotated[str, typer.Option(help="free, standard, pro or ultimate.")] = "pro",
-    credits: Annotated[int | None, typer.Option(help="Opening credits instead of the tier's monthly grant.")] = None,
+    credits: Annotated[
+        int | None, typer.Option(help="Opening credits instead of the tier's monthly grant.")
+    ] = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Create an account (first cycle granted, tier's default models allowed)."""
@@ -227,7 +263,13 @@ def accounts_list(as_json: JsonFlag = False) -> None:
     def render(rows: list[dict[str, Any]]) -> None:
         table = Table("name", "tier", "balance", "held", "models")
         for r in rows:
-            table.add_row(r["name"], r["tier"], str(r["balance"]), str(r["held"]), str(len(r["allowed_models"])))
+            table.add_row(
+                r["name"],
+                r["tier"],
+                str(r["balance"]),
+                str(r["held"]),
+                str(len(r["allowed_models"])),
+            )
         console.print(table)
 
     _emit(_run(as_json, admin.list_accounts), as_json, render)
@@ -246,8 +288,12 @@ def accounts_update(
     data = _run(
         as_json,
         lambda rt: admin.update_account(
-            rt, account, tier=tier, calls_per_minute=calls_per_minute,
-            concurrent_jobs=concurrent_jobs, monthly_credits=monthly_credits,
+            rt,
+            account,
+            tier=tier,
+            calls_per_minute=calls_per_minute,
+            concurrent_jobs=concurrent_jobs,
+            monthly_credits=monthly_credits,
         ),
     )
     _emit(data, as_json, _render_account)
@@ -257,12 +303,16 @@ def accounts_update(
 def keys_create(
     account: str,
     name: Annotated[str, typer.Option(help="A label for the key.")] = "",
-    test: Annotated[bool, typer.Option("--test", help="A vvx_test_ key: local renderer, no charge.")] = False,
+    test: Annotated[
+        bool, typer.Option("--test", help="A vvx_test_ key: local renderer, no charge.")
+    ] = False,
     as_json: JsonFlag = False,
 ) -> None:
     """Create an API key; it is printed once."""
     data = _run(as_json, lambda rt: admin.create_key(rt, account, name, test))
-    _emit(data, as_json, lambda d: console.print(f"{d['key']}\n(shown once; listed as {d['prefix']})"))
+    _emit(
+        data, as_json, lambda d: console.print(f"{d['key']}\n(shown once; listed as {d['prefix']})")
+    )
 
 
 @keys_app.command("revoke")
@@ -303,7 +353,9 @@ def pricing_override(
     account: str,
     slug: str,
     factor: Annotated[str | None, typer.Option(help="Scale the model's prices, e.g. 0.8.")] = None,
-    rows: Annotated[str | None, typer.Option(help="Replacement pricing rows as a JSON array.")] = None,
+    rows: Annotated[
+        str | None, typer.Option(help="Replacement pricing rows as a JSON array.")
+    ] = None,
     clear: Annotated[bool, typer.Option("--clear", help="Remove the override.")] = False,
     as_json: JsonFlag = False,
 ) -> None:
@@ -317,11 +369,16 @@ def pricing_override(
             raise typer.Exit(2) from None
     data = _run(
         as_json,
-        lambda rt: admin.set_price_override(rt, account, slug, factor=factor, rows=parsed_rows, clear=clear),
+        lambda rt: admin.set_price_override(
+            rt, account, slug, factor=factor, rows=parsed_rows, clear=clear
+        ),
     )
     _emit(
-        data, as_json,
-        lambda d: console.print(f"{slug} for {d['name']}: band {d['credits_band']['min']}-{d['credits_band']['max']}"),
+        data,
+        as_json,
+        lambda d: console.print(
+            f"{slug} for {d['name']}: band {d['credits_band']['min']}-{d['credits_band']['max']}"
+        ),
     )
 
 
@@ -333,7 +390,12 @@ def catalog_list(as_json: JsonFlag = False) -> None:
         table = Table("slug", "category", "credits", "routes (provider: available)")
         for r in rows:
             routes = ", ".join(f"{x['provider']}:{_route_state(x)}" for x in r["routes"])
-            table.add_row(r["slug"], r["category"], f"{r['credits_band']['min']}-{r['credits_band']['max']}", routes)
+            table.add_row(
+                r["slug"],
+                r["category"],
+                f"{r['credits_band']['min']}-{r['credits_band']['max']}",
+                routes,
+            )
         console.print(table)
 
     _emit(_run(as_json, admin.catalog_list), as_json, render)

@@ -163,7 +163,9 @@ class Settings(BaseSettings):
             value = "postgresql+asyncpg://" + value.split("://", 1)[1]
         if value.startswith("sqlite://"):
             value = "sqlite+aiosqlite://" + value.split("://", 1)[1]
-        if not (value.startswith("postgresql+asyncpg://") or value.startswith("sqlite+aiosqlite://")):
+        if not (
+            value.startswith("postgresql+asyncpg://") or value.startswith("sqlite+aiosqlite://")
+        ):
             raise ValueError("must be a postgresql:// or sqlite:// URL")
         return value
 
