@@ -186,6 +186,10 @@ class JobExecutor:
     ) -> UpstreamHandle:
         handle = await adapter.submit(request)
         persisted = {k: v for k, v in handle.items() if k != "result"}
+        # Known at once: a deadline or a cancel arriving while it is being stored can still
+        # stop this upstream job (`_cancel_upstream` reads it from the generation).
+        generation.route_index = index
+        generation.upstream_handle = persisted
         # Stored before we wait on it: a crash from here on resumes this upstream job.
         async with self.runtime.db.transaction() as session:
             ok = await repository.update_if_leased(
@@ -199,8 +203,6 @@ class JobExecutor:
         if not ok:
             await adapter.cancel(handle)
             raise LeaseLost()
-        generation.route_index = index
-        generation.upstream_handle = persisted
         return handle
 
     async def _poll(
