@@ -442,15 +442,15 @@ PROFILE_CONTROL = "/_bench/profile/"
 # indented by how they nest on the request path.
 VIVIX_SPANS = (
     ("authorize (auth, cycle, rate limit)", "vivix.generations.endpoints", "authorize"),
-    ("  authenticate", "vivix.accounts.endpoints", "authenticate"),
-    ("    get_caller", "vivix.accounts.repository", "get_caller"),
+    ("  get_caller", "vivix.accounts.repository", "get_caller"),
+    ("pass_gate (cycle, rate limit, tier)", "vivix.generations.endpoints", "pass_gate"),
     ("  RateLimiter.hit", "vivix.limits.service", "RateLimiter.hit"),
     ("read_json_object", "vivix.generations.endpoints", "read_json_object"),
     ("service.submit", "vivix.generations.service", "submit"),
-    ("  insert_generation", "vivix.generations.repository", "insert_generation"),
-    ("  take_slot_and_hold (row lock)", "vivix.accounts.repository", "take_slot_and_hold"),
+    ("  admit_in_one_statement (PostgreSQL)", "vivix.generations.repository", "admit_in_one_statement"),
+    ("  run_sqlite_write (SQLite)", "vivix.kit.db", "Database.run_sqlite_write"),
     ("  notify_enqueued", "vivix.kit.runtime", "Runtime.notify_enqueued"),
-    ("read_for_account", "vivix.generations.repository", "read_for_account"),
+    ("read_with_caller", "vivix.generations.repository", "read_with_caller"),
 )
 COMMON_SPANS = (
     ("sqlite write lock wait", "", ""),
