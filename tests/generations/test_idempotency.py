@@ -236,3 +236,20 @@ async def test_key_within_24_hours_still_replays(
     again = await submit(client, acct, IMAGE, "almost-a-day")
     assert again.status_code == 200
     assert again.json()["generation_id"] == first.json()["generation_id"]
+
+
+async def test_a_replay_shows_the_originals_place_in_the_queue(
+    runtime: Runtime, client: httpx.AsyncClient
+) -> None:
+    acct = await account_with_key(runtime)
+    for prompt in ("first", "second"):  # no worker runs here: these stay pending
+        assert (await submit(client, acct, {**IMAGE, "prompt": prompt}, None)).status_code == 201
+    original = await submit(client, acct, IMAGE, "third-in-line")
+    assert original.status_code == 201
+    # A job submitted after it does not move it back.
+    assert (await submit(client, acct, {**IMAGE, "prompt": "fourth"}, None)).status_code == 201
+    again = await submit(client, acct, IMAGE, "third-in-line")
+    assert again.status_code == 200
+    assert again.json()["generation_id"] == original.json()["generation_id"]
+    assert again.json()["status"] == "pending"
+    assert again.json()["queue_position"] == 3

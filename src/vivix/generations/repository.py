@@ -27,6 +27,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.orm import aliased
 
 from vivix.accounts.repository import TAKE_SLOT_AND_HOLD, select_caller
 from vivix.models import Account, Base, Generation, GenerationStatus, LedgerKind
@@ -73,8 +74,18 @@ _READ_WITH_CALLER = select_caller(
     Generation,
     and_(Generation.id == bindparam("generation_id"), Generation.account_id == Account.id),
 )
+_KEYED = aliased(Generation)  # its own alias: the position subquery must not correlate
 _BY_IDEMPOTENCY_KEY = select(
-    *_SHOWN_COLUMNS, _queue_position(Generation.id), Generation.request_hash
+    *_SHOWN_COLUMNS,
+    _queue_position(
+        select(_KEYED.id)
+        .where(
+            _KEYED.account_id == bindparam("account_id"),
+            _KEYED.idempotency_key == bindparam("idempotency_key"),
+        )
+        .scalar_subquery()
+    ),
+    Generation.request_hash,
 ).where(
     Generation.account_id == bindparam("account_id"),
     Generation.idempotency_key == bindparam("idempotency_key"),
