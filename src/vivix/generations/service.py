@@ -14,12 +14,11 @@ import json
 import math
 import secrets
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, Row
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from vivix.accounts import repository as accounts_repository
 from vivix.accounts.endpoints import Caller
@@ -199,9 +198,10 @@ async def _admit(
     limit = caller.limits.concurrent_jobs
     key = columns["idempotency_key"]
     admit = _admit_on_sqlite if runtime.db.is_sqlite else _admit_on_postgres
+    keys_before = columns["created_at"] - _replay_window(runtime)
     for _ in range(ADMISSION_ATTEMPTS):
         try:
-            balance = await admit(runtime, columns, estimate, limit)
+            balance = await admit(runtime, columns, estimate, limit, keys_before)
         except IntegrityError:
             # The (account, Idempotency-Key) unique index: a duplicate committed first.
             if key is None:
@@ -231,11 +231,10 @@ async def _admit(
 
 
 async def _admit_on_sqlite(
-    runtime: Runtime, columns: dict[str, Any], estimate: int, limit: int
+    runtime: Runtime, columns: dict[str, Any], estimate: int, limit: int, keys_before: datetime
 ) -> int | None:
     """One short write transaction in one hand-off to the writer thread
     (`repository.admit_on_sqlite`), rolled back when a limit refuses."""
-    keys_before = columns["created_at"] - timedelta(hours=runtime.settings.idempotency_window_hours)
 
     def admit(connection: Connection) -> int:
         balance = repository.admit_on_sqlite(connection, columns, estimate, limit, keys_before)
@@ -250,26 +249,21 @@ async def _admit_on_sqlite(
 
 
 async def _admit_on_postgres(
-    runtime: Runtime, columns: dict[str, Any], estimate: int, limit: int
+    runtime: Runtime, columns: dict[str, Any], estimate: int, limit: int, keys_before: datetime
 ) -> int | None:
     """One statement in autocommit (`repository.admit_in_one_statement`): one round trip,
     and the account row is locked only while it runs."""
     async with runtime.db.autocommit() as connection:
-        await _expire_idempotency_key(runtime, connection, columns)
+        if columns["idempotency_key"] is not None:
+            await repository.expire_idempotency_key(
+                connection, columns["account_id"], columns["idempotency_key"], keys_before
+            )
         return await repository.admit_in_one_statement(connection, columns, estimate, limit)
 
 
-async def _expire_idempotency_key(
-    runtime: Runtime, connection: AsyncConnection, columns: dict[str, Any]
-) -> None:
-    if columns["idempotency_key"] is not None:
-        window = timedelta(hours=runtime.settings.idempotency_window_hours)
-        await repository.expire_idempotency_key(
-            connection,
-            columns["account_id"],
-            columns["idempotency_key"],
-            columns["created_at"] - window,
-        )
+def _replay_window(runtime: Runtime) -> timedelta:
+    """How long an Idempotency-Key replays its generation; after it, the key is free."""
+    return timedelta(hours=runtime.settings.idempotency_window_hours)
 
 
 def _refusal(active: int, balance: int, limit: int, estimate: int) -> Exception | None:
@@ -294,8 +288,7 @@ async def _find_replay(
         existing = await repository.find_by_idempotency_key(connection, account_id, key)
     if existing is None:
         return None
-    window = timedelta(hours=runtime.settings.idempotency_window_hours)
-    if existing.created_at < utcnow() - window:
+    if existing.created_at < utcnow() - _replay_window(runtime):
         return None  # expired: this key may start a new generation
     if existing.request_hash != fingerprint:
         raise IdempotencyConflict()
