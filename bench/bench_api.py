@@ -447,7 +447,11 @@ VIVIX_SPANS = (
     ("  RateLimiter.hit", "vivix.limits.service", "RateLimiter.hit"),
     ("read_json_object", "vivix.generations.endpoints", "read_json_object"),
     ("service.submit", "vivix.generations.service", "submit"),
-    ("  admit_in_one_statement (PostgreSQL)", "vivix.generations.repository", "admit_in_one_statement"),
+    (
+        "  admit_in_one_statement (PostgreSQL)",
+        "vivix.generations.repository",
+        "admit_in_one_statement",
+    ),
     ("  run_sqlite_write (SQLite)", "vivix.kit.db", "Database.run_sqlite_write"),
     ("  notify_enqueued", "vivix.kit.runtime", "Runtime.notify_enqueued"),
     ("read_with_caller", "vivix.generations.repository", "read_with_caller"),

@@ -1086,29 +1086,22 @@ class WorkerProbe:
         db.Database.__init__ = probed_init  # type: ignore[method-assign]
 
     def _stamp_commits(self) -> None:
-        """The moment each new generation row's transaction committed (the submit's
-        admission transaction), from SQLAlchemy's session events."""
-        from sqlalchemy import event
-        from sqlalchemy.orm import Session
+        """The moment each new generation's admission committed: when the admission step
+        (`_admit_on_sqlite` / `_admit_on_postgres`, each its own transaction) returns a
+        balance, its commit is done."""
+        from vivix.generations import service
 
-        from vivix.models import Generation
+        def stamped(admit: Any) -> Any:
+            async def run(runtime: Any, columns: dict[str, Any], *args: Any) -> Any:
+                balance = await admit(runtime, columns, *args)
+                if balance is not None:
+                    self.committed[columns["id"]] = time.time()
+                return balance
 
-        def after_flush(session: Any, _context: Any) -> None:
-            new = [o.id for o in session.new if isinstance(o, Generation)]
-            if new:
-                session.info.setdefault("probe_new_generations", []).extend(new)
+            return run
 
-        def after_commit(session: Any) -> None:
-            now = time.time()
-            for generation_id in session.info.pop("probe_new_generations", ()):
-                self.committed[generation_id] = now
-
-        def after_rollback(session: Any) -> None:
-            session.info.pop("probe_new_generations", None)
-
-        event.listen(Session, "after_flush", after_flush)
-        event.listen(Session, "after_commit", after_commit)
-        event.listen(Session, "after_rollback", after_rollback)
+        service._admit_on_sqlite = stamped(service._admit_on_sqlite)  # type: ignore[method-assign]
+        service._admit_on_postgres = stamped(service._admit_on_postgres)  # type: ignore[method-assign]
 
     def _count_commit(self, conn: Any) -> None:
         self.sql["(commit; count only)"][0] += 1
