@@ -75,3 +75,28 @@ async def generation_count(runtime: Runtime) -> int:
         return int(
             (await session.execute(select(func.count()).select_from(Generation))).scalar_one()
         )
+
+
+async def stored_counts(runtime: Runtime, account_id: str) -> tuple[int, int, int, int]:
+    """(balance, held, generation rows, hold entries) of one account, read from the tables."""
+    async with runtime.db.read() as session:
+        account = await session.get(Account, account_id)
+        assert account is not None
+        generations = (
+            await session.execute(
+                select(func.count())
+                .select_from(Generation)
+                .where(Generation.account_id == account_id)
+            )
+        ).scalar_one()
+        holds = (
+            await session.execute(
+                select(func.count())
+                .select_from(LedgerEntry)
+                .where(
+                    LedgerEntry.account_id == account_id,
+                    LedgerEntry.kind == LedgerKind.HOLD.value,
+                )
+            )
+        ).scalar_one()
+    return account.balance, account.held, int(generations), int(holds)

@@ -12,14 +12,12 @@ from collections import Counter
 from typing import Any
 
 import httpx
-from sqlalchemy import func, select
 
-from tests.audit import assert_ledger_consistent
+from tests.audit import assert_ledger_consistent, stored_counts
 from tests.factories import AccountWithKey, account_with_key
 from vivix.catalog import pricing
 from vivix.catalog.params import validate_params
 from vivix.kit.runtime import Runtime
-from vivix.models import Account, Generation, LedgerEntry, LedgerKind
 
 IMAGE = {"model": "vivix-local-image", "prompt": "a lighthouse in a storm", "resolution": "1K"}
 BURST = 50
@@ -58,31 +56,6 @@ def outcomes(results: list[tuple[str, httpx.Response]], account_id: str) -> Coun
 def error_of(response: httpx.Response) -> str:
     body = response.json()
     return f"{response.status_code} {body.get('error')}"
-
-
-async def stored_counts(runtime: Runtime, account_id: str) -> tuple[int, int, int, int]:
-    """(balance, held, generation rows, hold entries) of one account, read from the tables."""
-    async with runtime.db.read() as session:
-        account = await session.get(Account, account_id)
-        assert account is not None
-        generations = (
-            await session.execute(
-                select(func.count())
-                .select_from(Generation)
-                .where(Generation.account_id == account_id)
-            )
-        ).scalar_one()
-        holds = (
-            await session.execute(
-                select(func.count())
-                .select_from(LedgerEntry)
-                .where(
-                    LedgerEntry.account_id == account_id,
-                    LedgerEntry.kind == LedgerKind.HOLD.value,
-                )
-            )
-        ).scalar_one()
-    return account.balance, account.held, int(generations), int(holds)
 
 
 async def test_burst_with_credits_for_exactly_three_admits_three(

@@ -17,9 +17,8 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import func, select
 
-from tests.audit import assert_ledger_consistent
+from tests.audit import assert_ledger_consistent, stored_counts
 from tests.conftest import Backend, empty_tables, make_settings
 from tests.factories import AccountWithKey, account_with_key
 from tests.processes import ServerProcess, run_cli_together, running_servers, server_env
@@ -28,7 +27,6 @@ from vivix.catalog import pricing
 from vivix.catalog.params import validate_params
 from vivix.kit.runtime import Runtime, build_runtime, close_runtime
 from vivix.migrations import head_revision
-from vivix.models import Account, Generation, LedgerEntry, LedgerKind
 
 SECRET = "multi-process-test-secret"  # the servers and the test's runtime hash keys alike
 IMAGE = {"model": "vivix-local-image", "prompt": "two lighthouses, one beam", "resolution": "1K"}
@@ -118,31 +116,6 @@ async def burst_across(
     for server, response in zip(targets, responses, strict=True):
         by_server[server.name][code_of(response)] += 1
     return by_server
-
-
-async def stored_counts(runtime: Runtime, account_id: str) -> tuple[int, int, int, int]:
-    """(balance, held, generation rows, hold entries) of one account."""
-    async with runtime.db.read() as session:
-        account = await session.get(Account, account_id)
-        assert account is not None
-        generations = (
-            await session.execute(
-                select(func.count())
-                .select_from(Generation)
-                .where(Generation.account_id == account_id)
-            )
-        ).scalar_one()
-        holds = (
-            await session.execute(
-                select(func.count())
-                .select_from(LedgerEntry)
-                .where(
-                    LedgerEntry.account_id == account_id,
-                    LedgerEntry.kind == LedgerKind.HOLD.value,
-                )
-            )
-        ).scalar_one()
-    return account.balance, account.held, int(generations), int(holds)
 
 
 async def test_burst_over_two_processes_admits_only_what_the_credits_cover(
