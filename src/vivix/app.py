@@ -26,6 +26,9 @@ from vivix.kit.metrics import Metrics, MetricsMiddleware
 from vivix.kit.runtime import Runtime, build_runtime, close_runtime
 from vivix.settings import Settings
 from vivix.storage.endpoints import router as files_router
+from vivix.studio.pages import router as studio_router
+from vivix.studio.security import SecurityHeadersMiddleware
+from vivix.studio.web import STATIC_DIR, StudioStaticFiles, StudioWeb, error_page, wants_html
 
 log = structlog.get_logger(__name__)
 
@@ -70,9 +73,13 @@ def create_app(
     app.include_router(credits_router)
     app.include_router(admin_router)
     app.include_router(files_router)
+    app.state.studio = StudioWeb(settings.resolved_public_url)
+    app.include_router(studio_router)
+    app.mount("/static", StudioStaticFiles(directory=STATIC_DIR), name="static")
     _install_operations_routes(app)
     _install_error_handlers(app)
     app.add_middleware(ResponseHeadersMiddleware)
+    app.add_middleware(SecurityHeadersMiddleware, storage_public_url=settings.storage_public_url)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app
 
@@ -114,6 +121,8 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code == 404 and wants_html(request):
+            return await error_page(request, NotFound("There is no page at this address."))
         if exc.status_code == 405:
             return _error_response(request, MethodNotAllowed())
         if exc.status_code == 404:
@@ -135,6 +144,8 @@ def _install_error_handlers(app: FastAPI) -> None:
             error=repr(exc),
             exception="".join(traceback.format_exception(exc)),
         )
+        if wants_html(request):
+            return await error_page(request, VivixError())
         return _error_response(request, VivixError(), with_context_headers=True)
 
 

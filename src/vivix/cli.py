@@ -30,12 +30,16 @@ credits_app = typer.Typer(help="Credits.", no_args_is_help=True)
 models_app = typer.Typer(help="Per-account model allowlists.", no_args_is_help=True)
 pricing_app = typer.Typer(help="Per-account price overrides.", no_args_is_help=True)
 catalog_app = typer.Typer(help="The model catalog.", no_args_is_help=True)
+users_app = typer.Typer(
+    help="Studio users (people who sign in with a browser).", no_args_is_help=True
+)
 app.add_typer(accounts_app, name="accounts")
 app.add_typer(keys_app, name="keys")
 app.add_typer(credits_app, name="credits")
 app.add_typer(models_app, name="models")
 app.add_typer(pricing_app, name="pricing")
 app.add_typer(catalog_app, name="catalog")
+app.add_typer(users_app, name="users")
 
 console = Console()
 err_console = Console(stderr=True)
@@ -157,20 +161,32 @@ def serve(
     from vivix.app import create_app
 
     settings = _settings(host=host, port=port)
-    demo_key = _run(as_json, admin.ensure_demo_account, settings)
+    demo = _run(as_json, admin.ensure_demo_account, settings)
     url = settings.resolved_public_url
-    if demo_key:
+    if demo:
         if as_json:
             print(
-                json.dumps({"demo_account": admin.DEMO_ACCOUNT, "demo_key": demo_key, "url": url})
+                json.dumps(
+                    {
+                        "demo_account": admin.DEMO_ACCOUNT,
+                        "demo_key": demo.key,
+                        "studio_email": demo.email,
+                        "studio_password": demo.password,
+                        "url": url,
+                    }
+                )
             )
         else:
             # Plain print: rich would wrap the key and the command, breaking copy-paste.
-            print(f"\nDemo account created. Its API key (shown once):\n\n  {demo_key}\n")
+            print(f"\nDemo account created. Its API key (shown once):\n\n  {demo.key}\n")
             print(
-                f"Try:\n  curl -X POST {url}/api/v1/generate -H 'Authorization: Bearer {demo_key}' "
+                f"Try:\n  curl -X POST {url}/api/v1/generate -H 'Authorization: Bearer {demo.key}' "
                 "-H 'Content-Type: application/json' "
                 '-d \'{"model": "vivix-local-image", "prompt": "a misty forest at dawn"}\'\n',
+            )
+            print(
+                f"Studio: open {url}/ and sign in (shown once; an operator of this server):\n\n"
+                f"  email     {demo.email}\n  password  {demo.password}\n",
                 flush=True,
             )
     elif not as_json:
@@ -399,6 +415,62 @@ def catalog_list(as_json: JsonFlag = False) -> None:
         console.print(table)
 
     _emit(_run(as_json, admin.catalog_list), as_json, render)
+
+
+@users_app.command("create")
+def users_create(
+    email: str,
+    account: Annotated[
+        str | None,
+        typer.Option(help="The account (name or id) to join; default: a new free account."),
+    ] = None,
+    operator: Annotated[
+        bool, typer.Option("--operator", help="May open the Studio's operator pages.")
+    ] = False,
+    password_stdin: Annotated[
+        bool,
+        typer.Option("--password-stdin", help="Read the password from standard input."),
+    ] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Create a Studio user; a generated password is printed once."""
+    password = None
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    data = _run(
+        as_json,
+        lambda rt: admin.create_user(
+            rt, email, account=account, operator=operator, password=password
+        ),
+    )
+    if as_json:
+        fields = ("user_id", "email", "account_id", "password")
+        print(json.dumps({name: data[name] for name in fields}))
+        return
+    role = "operator" if data["operator"] else "user"
+    print(f"{role} {data['email']} in account {data['account']} ({data['account_id']})")
+    if data["password"] is not None:
+        # Plain print so the password is never wrapped.
+        print(f"password (shown once): {data['password']}")
+
+
+@users_app.command("list")
+def users_list(as_json: JsonFlag = False) -> None:
+    """List Studio users."""
+
+    def render(rows: list[dict[str, Any]]) -> None:
+        table = Table("email", "account", "operator", "created", "last sign-in")
+        for r in rows:
+            table.add_row(
+                r["email"],
+                r["account"],
+                "yes" if r["operator"] else "",
+                r["created_at"],
+                r["last_sign_in_at"] or "",
+            )
+        console.print(table)
+
+    _emit(_run(as_json, admin.list_users), as_json, render)
 
 
 def _route_state(route: dict[str, Any]) -> str:

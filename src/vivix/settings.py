@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -95,6 +95,21 @@ class CircuitSettings(BaseModel):
     cooldown_seconds: Annotated[float, Field(gt=0)] = 30.0
 
 
+class StudioSettings(BaseModel):
+    """The browser Studio (STUDIO.md)."""
+
+    # closed: operators create users; open: anyone may sign up (a new free account each).
+    signup: Literal["closed", "open"] = "closed"
+    session_days: Annotated[int, Field(ge=1)] = 30  # absolute lifetime of a sign-in
+    idle_days: Annotated[int, Field(ge=1)] = 7  # unused this long: signed out
+    # Studio submits per user per minute (the API's per-minute limit does not apply).
+    generations_per_minute: Annotated[int, Field(ge=1)] = 30
+    # Failed sign-ins allowed per window before 429, per email and per client address.
+    signin_failures_per_email: Annotated[int, Field(ge=1)] = 10
+    signin_failures_per_address: Annotated[int, Field(ge=1)] = 50
+    signin_window_minutes: Annotated[int, Field(ge=1)] = 15
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="VIVIX_",
@@ -128,6 +143,7 @@ class Settings(BaseSettings):
     worker: WorkerSettings = WorkerSettings()
     circuit: CircuitSettings = CircuitSettings()
     fetch: FetchSettings = FetchSettings()
+    studio: StudioSettings = StudioSettings()
     providers: dict[str, ProviderSettings] = Field(default_factory=dict)
     tiers: dict[Tier, TierDefaults] = Field(default_factory=_default_tiers)
 

@@ -220,4 +220,5 @@ async def test_key_table_has_no_plaintext_column(runtime: Runtime) -> None:
         "is_test",
         "created_at",
         "revoked_at",
+        "last_used_at",
     }

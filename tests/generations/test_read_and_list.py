@@ -28,6 +28,7 @@ PENDING_FIELDS = {
     "elapsed_ms",
     "created_at",
     "queue_position",
+    "source",
     "params",
     "metadata",
 }

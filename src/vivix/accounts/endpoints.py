@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Row
@@ -23,7 +24,9 @@ from vivix.kit.errors import RateLimited
 from vivix.kit.http import context_of
 from vivix.kit.runtime import Runtime
 
-__all__ = ["Caller", "authorize", "pass_gate", "runtime_of"]
+KEY_TOUCH_EVERY = timedelta(minutes=5)
+
+__all__ = ["Caller", "authorize", "pass_gate", "roll_cycle", "runtime_of"]
 
 
 def runtime_of(request: Request) -> Runtime:
@@ -44,10 +47,14 @@ async def pass_gate(request: Request, row: Row[Any] | None) -> Caller:
     runtime = runtime_of(request)
     ctx = context_of(request)
     caller = caller_from_row(row, runtime.settings)
+    assert row is not None
+    now = utcnow()
+    if row.last_used_at is None or now - row.last_used_at >= KEY_TOUCH_EVERY:
+        await _touch_key(runtime, row.key_id, now)
     if caller.account.cycle_resets_at <= utcnow():
         caller = replace(
             caller,
-            account=await _roll_cycle(runtime, caller.account.id, caller.limits.monthly_credits),
+            account=await roll_cycle(runtime, caller.account.id, caller.limits.monthly_credits),
         )
     ctx.balance = caller.account.balance
     decision = await runtime.limiter.hit(caller.account.id, caller.limits.calls_per_minute)
@@ -64,7 +71,24 @@ async def pass_gate(request: Request, row: Row[Any] | None) -> Caller:
     return caller
 
 
-async def _roll_cycle(runtime: Runtime, account_id: str, monthly_credits: int) -> AccountView:
+_touching: dict[str, datetime] = {}  # key id → when this process last recorded its use
+
+
+async def _touch_key(runtime: Runtime, key_id: str, now: datetime) -> None:
+    """Record when a key was last used, at most every few minutes and by one request of a
+    burst: listings show it, and the API's hot path stays free of a write per call."""
+    last = _touching.get(key_id)
+    if last is not None and now - last < KEY_TOUCH_EVERY:
+        return
+    if len(_touching) > 10_000:
+        _touching.clear()
+    _touching[key_id] = now
+    async with runtime.db.write_connection() as connection:
+        await repository.touch_key(connection, key_id, now)
+
+
+async def roll_cycle(runtime: Runtime, account_id: str, monthly_credits: int) -> AccountView:
+    """Grant every billing cycle that has passed (lazily, on the account's next call)."""
     async with runtime.db.transaction() as session:
         account = await repository.lock_account(session, account_id)
         billing.roll_cycles(session, account, monthly_credits)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Row, Select, bindparam, select, update
@@ -12,7 +13,9 @@ _CALLER_COLUMNS: list[Any] = [
     ApiKey.id.label("key_id"),
     ApiKey.is_test,
     ApiKey.revoked_at,
+    ApiKey.last_used_at,
     Account.id.label("account_id"),
+    Account.suspended_at,
     Account.tier,
     Account.balance,
     Account.held,
@@ -63,6 +66,31 @@ TAKE_SLOT_AND_HOLD = (
     )
     .returning(Account.balance)
 )
+
+
+async def touch_key(connection: AsyncConnection, key_id: str, used_at: datetime) -> None:
+    await connection.execute(update(ApiKey).where(ApiKey.id == key_id).values(last_used_at=used_at))
+
+
+async def list_account_keys(session: AsyncSession, account_id: str) -> list[ApiKey]:
+    """The account's keys, live ones first, newest first."""
+    return list(
+        (
+            await session.execute(
+                select(ApiKey)
+                .where(ApiKey.account_id == account_id)
+                .order_by(ApiKey.revoked_at.is_not(None), ApiKey.created_at.desc())
+            )
+        ).scalars()
+    )
+
+
+async def find_account_key(session: AsyncSession, account_id: str, key_id: str) -> ApiKey | None:
+    return (
+        await session.execute(
+            select(ApiKey).where(ApiKey.id == key_id, ApiKey.account_id == account_id)
+        )
+    ).scalar_one_or_none()
 
 
 async def get_slots_and_balance(connection: AsyncConnection, account_id: str) -> tuple[int, int]:

@@ -16,6 +16,7 @@ from vivix.accounts import repository
 from vivix.billing import service as billing
 from vivix.kit.clock import add_months, utcnow
 from vivix.kit.errors import (
+    AccountSuspended,
     AdminConflict,
     AdminInvalid,
     AdminNotFound,
@@ -89,10 +90,14 @@ class AccountView:
 
 @dataclass(frozen=True, slots=True)
 class Caller:
-    key_id: str
+    """Who submits: an API key (`key_id`), or a Studio user (`user_id`, source "studio")."""
+
+    key_id: str | None
     is_test: bool
     account: AccountView
     limits: AccountLimits
+    source: str = "api"
+    user_id: str | None = None
 
 
 def limits_for(account: HasLimitOverrides, settings: Settings) -> AccountLimits:
@@ -144,6 +149,8 @@ def caller_from_row(row: Row[Any] | None, settings: Settings) -> Caller:
         raise KeyInvalid()
     if row.revoked_at is not None:
         raise KeyRevoked()
+    if row.suspended_at is not None:
+        raise AccountSuspended()
     account = AccountView.of_caller_row(row)
     return Caller(row.key_id, row.is_test, account, limits_for(account, settings))
 

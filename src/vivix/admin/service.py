@@ -3,6 +3,7 @@ transaction (these are the boundary) and returns plain JSON-ready data."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from vivix.accounts import repository as accounts_repository
@@ -14,11 +15,15 @@ from vivix.catalog.schemas import PricingRow
 from vivix.kit.clock import iso, utcnow
 from vivix.kit.errors import AdminInvalid
 from vivix.kit.runtime import Runtime
-from vivix.models import Account, ApiKey
+from vivix.models import Account, ApiKey, User
 from vivix.providers.circuits import route_key
 from vivix.providers.registry import LOCAL, is_configured
+from vivix.studio import passwords
+from vivix.studio import repository as studio_repository
+from vivix.studio import service as studio
 
 DEMO_ACCOUNT = "demo"
+DEMO_EMAIL = "demo@vivix.local"
 
 
 def account_out(account: Account, runtime: Runtime) -> dict[str, Any]:
@@ -45,6 +50,7 @@ def account_out(account: Account, runtime: Runtime) -> dict[str, Any]:
         "allowed_models": sorted(account.allowed_models),
         "price_overrides": account.price_overrides,
         "created_at": iso(account.created_at),
+        "suspended_at": iso(account.suspended_at),
     }
 
 
@@ -122,6 +128,21 @@ async def grant_credits(
         found = await accounts.get_account(session, account_name)
         account = await accounts_repository.lock_account(session, found.id)
         billing.grant(session, account, amount, reason)
+        await session.flush()
+    return account_out(account, runtime)
+
+
+async def set_suspended(runtime: Runtime, account_name: str, *, suspended: bool) -> dict[str, Any]:
+    """Suspend (keys answer 403 ACCOUNT_SUSPENDED, Studio sessions end, sign-in refused) or
+    reinstate an account. Nothing is deleted; running generations finish and settle."""
+    async with runtime.db.transaction() as session:
+        found = await accounts.get_account(session, account_name)
+        account = await accounts_repository.lock_account(session, found.id)
+        now = utcnow()
+        account.suspended_at = now if suspended else None
+        account.updated_at = now
+        if suspended:
+            await studio_repository.revoke_account_sessions(session, account.id, now)
         await session.flush()
     return account_out(account, runtime)
 
@@ -223,12 +244,63 @@ async def catalog_list(runtime: Runtime) -> list[dict[str, Any]]:
     return models
 
 
-async def ensure_demo_account(runtime: Runtime) -> str | None:
-    """On an empty database: a pro demo account and one live key (returned once)."""
+def user_out(user: User, account_name: str) -> dict[str, Any]:
+    return {
+        "user_id": user.id,
+        "email": user.email,
+        "account_id": user.account_id,
+        "account": account_name,
+        "operator": user.is_operator,
+        "created_at": iso(user.created_at),
+        "last_sign_in_at": iso(user.last_sign_in_at),
+    }
+
+
+async def list_users(runtime: Runtime, query: str = "") -> list[dict[str, Any]]:
+    async with runtime.db.read() as session:
+        rows = await studio_repository.list_users(session, query)
+    return [user_out(row.User, row.account_name) for row in rows]
+
+
+@dataclass(frozen=True, slots=True)
+class DemoAccess:
+    key: str
+    email: str
+    password: str
+
+
+async def ensure_demo_account(runtime: Runtime) -> DemoAccess | None:
+    """On an empty database: a pro demo account, one live key and a Studio user (an
+    operator, so one person can try every page), returned once."""
     async with runtime.db.read() as session:
         if await accounts_repository.count_accounts(session):
             return None
     await create_account(runtime, DEMO_ACCOUNT, "pro")
     created = await create_key(runtime, DEMO_ACCOUNT, name="demo")
-    key: str = created["key"]
-    return key
+    user = await create_user(runtime, DEMO_EMAIL, account=DEMO_ACCOUNT, operator=True)
+    return DemoAccess(key=created["key"], email=user["email"], password=user["password"])
+
+
+async def create_user(
+    runtime: Runtime,
+    email: str,
+    *,
+    account: str | None = None,
+    operator: bool = False,
+    password: str | None = None,
+) -> dict[str, Any]:
+    """A Studio user in `account` (or in a new free account of their own). Without a
+    `password` one is generated and returned (shown once); a given one is not echoed."""
+    chosen = password if password is not None else passwords.generate_password()
+    async with runtime.db.transaction() as session:
+        user, owner = await studio.create_user(
+            session, runtime, email=email, password=chosen, account_name=account, operator=operator
+        )
+    return {
+        "user_id": user.id,
+        "email": user.email,
+        "account_id": owner.id,
+        "account": owner.name,
+        "operator": user.is_operator,
+        "password": chosen if password is None else None,
+    }

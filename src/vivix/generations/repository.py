@@ -49,6 +49,7 @@ _SHOWN = (
     Generation.error_message,
     Generation.params,
     Generation.metadata_,
+    Generation.source,
 )
 _SHOWN_COLUMNS = [attribute.label(attribute.key) for attribute in _SHOWN]
 
@@ -107,6 +108,8 @@ SUBMITTED_COLUMNS = (
     "id",
     "account_id",
     "api_key_id",
+    "user_id",
+    "source",
     "model",
     "status",
     "is_test",
@@ -280,8 +283,15 @@ async def list_for_account(
     created_after: datetime | None,
     created_before: datetime | None,
     metadata: dict[str, str],
+    source: str | None = None,
+    models: list[str] | None = None,
 ) -> list[Row[Any]]:
+    """Newest first. `models` keeps those models only (the Studio's category filter)."""
     query = select(*_SHOWN_COLUMNS).where(Generation.account_id == account_id)
+    if source is not None:
+        query = query.where(Generation.source == source)
+    if models is not None:
+        query = query.where(Generation.model.in_(models))
     if before_id is not None:
         query = query.where(Generation.id < before_id)
     if status is not None:

@@ -47,6 +47,7 @@ def generation_out(
         elif status == GenerationStatus.FAILED:
             out["error"] = gen.error_code
             out["message"] = gen.error_message
+    out["source"] = gen.source
     out["params"] = gen.params
     out["metadata"] = gen.metadata_
     return out

@@ -168,6 +168,8 @@ async def submit(
         "id": uuid7(),
         "account_id": account.id,
         "api_key_id": caller.key_id,
+        "user_id": caller.user_id,
+        "source": caller.source,
         "model": model.slug,
         "status": GenerationStatus.PENDING.value,
         "is_test": caller.is_test,

@@ -207,3 +207,38 @@ class AdminInvalid(VivixError):
 
     def __init__(self, field: str, reason: str) -> None:
         super().__init__(f"Invalid `{field}`: {reason}", field=field, reason=reason)
+
+
+class AccountSuspended(VivixError):
+    status = 403
+    code = "ACCOUNT_SUSPENDED"
+    default_message = "This account is suspended."
+    default_next = "Contact the operator of this Vivix server."
+
+
+class SignInFailed(VivixError):
+    status = 401
+    code = "SIGNIN_FAILED"
+    default_message = "That email and password don't match."
+    default_next = "Check both and try again; an operator can reset your password."
+
+
+class SignInThrottled(VivixError):
+    status = 429
+    code = "SIGNIN_THROTTLED"
+    default_message = "Too many failed sign-ins. Wait a while before trying again."
+    default_next = "Wait `retry_after` seconds, then try again."
+
+
+class CsrfRejected(VivixError):
+    status = 403
+    code = "CSRF_FAILED"
+    default_message = "This form has expired or did not come from this site."
+    default_next = "Reload the page and submit the form again."
+
+
+class SignupClosed(VivixError):
+    status = 403
+    code = "SIGNUP_CLOSED"
+    default_message = "Sign-up is closed on this server."
+    default_next = "Ask the operator to create a user for you."

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import structlog
 from limits.aio.storage import MemoryStorage, RedisStorage, Storage
@@ -20,6 +22,7 @@ from limits.aio.strategies import FixedWindowRateLimiter
 from limits import RateLimitItemPerMinute
 
 log = structlog.get_logger(__name__)
+T = TypeVar("T")
 
 REDIS_RETRY_AFTER_S = 5.0
 WARN_EVERY_S = 30.0
@@ -88,6 +91,42 @@ class RateLimiter:
         return RateDecision(
             allowed, calls_per_minute, max(0, stats.remaining), min(reset_after, 60)
         )
+
+    async def count_failure(self, scope: str, key: str, allowed: int, window_minutes: int) -> None:
+        """Count one failure (e.g. a wrong password) for `key`; see `failures_left`."""
+        item = RateLimitItemPerMinute(allowed, window_minutes)
+        await self._with_storage(lambda limiter: limiter.hit(item, scope, key))
+
+    async def failures_left(
+        self, scope: str, key: str, allowed: int, window_minutes: int
+    ) -> RateDecision:
+        """Whether `key` may try again: `allowed` failures per window, then refused until
+        the window resets (`reset_after_s`). Counting nothing."""
+        item = RateLimitItemPerMinute(allowed, window_minutes)
+
+        async def peek(limiter: FixedWindowRateLimiter) -> RateDecision:
+            stats = await limiter.get_window_stats(item, scope, key)
+            reset_after = max(1, math.ceil(stats.reset_time - time.time()))
+            remaining = max(0, stats.remaining)
+            return RateDecision(remaining > 0, allowed, remaining, reset_after)
+
+        return await self._with_storage(peek)
+
+    async def forget_failures(
+        self, scope: str, key: str, allowed: int, window_minutes: int
+    ) -> None:
+        item = RateLimitItemPerMinute(allowed, window_minutes)
+        await self._with_storage(lambda limiter: limiter.clear(item, scope, key))
+
+    async def _with_storage(self, use: Callable[[FixedWindowRateLimiter], Awaitable[T]]) -> T:
+        """Redis when configured and up, else this process's memory (the same counts)."""
+        if self._redis is not None and time.monotonic() >= self._redis_down_until:
+            try:
+                return await use(self._redis)
+            except Exception as exc:
+                self._redis_down_until = time.monotonic() + REDIS_RETRY_AFTER_S
+                self._warn(exc)
+        return await use(self._memory)
 
     def _warn(self, exc: Exception) -> None:
         now = time.monotonic()

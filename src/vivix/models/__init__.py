@@ -6,6 +6,8 @@ from vivix.models.base import Base
 from vivix.models.generation import ACTIVE_STATUSES, Generation, GenerationStatus
 from vivix.models.ledger_entry import LedgerEntry, LedgerKind
 from vivix.models.provider_circuit import ProviderCircuit
+from vivix.models.studio_session import StudioSession
+from vivix.models.user import User
 
 __all__ = [
     "ACTIVE_STATUSES",
@@ -17,4 +19,6 @@ __all__ = [
     "LedgerEntry",
     "LedgerKind",
     "ProviderCircuit",
+    "StudioSession",
+    "User",
 ]

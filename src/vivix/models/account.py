@@ -43,3 +43,5 @@ class Account(Base):
     price_overrides: Mapped[dict[str, Any]] = mapped_column(JsonValue, default=dict)
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
+    # Set by an operator: keys and Studio sign-ins are refused until it is cleared.
+    suspended_at: Mapped[datetime | None]

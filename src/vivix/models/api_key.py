@@ -22,3 +22,5 @@ class ApiKey(Base):
     is_test: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime]
     revoked_at: Mapped[datetime | None]
+    # Refreshed by the auth gate at most every few minutes (not on every call).
+    last_used_at: Mapped[datetime | None]

@@ -4,7 +4,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Boolean, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import Boolean, Float, ForeignKey, Index, Integer, String, Text, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from vivix.models.base import Base, JsonValue
@@ -40,7 +40,10 @@ class Generation(Base):
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"))
-    api_key_id: Mapped[str] = mapped_column(String(36))
+    # The key that submitted it (API), or NULL with `user_id` set (Studio).
+    api_key_id: Mapped[str | None] = mapped_column(String(36))
+    user_id: Mapped[str | None] = mapped_column(String(36))
+    source: Mapped[str] = mapped_column(String(8), default="api", server_default=text("'api'"))
     model: Mapped[str] = mapped_column(String(100))
     status: Mapped[str] = mapped_column(String(16))
     is_test: Mapped[bool] = mapped_column(Boolean, default=False)

@@ -1,0 +1,1 @@
+"""The Studio: the browser surface on the same wallet (STUDIO.md)."""
