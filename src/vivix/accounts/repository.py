@@ -8,12 +8,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from vivix.models import Account, ApiKey
 
-# What authentication needs, in one Core statement (no ORM entity loading on every call).
-_CALLER_COLUMNS: list[Any] = [
-    ApiKey.id.label("key_id"),
-    ApiKey.is_test,
-    ApiKey.revoked_at,
-    ApiKey.last_used_at,
+# The account as `AccountView` reads it (`account_id` and the columns by name), for the
+# statements that authenticate a caller: an API key here, a Studio session in `studio`.
+ACCOUNT_VIEW_COLUMNS: list[Any] = [
     Account.id.label("account_id"),
     Account.suspended_at,
     Account.tier,
@@ -28,6 +25,14 @@ _CALLER_COLUMNS: list[Any] = [
     Account.calls_per_minute,
     Account.concurrent_jobs,
     Account.monthly_credits,
+]
+# What authentication needs, in one Core statement (no ORM entity loading on every call).
+_CALLER_COLUMNS: list[Any] = [
+    ApiKey.id.label("key_id"),
+    ApiKey.is_test,
+    ApiKey.revoked_at,
+    ApiKey.last_used_at,
+    *ACCOUNT_VIEW_COLUMNS,
 ]
 
 

@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import Row, bindparam, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
+from vivix.accounts.repository import ACCOUNT_VIEW_COLUMNS
 from vivix.models import Account, StudioSession, User
 
 # The signed-in viewer in one Core statement: session, user and the account (the account
@@ -22,21 +23,8 @@ _VIEWER: Any = (
         User.id.label("user_id"),
         User.email,
         User.is_operator,
-        Account.id.label("account_id"),
         Account.name.label("account_name"),
-        Account.suspended_at,
-        Account.tier,
-        Account.balance,
-        Account.held,
-        Account.active_jobs,
-        Account.cycle_resets_at,
-        Account.spent_this_cycle,
-        Account.granted_this_cycle,
-        Account.allowed_models,
-        Account.price_overrides,
-        Account.calls_per_minute,
-        Account.concurrent_jobs,
-        Account.monthly_credits,
+        *ACCOUNT_VIEW_COLUMNS,
     )
     .join(User, User.id == StudioSession.user_id)
     .join(Account, Account.id == User.account_id)
