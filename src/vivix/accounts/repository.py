@@ -3,7 +3,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, Select, bindparam, select, update
+from sqlalchemy import Row, Select, bindparam, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from vivix.models import Account, ApiKey
@@ -155,3 +155,31 @@ async def find_keys(session: AsyncSession, prefix_or_id: str) -> list[ApiKey]:
             )
         ).scalars()
     )
+
+
+async def search_accounts(session: AsyncSession, query: str, limit: int) -> list[Account]:
+    """Accounts whose name or id contains `query`, newest first."""
+    statement = select(Account).order_by(Account.created_at.desc()).limit(limit)
+    if query:
+        pattern = f"%{query.lower()}%"
+        statement = statement.where(func.lower(Account.name).like(pattern) | (Account.id == query))
+    return list((await session.execute(statement)).scalars())
+
+
+async def list_keys_with_accounts(session: AsyncSession, query: str, limit: int) -> list[Row[Any]]:
+    """Keys of every account (newest first) with the account's name; `query` matches the
+    key's prefix or name or the account's name."""
+    statement: Any = (
+        select(ApiKey, Account.name.label("account_name"))
+        .join(Account, Account.id == ApiKey.account_id)
+        .order_by(ApiKey.created_at.desc())
+        .limit(limit)
+    )
+    if query:
+        pattern = f"%{query.lower()}%"
+        statement = statement.where(
+            func.lower(ApiKey.prefix).like(pattern)
+            | func.lower(ApiKey.name).like(pattern)
+            | func.lower(Account.name).like(pattern)
+        )
+    return list((await session.execute(statement)).all())

@@ -21,6 +21,7 @@ from vivix.kit.errors import (
     AdminInvalid,
     AdminNotFound,
     KeyInvalid,
+    KeyNotFound,
     KeyRevoked,
     TierLocked,
     Unauthorized,
@@ -294,3 +295,14 @@ async def update_account(
     account.updated_at = utcnow()
     await session.flush()
     return account
+
+
+async def revoke_account_key(session: AsyncSession, account_id: str, key_id: str) -> ApiKey:
+    """Revoke one of the account's own keys; another account's key id is 404 (as unknown)."""
+    key = await repository.find_account_key(session, account_id, key_id)
+    if key is None:
+        raise KeyNotFound()
+    if key.revoked_at is None:
+        key.revoked_at = utcnow()
+        await session.flush()
+    return key

@@ -262,6 +262,13 @@ async def list_users(runtime: Runtime, query: str = "") -> list[dict[str, Any]]:
     return [user_out(row.User, row.account_name) for row in rows]
 
 
+async def list_account_users(runtime: Runtime, account_id: str) -> list[dict[str, Any]]:
+    async with runtime.db.read() as session:
+        account = await accounts.get_account(session, account_id)
+        users = await studio_repository.list_account_users(session, account.id)
+    return [user_out(user, account.name) for user in users]
+
+
 @dataclass(frozen=True, slots=True)
 class DemoAccess:
     key: str

@@ -1,9 +1,12 @@
 from __future__ import annotations
 
-from sqlalchemy import func, select
+from datetime import date, datetime
+from typing import Any
+
+from sqlalchemy import Row, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from vivix.models import LedgerEntry
+from vivix.models import Generation, LedgerEntry, LedgerKind
 
 
 async def ledger_sum(session: AsyncSession, account_id: str) -> int:
@@ -31,3 +34,86 @@ async def list_entries(
             )
         ).scalars()
     )
+
+
+async def spend_per_day(session: AsyncSession, account_id: str, since: datetime) -> dict[date, int]:
+    """Credits captured per UTC day since `since` (days without spend are absent)."""
+    if session.bind.dialect.name == "postgresql":
+        day = func.date(func.timezone("UTC", LedgerEntry.created_at))
+    else:  # SQLite stores UTC text; date() takes its day
+        day = func.date(LedgerEntry.created_at)
+    rows = await session.execute(
+        select(day.label("day"), func.sum(-LedgerEntry.amount))
+        .where(
+            LedgerEntry.account_id == account_id,
+            LedgerEntry.kind == LedgerKind.CAPTURE.value,
+            LedgerEntry.created_at >= since,
+        )
+        .group_by(day)
+    )
+    out: dict[date, int] = {}
+    for value, total in rows.all():
+        key = value if isinstance(value, date) else date.fromisoformat(str(value))
+        out[key] = int(total or 0)
+    return out
+
+
+async def spend_per_model(
+    session: AsyncSession, account_id: str, since: datetime
+) -> list[Row[Any]]:
+    """Per model since `since`: generations charged and credits captured, most first."""
+    spent = func.sum(-LedgerEntry.amount).label("credits")
+    return list(
+        (
+            await session.execute(
+                select(Generation.model, func.count().label("generations"), spent)
+                .join(Generation, Generation.id == LedgerEntry.generation_id)
+                .where(
+                    LedgerEntry.account_id == account_id,
+                    LedgerEntry.kind == LedgerKind.CAPTURE.value,
+                    LedgerEntry.created_at >= since,
+                )
+                .group_by(Generation.model)
+                .order_by(spent.desc())
+            )
+        ).all()
+    )
+
+
+_LEDGER_COLUMNS = (
+    LedgerEntry.id,
+    LedgerEntry.created_at,
+    LedgerEntry.kind,
+    LedgerEntry.amount,
+    LedgerEntry.generation_id,
+    LedgerEntry.reason,
+    Generation.model,
+)
+
+
+async def ledger_page(
+    session: AsyncSession, account_id: str, *, before_id: int | None, limit: int
+) -> list[Row[Any]]:
+    """Entries newest first (keyset on the entry id), with the generation's model."""
+    query = (
+        select(*_LEDGER_COLUMNS)
+        .outerjoin(Generation, Generation.id == LedgerEntry.generation_id)
+        .where(LedgerEntry.account_id == account_id)
+    )
+    if before_id is not None:
+        query = query.where(LedgerEntry.id < before_id)
+    return list((await session.execute(query.order_by(LedgerEntry.id.desc()).limit(limit))).all())
+
+
+async def ledger_in_order(
+    session: AsyncSession, account_id: str, *, after_id: int, limit: int
+) -> list[Row[Any]]:
+    """Entries oldest first after `after_id`: the export reads the whole ledger in slices."""
+    query = (
+        select(*_LEDGER_COLUMNS)
+        .outerjoin(Generation, Generation.id == LedgerEntry.generation_id)
+        .where(LedgerEntry.account_id == account_id, LedgerEntry.id > after_id)
+        .order_by(LedgerEntry.id)
+        .limit(limit)
+    )
+    return list((await session.execute(query)).all())

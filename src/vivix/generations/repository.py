@@ -34,6 +34,7 @@ from vivix.models import Account, Base, Generation, GenerationStatus, LedgerKind
 
 QUEUE_POSITION_CAP = 1000
 PENDING = GenerationStatus.PENDING.value
+ACTIVE = (PENDING, GenerationStatus.PROCESSING.value)
 
 _SHOWN = (
     Generation.id,
@@ -306,3 +307,75 @@ async def list_for_account(
         query = query.where(_metadata_matches(connection.dialect.name, key, value))
     query = query.order_by(Generation.id.desc()).limit(limit)
     return list((await connection.execute(query)).all())
+
+
+async def recent_failures(connection: AsyncConnection, limit: int) -> list[Row[Any]]:
+    """The latest failed generations of every account, with the account's name."""
+    return list(
+        (
+            await connection.execute(
+                select(
+                    Generation.id,
+                    Generation.model,
+                    Generation.error_code,
+                    Generation.error_message,
+                    Generation.provider,
+                    Generation.attempts,
+                    Generation.completed_at,
+                    Account.name.label("account_name"),
+                )
+                .join(Account, Account.id == Generation.account_id)
+                .where(Generation.status == GenerationStatus.FAILED.value)
+                .order_by(Generation.completed_at.desc())
+                .limit(limit)
+            )
+        ).all()
+    )
+
+
+async def queue_by_model(connection: AsyncConnection) -> list[Row[Any]]:
+    """Per model: pending and processing counts and the oldest pending submit time."""
+    pending = Generation.status == PENDING
+    return list(
+        (
+            await connection.execute(
+                select(
+                    Generation.model,
+                    func.sum(case((pending, 1), else_=0)).label("pending"),
+                    func.sum(case((pending, 0), else_=1)).label("processing"),
+                    func.min(case((pending, Generation.created_at), else_=None)).label(
+                        "oldest_pending"
+                    ),
+                )
+                .where(Generation.status.in_(ACTIVE))
+                .group_by(Generation.model)
+                .order_by(Generation.model)
+            )
+        ).all()
+    )
+
+
+async def active_generations(connection: AsyncConnection, limit: int) -> list[Row[Any]]:
+    """The oldest running or queued generations of every account (the head of the queue)."""
+    return list(
+        (
+            await connection.execute(
+                select(
+                    Generation.id,
+                    Generation.model,
+                    Generation.status,
+                    Generation.source,
+                    Generation.created_at,
+                    Generation.started_at,
+                    Generation.attempts,
+                    Generation.provider,
+                    Generation.progress,
+                    Account.name.label("account_name"),
+                )
+                .join(Account, Account.id == Generation.account_id)
+                .where(Generation.status.in_(ACTIVE))
+                .order_by(Generation.id)
+                .limit(limit)
+            )
+        ).all()
+    )

@@ -252,3 +252,10 @@ class SignupClosed(VivixError):
     code = "SIGNUP_CLOSED"
     default_message = "Sign-up is closed on this server."
     default_next = "Ask the operator to create a user for you."
+
+
+class KeyNotFound(VivixError):
+    status = 404
+    code = "KEY_NOT_FOUND"
+    default_message = "No such API key on this account."
+    default_next = "Reload the list of keys."
