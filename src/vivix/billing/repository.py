@@ -38,7 +38,7 @@ async def list_entries(
 
 async def spend_per_day(session: AsyncSession, account_id: str, since: datetime) -> dict[date, int]:
     """Credits captured per UTC day since `since` (days without spend are absent)."""
-    if session.bind.dialect.name == "postgresql":
+    if session.get_bind().dialect.name == "postgresql":
         day = func.date(func.timezone("UTC", LedgerEntry.created_at))
     else:  # SQLite stores UTC text; date() takes its day
         day = func.date(LedgerEntry.created_at)
@@ -63,21 +63,18 @@ async def spend_per_model(
 ) -> list[Row[Any]]:
     """Per model since `since`: generations charged and credits captured, most first."""
     spent = func.sum(-LedgerEntry.amount).label("credits")
-    return list(
-        (
-            await session.execute(
-                select(Generation.model, func.count().label("generations"), spent)
-                .join(Generation, Generation.id == LedgerEntry.generation_id)
-                .where(
-                    LedgerEntry.account_id == account_id,
-                    LedgerEntry.kind == LedgerKind.CAPTURE.value,
-                    LedgerEntry.created_at >= since,
-                )
-                .group_by(Generation.model)
-                .order_by(spent.desc())
-            )
-        ).all()
+    query: Any = (
+        select(Generation.model, func.count().label("generations"), spent)
+        .join(Generation, Generation.id == LedgerEntry.generation_id)
+        .where(
+            LedgerEntry.account_id == account_id,
+            LedgerEntry.kind == LedgerKind.CAPTURE.value,
+            LedgerEntry.created_at >= since,
+        )
+        .group_by(Generation.model)
+        .order_by(spent.desc())
     )
+    return list((await session.execute(query)).all())
 
 
 _LEDGER_COLUMNS = (
@@ -95,7 +92,7 @@ async def ledger_page(
     session: AsyncSession, account_id: str, *, before_id: int | None, limit: int
 ) -> list[Row[Any]]:
     """Entries newest first (keyset on the entry id), with the generation's model."""
-    query = (
+    query: Any = (
         select(*_LEDGER_COLUMNS)
         .outerjoin(Generation, Generation.id == LedgerEntry.generation_id)
         .where(LedgerEntry.account_id == account_id)
@@ -109,7 +106,7 @@ async def ledger_in_order(
     session: AsyncSession, account_id: str, *, after_id: int, limit: int
 ) -> list[Row[Any]]:
     """Entries oldest first after `after_id`: the export reads the whole ledger in slices."""
-    query = (
+    query: Any = (
         select(*_LEDGER_COLUMNS)
         .outerjoin(Generation, Generation.id == LedgerEntry.generation_id)
         .where(LedgerEntry.account_id == account_id, LedgerEntry.id > after_id)

@@ -311,26 +311,23 @@ async def list_for_account(
 
 async def recent_failures(connection: AsyncConnection, limit: int) -> list[Row[Any]]:
     """The latest failed generations of every account, with the account's name."""
-    return list(
-        (
-            await connection.execute(
-                select(
-                    Generation.id,
-                    Generation.model,
-                    Generation.error_code,
-                    Generation.error_message,
-                    Generation.provider,
-                    Generation.attempts,
-                    Generation.completed_at,
-                    Account.name.label("account_name"),
-                )
-                .join(Account, Account.id == Generation.account_id)
-                .where(Generation.status == GenerationStatus.FAILED.value)
-                .order_by(Generation.completed_at.desc())
-                .limit(limit)
-            )
-        ).all()
+    query: Any = (
+        select(
+            Generation.id,
+            Generation.model,
+            Generation.error_code,
+            Generation.error_message,
+            Generation.provider,
+            Generation.attempts,
+            Generation.completed_at,
+            Account.name.label("account_name"),
+        )
+        .join(Account, Account.id == Generation.account_id)
+        .where(Generation.status == GenerationStatus.FAILED.value)
+        .order_by(Generation.completed_at.desc())
+        .limit(limit)
     )
+    return list((await connection.execute(query)).all())
 
 
 async def queue_by_model(connection: AsyncConnection) -> list[Row[Any]]:
@@ -357,25 +354,22 @@ async def queue_by_model(connection: AsyncConnection) -> list[Row[Any]]:
 
 async def active_generations(connection: AsyncConnection, limit: int) -> list[Row[Any]]:
     """The oldest running or queued generations of every account (the head of the queue)."""
-    return list(
-        (
-            await connection.execute(
-                select(
-                    Generation.id,
-                    Generation.model,
-                    Generation.status,
-                    Generation.source,
-                    Generation.created_at,
-                    Generation.started_at,
-                    Generation.attempts,
-                    Generation.provider,
-                    Generation.progress,
-                    Account.name.label("account_name"),
-                )
-                .join(Account, Account.id == Generation.account_id)
-                .where(Generation.status.in_(ACTIVE))
-                .order_by(Generation.id)
-                .limit(limit)
-            )
-        ).all()
+    query: Any = (
+        select(
+            Generation.id,
+            Generation.model,
+            Generation.status,
+            Generation.source,
+            Generation.created_at,
+            Generation.started_at,
+            Generation.attempts,
+            Generation.provider,
+            Generation.progress,
+            Account.name.label("account_name"),
+        )
+        .join(Account, Account.id == Generation.account_id)
+        .where(Generation.status.in_(ACTIVE))
+        .order_by(Generation.id)
+        .limit(limit)
     )
+    return list((await connection.execute(query)).all())

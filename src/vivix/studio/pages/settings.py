@@ -11,7 +11,7 @@ from starlette.responses import Response
 
 from vivix.accounts import repository as accounts_repository
 from vivix.accounts import service as accounts
-from vivix.kit.errors import InvalidParams
+from vivix.kit.errors import InvalidParams, KeyNotFound
 from vivix.kit.ids import is_uuid
 from vivix.studio import service
 from vivix.studio.service import Viewer
@@ -100,7 +100,7 @@ async def revoke_key(request: Request, key_id: str) -> Response:
     await read_form(request, viewer)
     runtime = runtime_of(request)
     if not is_uuid(key_id):
-        raise accounts.KeyNotFound()
+        raise KeyNotFound()
     async with runtime.db.transaction() as session:
         await accounts.revoke_account_key(session, viewer.account.id, key_id)
     return redirect("/settings/api?done=revoked")
