@@ -18,7 +18,6 @@ import pytest
 from typer.testing import CliRunner
 
 from tests.conftest import Backend, empty_tables, make_settings
-from vivix.app import create_app
 from vivix.cli import app as cli
 from vivix.kit.runtime import build_runtime, close_runtime
 
