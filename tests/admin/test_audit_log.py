@@ -164,9 +164,7 @@ async def _log(client: httpx.AsyncClient, query: str = "") -> list[dict[str, Any
 async def test_admin_action_over_http_is_in_the_audit_log(
     client: httpx.AsyncClient, case: Case
 ) -> None:
-    account = await _admin(
-        client, "POST", "/admin/v1/accounts", {"name": "acme", "credits": 100}
-    )
+    account = await _admin(client, "POST", "/admin/v1/accounts", {"name": "acme", "credits": 100})
     if case.setup_http:
         await _admin(client, *case.setup_http)
     method, path, body = case.http
@@ -332,4 +330,3 @@ def test_cli_key_revocation_price_clear_and_filters(vivix: Vivix) -> None:
     second = vivix.json("audit-log", "--limit", "2", "--cursor", first["next_cursor"])
     assert [e["action"] for e in second["data"]] == ["key.revoke", "key.create"]
     assert vivix.json("audit-log", "--actor", "someone-else")["data"] == []
-
