@@ -1,6 +1,7 @@
 """SQLAlchemy tables, one module per table."""
 
 from vivix.models.account import Account
+from vivix.models.admin_audit_entry import AdminAuditEntry
 from vivix.models.api_key import ApiKey
 from vivix.models.base import Base
 from vivix.models.generation import ACTIVE_STATUSES, Generation, GenerationStatus
@@ -12,6 +13,7 @@ from vivix.models.user import User
 __all__ = [
     "ACTIVE_STATUSES",
     "Account",
+    "AdminAuditEntry",
     "ApiKey",
     "Base",
     "Generation",

@@ -64,6 +64,11 @@ def _page(
     )
 
 
+def actor_of(viewer: Viewer, request: Request) -> admin.Actor:
+    """The audit log's name for an operator acting from the Studio."""
+    return admin.Actor(f"studio:{viewer.email}", request.headers.get("x-request-id"))
+
+
 def _int_field(form: FormData, name: str, *, minimum: int) -> int | None:
     raw = str(form.get(name) or "").strip()
     if not raw:
@@ -112,6 +117,7 @@ async def create_account(request: Request) -> Response:
             str(form.get("name") or "").strip(),
             str(form.get("tier") or "free"),
             _int_field(form, "credits", minimum=0),
+            actor=actor_of(viewer, request),
         )
     except VivixError as exc:
         field = str(exc.extra.get("field", "name"))
@@ -151,11 +157,12 @@ async def _account(
 
 
 async def _account_action(request: Request, account_id: str, done: str, action: Any) -> Response:
-    """Run one change from a form; a refused change shows the page with its error."""
+    """Run one change from a form (as the viewer, for the audit log); a refused change
+    shows the page with its error."""
     viewer = await require_operator(request)
     form = await read_form(request, viewer)
     try:
-        await action(runtime_of(request), form)
+        await action(runtime_of(request), form, actor_of(viewer, request))
     except (AdminInvalid, InvalidParams) as exc:
         errors = {str(exc.extra.get("field", "form")): str(exc.extra.get("reason", exc.message))}
         return await _account(request, viewer, account_id, errors=errors, status=422)
@@ -164,7 +171,7 @@ async def _account_action(request: Request, account_id: str, done: str, action: 
 
 @router.post("/accounts/{account_id}/limits")
 async def save_limits(request: Request, account_id: str) -> Response:
-    async def change(runtime: Any, form: FormData) -> None:
+    async def change(runtime: Any, form: FormData, actor: admin.Actor) -> None:
         await admin.update_account(
             runtime,
             account_id,
@@ -172,6 +179,7 @@ async def save_limits(request: Request, account_id: str) -> Response:
             calls_per_minute=_int_field(form, "calls_per_minute", minimum=1),
             concurrent_jobs=_int_field(form, "concurrent_jobs", minimum=1),
             monthly_credits=_int_field(form, "monthly_credits", minimum=0),
+            actor=actor,
         )
 
     return await _account_action(request, account_id, "limits", change)
@@ -179,42 +187,44 @@ async def save_limits(request: Request, account_id: str) -> Response:
 
 @router.post("/accounts/{account_id}/grant")
 async def grant(request: Request, account_id: str) -> Response:
-    async def change(runtime: Any, form: FormData) -> None:
+    async def change(runtime: Any, form: FormData, actor: admin.Actor) -> None:
         amount = _int_field(form, "amount", minimum=1)
         if amount is None:
             raise AdminInvalid("amount", "enter how many credits to grant")
         reason = str(form.get("reason") or "").strip()[:500] or None
-        await admin.grant_credits(runtime, account_id, amount, reason)
+        await admin.grant_credits(runtime, account_id, amount, reason, actor=actor)
 
     return await _account_action(request, account_id, "granted", change)
 
 
 @router.post("/accounts/{account_id}/models")
 async def save_models(request: Request, account_id: str) -> Response:
-    async def change(runtime: Any, form: FormData) -> None:
+    async def change(runtime: Any, form: FormData, actor: admin.Actor) -> None:
         chosen = {str(v) for v in form.getlist("models")}
         known = {m.slug for m in runtime.catalog.all()}
         current = set((await admin.show_account(runtime, account_id))["allowed_models"])
         if chosen - current:
-            await admin.set_models(runtime, account_id, sorted(chosen - current), allow=True)
+            await admin.set_models(
+                runtime, account_id, sorted(chosen - current), allow=True, actor=actor
+            )
         removed = (current & known) - chosen
         if removed:
-            await admin.set_models(runtime, account_id, sorted(removed), allow=False)
+            await admin.set_models(runtime, account_id, sorted(removed), allow=False, actor=actor)
 
     return await _account_action(request, account_id, "models", change)
 
 
 @router.post("/accounts/{account_id}/pricing")
 async def save_price(request: Request, account_id: str) -> Response:
-    async def change(runtime: Any, form: FormData) -> None:
+    async def change(runtime: Any, form: FormData, actor: admin.Actor) -> None:
         slug = str(form.get("model") or "")
         if form.get("clear") == "1":
-            await admin.set_price_override(runtime, account_id, slug, clear=True)
+            await admin.set_price_override(runtime, account_id, slug, clear=True, actor=actor)
             return
         factor = str(form.get("factor") or "").strip()
         if not factor:
             raise AdminInvalid("factor", "enter a factor such as 0.8")
-        await admin.set_price_override(runtime, account_id, slug, factor=factor)
+        await admin.set_price_override(runtime, account_id, slug, factor=factor, actor=actor)
 
     return await _account_action(request, account_id, "pricing", change)
 
@@ -224,7 +234,9 @@ async def suspension(request: Request, account_id: str) -> Response:
     viewer = await require_operator(request)
     form = await read_form(request, viewer)
     suspend = form.get("suspend") == "1"
-    await admin.set_suspended(runtime_of(request), account_id, suspended=suspend)
+    await admin.set_suspended(
+        runtime_of(request), account_id, suspended=suspend, actor=actor_of(viewer, request)
+    )
     done = "suspended" if suspend else "reinstated"
     return redirect(f"/operator/accounts/{account_id}?done={done}")
 
@@ -240,6 +252,7 @@ async def add_user(request: Request, account_id: str) -> Response:
             str(form.get("email") or ""),
             account=account_id,
             operator=form.get("operator") == "1",
+            actor=actor_of(viewer, request),
         )
     except VivixError as exc:
         field = str(exc.extra.get("field", "email"))
@@ -254,7 +267,7 @@ async def add_user(request: Request, account_id: str) -> Response:
 async def revoke_key(request: Request, key_id: str) -> Response:
     viewer = await require_operator(request)
     form = await read_form(request, viewer)
-    revoked = await admin.revoke_key(runtime_of(request), key_id)
+    revoked = await admin.revoke_key(runtime_of(request), key_id, actor=actor_of(viewer, request))
     back = str(form.get("back") or "")
     if back == "account":
         return redirect(f"/operator/accounts/{revoked['account_id']}?done=revoked")
