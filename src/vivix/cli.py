@@ -15,8 +15,8 @@ from rich.table import Table
 from vivix.admin import service as admin
 from vivix.catalog.repository import CatalogError
 from vivix.kit.errors import VivixError
-from vivix.kit.runtime import Runtime, build_runtime, close_runtime
 from vivix.providers.registry import SELF_HOSTED
+from vivix.runtime import Runtime, build_runtime, close_runtime
 from vivix.settings import Settings, SettingsError, load_settings
 
 app = typer.Typer(

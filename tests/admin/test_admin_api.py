@@ -13,7 +13,7 @@ from tests.audit import assert_ledger_consistent
 from tests.factories import AccountWithKey
 from vivix.app import create_app
 from vivix.billing import repository as billing_repository
-from vivix.kit.runtime import Runtime
+from vivix.runtime import Runtime
 
 TOKEN = "operator-token-0123456789"
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}

@@ -18,9 +18,9 @@ from tests.conftest import Backend
 from vivix.app import create_app
 from vivix.cli import app
 from vivix.kit.db import null_pool_engine
-from vivix.kit.runtime import build_runtime, close_runtime
 from vivix.migrations import head_revision
 from vivix.models import Base
+from vivix.runtime import build_runtime, close_runtime
 from vivix.settings import load_settings
 
 

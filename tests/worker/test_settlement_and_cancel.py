@@ -19,13 +19,13 @@ from tests.worker.helpers import wait_for_status
 from vivix.generations import service as generations
 from vivix.kit.clock import utcnow
 from vivix.kit.errors import NotCancelable
-from vivix.kit.runtime import Runtime
 from vivix.models import Generation, LedgerEntry
 from vivix.providers.base import OutputFile, RenderResult
 from vivix.providers.guarded_fetch import GuardedFetcher
 from vivix.providers.local import render
 from vivix.providers.local.adapter import LocalAdapter
 from vivix.providers.registry import ProviderRegistry
+from vivix.runtime import Runtime
 from vivix.worker import repository
 from vivix.worker.runner import Worker, reap_expired_leases
 from vivix.worker.service import JobExecutor, LeaseLost

@@ -8,10 +8,9 @@ from fastapi import APIRouter, Depends
 from starlette.requests import Request
 from starlette.responses import Response
 
-from vivix.accounts.endpoints import runtime_of
 from vivix.admin import schemas, service
 from vivix.kit.errors import AdminUnauthorized
-from vivix.kit.http import json_response
+from vivix.kit.http import json_response, runtime_of
 
 
 async def require_admin(request: Request) -> None:
@@ -47,8 +46,15 @@ async def show_account(request: Request, account: str) -> Response:
 
 @router.patch("/accounts/{account}")
 async def update_account(request: Request, account: str, body: schemas.AccountUpdate) -> Response:
-    changes = body.model_dump(exclude_none=True)
-    return json_response(await service.update_account(runtime_of(request), account, **changes))
+    out = await service.update_account(
+        runtime_of(request),
+        account,
+        tier=body.tier,
+        calls_per_minute=body.calls_per_minute,
+        concurrent_jobs=body.concurrent_jobs,
+        monthly_credits=body.monthly_credits,
+    )
+    return json_response(out)
 
 
 @router.post("/accounts/{account}/keys", status_code=201)

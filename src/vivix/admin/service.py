@@ -3,20 +3,21 @@ transaction (these are the boundary) and returns plain JSON-ready data."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vivix.accounts import repository as accounts_repository
 from vivix.accounts import service as accounts
 from vivix.billing import repository as billing_repository
-from vivix.billing import service as billing
 from vivix.catalog import pricing
 from vivix.catalog.schemas import PricingRow
 from vivix.kit.clock import iso, utcnow
 from vivix.kit.errors import AdminInvalid
-from vivix.kit.runtime import Runtime
 from vivix.models import Account, ApiKey
 from vivix.providers.circuits import route_key
 from vivix.providers.registry import LOCAL, is_configured
+
+if TYPE_CHECKING:
+    from vivix.runtime import Runtime
 
 DEMO_ACCOUNT = "demo"
 
@@ -67,12 +68,18 @@ async def create_account(
     async with runtime.db.transaction() as session:
         account = await accounts.create_account(
             session,
-            runtime.settings,
             name=name,
             tier=tier,
             default_models=runtime.catalog.default_allowlist(tier),
             opening_credits=credits,
         )
+        await runtime.ledger.grant_cycle(
+            session,
+            account.id,
+            accounts.opening_grant(account, runtime.settings, credits),
+            cycle_started_at=account.cycle_started_at,
+        )
+        await session.refresh(account)
     return account_out(account, runtime)
 
 
@@ -92,9 +99,24 @@ async def list_accounts(runtime: Runtime) -> list[dict[str, Any]]:
         return [account_out(a, runtime) for a in await accounts_repository.list_accounts(session)]
 
 
-async def update_account(runtime: Runtime, name_or_id: str, **changes: Any) -> dict[str, Any]:
+async def update_account(
+    runtime: Runtime,
+    name_or_id: str,
+    *,
+    tier: str | None = None,
+    calls_per_minute: int | None = None,
+    concurrent_jobs: int | None = None,
+    monthly_credits: int | None = None,
+) -> dict[str, Any]:
     async with runtime.db.transaction() as session:
-        account = await accounts.update_account(session, name_or_id, **changes)
+        account = await accounts.update_account(
+            session,
+            name_or_id,
+            tier=tier,
+            calls_per_minute=calls_per_minute,
+            concurrent_jobs=concurrent_jobs,
+            monthly_credits=monthly_credits,
+        )
     return account_out(account, runtime)
 
 
@@ -120,9 +142,8 @@ async def grant_credits(
 ) -> dict[str, Any]:
     async with runtime.db.transaction() as session:
         found = await accounts.get_account(session, account_name)
+        await runtime.ledger.grant(session, found.id, amount, reason)
         account = await accounts_repository.lock_account(session, found.id)
-        billing.grant(session, account, amount, reason)
-        await session.flush()
     return account_out(account, runtime)
 
 
