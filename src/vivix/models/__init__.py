@@ -1,6 +1,7 @@
 """SQLAlchemy tables, one module per table."""
 
 from vivix.models.account import Account
+from vivix.models.admin_audit_entry import AdminAuditEntry
 from vivix.models.api_key import ApiKey
 from vivix.models.base import Base
 from vivix.models.generation import (
@@ -17,6 +18,7 @@ __all__ = [
     "ACTIVE_STATUSES",
     "NEW_GENERATION_COLUMNS",
     "Account",
+    "AdminAuditEntry",
     "ApiKey",
     "Base",
     "Generation",
