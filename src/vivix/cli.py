@@ -359,6 +359,20 @@ def credits_grant(
     _emit(data, as_json, lambda d: console.print(f"{d['name']}: balance {d['balance']}"))
 
 
+@credits_app.command("adjust")
+def credits_adjust(
+    account: str,
+    amount: Annotated[int, typer.Option(help="Signed: --amount -50 takes 50 credits away.")],
+    reason: Annotated[str, typer.Option(help="Why (kept in the ledger and the audit log).")],
+    as_json: JsonFlag = False,
+) -> None:
+    """Correct an account's balance (an adjustment entry; never below zero)."""
+    data = _run(
+        as_json, lambda rt: admin.adjust_credits(rt, account, amount, reason, actor=_cli_actor())
+    )
+    _emit(data, as_json, lambda d: console.print(f"{d['name']}: balance {d['balance']}"))
+
+
 @models_app.command("allow")
 def models_allow(account: str, slugs: list[str], as_json: JsonFlag = False) -> None:
     """Add models to an account's allowlist."""

@@ -160,6 +160,12 @@ def test_credits_grant(vivix: Vivix) -> None:
     assert shown["balance"] == shown["ledger_sum"] == 125
     human = vivix.run("credits", "grant", "wallet", "1").stdout
     assert "126" in human
+    adjusted = vivix.json(
+        "credits", "adjust", "wallet", "--amount", "-26", "--reason", "refund reversed"
+    )
+    assert adjusted["balance"] == 100
+    shown = vivix.json("accounts", "show", "wallet")
+    assert shown["balance"] == shown["ledger_sum"] == 100
 
 
 def test_models_allow_and_deny(vivix: Vivix) -> None:

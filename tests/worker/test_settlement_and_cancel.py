@@ -236,7 +236,8 @@ async def test_reaped_job_waits_for_its_backoff_before_it_can_be_claimed_again(
         later = await repository.claim_next_generation(
             session, "other", reaped_at + timedelta(minutes=1), timedelta(seconds=30)
         )
-    assert later is not None and later.attempts == 2
+    assert later is not None
+    assert later.attempts == 2
 
 
 async def test_cancel_pending_refunds_and_cancel_again_is_not_cancelable(

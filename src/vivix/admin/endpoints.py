@@ -107,6 +107,16 @@ async def grant_credits(request: Request, account: str, body: schemas.CreditGran
     return json_response(out)
 
 
+@router.post("/accounts/{account}/credits/adjust")
+async def adjust_credits(
+    request: Request, account: str, body: schemas.CreditAdjustment
+) -> Response:
+    out = await service.adjust_credits(
+        runtime_of(request), account, body.amount, body.reason, actor=actor_of(request)
+    )
+    return json_response(out)
+
+
 @router.post("/accounts/{account}/models/allow")
 async def allow_models(request: Request, account: str, body: schemas.ModelSlugs) -> Response:
     return json_response(

@@ -7,6 +7,7 @@ no entry for a change that was refused."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -289,14 +290,51 @@ async def grant_credits(
     *,
     actor: Actor = SYSTEM,
 ) -> dict[str, Any]:
+    """A one-off grant (counts toward the cycle's granted credits)."""
+
+    async def grant(session: AsyncSession, account_id: str) -> None:
+        await runtime.ledger.grant(session, account_id, amount, reason)
+
+    return await _move_credits(
+        runtime, account_name, grant, actor, "credits.grant", {"amount": amount, "reason": reason}
+    )
+
+
+async def adjust_credits(
+    runtime: Runtime,
+    account_name: str,
+    amount: int,
+    reason: str,
+    *,
+    actor: Actor = SYSTEM,
+) -> dict[str, Any]:
+    """A signed correction (an adjustment entry); never takes the balance below zero."""
+    if not reason.strip():
+        raise AdminInvalid("reason", "an adjustment needs a reason")
+
+    async def adjust(session: AsyncSession, account_id: str) -> None:
+        await runtime.ledger.adjust(session, account_id, amount, reason)
+
+    return await _move_credits(
+        runtime, account_name, adjust, actor, "credits.adjust", {"amount": amount, "reason": reason}
+    )
+
+
+async def _move_credits(
+    runtime: Runtime,
+    account_name: str,
+    move: Callable[[AsyncSession, str], Awaitable[None]],
+    actor: Actor,
+    action: str,
+    details: dict[str, Any],
+) -> dict[str, Any]:
+    """One ledger operation on the account and its audit entry, in one transaction."""
     async with runtime.db.transaction() as session:
         found = await accounts.get_account(session, account_name)
         before = account_settings(await accounts_repository.lock_account(session, found.id))
-        await runtime.ledger.grant(session, found.id, amount, reason)
+        await move(session, found.id)
         account = await accounts_repository.lock_account(session, found.id)
-        _record_account_change(
-            session, actor, "credits.grant", account, before, {"amount": amount, "reason": reason}
-        )
+        _record_account_change(session, actor, action, account, before, details)
     return account_out(account, runtime)
 
 
