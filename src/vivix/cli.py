@@ -16,8 +16,8 @@ from rich.table import Table
 from vivix.admin import service as admin
 from vivix.catalog.repository import CatalogError
 from vivix.kit.errors import VivixError
-from vivix.kit.runtime import Runtime, build_runtime, close_runtime
 from vivix.providers.registry import SELF_HOSTED
+from vivix.runtime import Runtime, build_runtime, close_runtime
 from vivix.settings import Settings, SettingsError, load_settings
 
 app = typer.Typer(
@@ -371,6 +371,20 @@ def credits_grant(
     """Grant credits to an account."""
     data = _run(
         as_json, lambda rt: admin.grant_credits(rt, account, amount, reason, actor=_cli_actor())
+    )
+    _emit(data, as_json, lambda d: console.print(f"{d['name']}: balance {d['balance']}"))
+
+
+@credits_app.command("adjust")
+def credits_adjust(
+    account: str,
+    amount: Annotated[int, typer.Option(help="Signed: --amount -50 takes 50 credits away.")],
+    reason: Annotated[str, typer.Option(help="Why (kept in the ledger and the audit log).")],
+    as_json: JsonFlag = False,
+) -> None:
+    """Correct an account's balance (an adjustment entry; never below zero)."""
+    data = _run(
+        as_json, lambda rt: admin.adjust_credits(rt, account, amount, reason, actor=_cli_actor())
     )
     _emit(data, as_json, lambda d: console.print(f"{d['name']}: balance {d['balance']}"))
 

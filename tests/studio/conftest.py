@@ -7,7 +7,7 @@ import httpx
 import pytest
 
 from vivix.app import create_app
-from vivix.kit.runtime import Runtime
+from vivix.runtime import Runtime
 
 
 @asynccontextmanager

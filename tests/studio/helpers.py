@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 
 from vivix.admin import service as admin
-from vivix.kit.runtime import Runtime
+from vivix.runtime import Runtime
 
 PASSWORD = "correct horse battery"
 _CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')

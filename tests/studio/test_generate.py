@@ -13,7 +13,7 @@ from tests.audit import assert_ledger_consistent
 from tests.factories import account_with_key
 from tests.studio.helpers import signed_in, studio_user
 from vivix.admin import service as admin
-from vivix.kit.runtime import Runtime
+from vivix.runtime import Runtime
 
 FORM = {
     "model": "vivix-local-image",

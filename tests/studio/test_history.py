@@ -9,7 +9,7 @@ import httpx
 
 from tests.studio.helpers import signed_in, studio_user
 from vivix.admin import service as admin
-from vivix.kit.runtime import Runtime
+from vivix.runtime import Runtime
 
 STUDIO_IMAGE = {"model": "vivix-local-image", "prompt": "studio lighthouse", "number_results": "1"}
 

@@ -12,7 +12,7 @@ import httpx
 from tests.audit import assert_ledger_consistent
 from tests.studio.helpers import csrf_of, sign_in, signed_in, studio_user
 from vivix.admin import service as admin
-from vivix.kit.runtime import Runtime
+from vivix.runtime import Runtime
 
 FORM = {"model": "vivix-local-image", "prompt": "harbour at dusk", "number_results": "1"}
 OPERATOR_PAGES = (

@@ -9,8 +9,8 @@ from sqlalchemy import func, select
 
 from tests.audit import assert_ledger_consistent
 from tests.studio.helpers import signed_in, studio_user
-from vivix.kit.runtime import Runtime
 from vivix.models import Generation, LedgerEntry
+from vivix.runtime import Runtime
 
 FORM = {
     "model": "vivix-local-image",

@@ -11,8 +11,8 @@ from sqlalchemy import select
 
 from tests.studio.helpers import PASSWORD, csrf_of, sign_in, signed_in, studio_user
 from vivix.app import create_app
-from vivix.kit.runtime import Runtime
 from vivix.models import StudioSession
+from vivix.runtime import Runtime
 
 
 async def test_wrong_password_is_refused_and_sets_no_session(

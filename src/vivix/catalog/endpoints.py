@@ -4,9 +4,9 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
-from vivix.accounts.endpoints import authorize, runtime_of
+from vivix.accounts.gate import authorize
 from vivix.catalog.schemas import ModelsOut, RateLimitInfo
-from vivix.kit.http import PlainRoute, json_response
+from vivix.kit.http import PlainRoute, json_response, runtime_of
 
 router = APIRouter(prefix="/api/v1", tags=["models"], route_class=PlainRoute)
 

@@ -7,18 +7,20 @@ import hashlib
 import json
 import pprint
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Row
 
 from vivix.catalog import pricing
 from vivix.catalog.service import CatalogModel
 from vivix.generations.schemas import generation_out
-from vivix.kit.runtime import Runtime
 from vivix.models import ACTIVE_STATUSES
 from vivix.providers.circuits import route_key
 from vivix.providers.registry import LOCAL, is_configured
-from vivix.studio.service import Viewer
+from vivix.users.service import Viewer
+
+if TYPE_CHECKING:
+    from vivix.runtime import Runtime
 
 CATEGORY_ORDER = ("image", "video", "audio")
 CATEGORY_LABELS = {"image": "Image", "video": "Video", "audio": "Audio"}

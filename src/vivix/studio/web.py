@@ -12,7 +12,7 @@ import secrets
 from collections.abc import Callable, Coroutine, Mapping
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit
 
 from fastapi.routing import APIRoute
@@ -26,9 +26,12 @@ from starlette.types import Scope
 
 from vivix.kit.clock import as_utc, iso, utcnow
 from vivix.kit.errors import CsrfRejected, VivixError
-from vivix.kit.runtime import Runtime
-from vivix.studio import service
-from vivix.studio.service import Viewer
+from vivix.kit.http import runtime_of
+from vivix.users import service
+from vivix.users.service import Viewer
+
+if TYPE_CHECKING:
+    from vivix.runtime import Runtime
 
 SESSION_COOKIE = "vivix_session"
 # Before sign-in there is no session: the sign-in and sign-up forms use a double-submit
@@ -51,11 +54,6 @@ class PageNotFound(VivixError):
     code = "NOT_FOUND"
     default_message = "There is nothing here."
     default_next = "Check the address, or go back to your history."
-
-
-def runtime_of(request: Request) -> Runtime:
-    runtime: Runtime = request.app.state.runtime
-    return runtime
 
 
 def web_of(request: Request) -> StudioWeb:

@@ -7,7 +7,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
 from vivix.kit.errors import InvalidParams, SignInFailed, SignupClosed, VivixError
-from vivix.studio import service
+from vivix.kit.http import runtime_of
 from vivix.studio.web import (
     SESSION_COOKIE,
     StudioRoute,
@@ -16,11 +16,11 @@ from vivix.studio.web import (
     read_form,
     redirect,
     require_viewer,
-    runtime_of,
     safe_next,
     viewer_of,
     web_of,
 )
+from vivix.users import service
 
 router = APIRouter(route_class=StudioRoute)
 

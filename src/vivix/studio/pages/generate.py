@@ -4,7 +4,7 @@ price as the params change, submit, and watch the run turn into the result."""
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter
 from starlette.datastructures import FormData, ImmutableMultiDict
@@ -16,19 +16,22 @@ from vivix.catalog.params import validate_params
 from vivix.catalog.service import CatalogModel
 from vivix.generations import repository as generations_repository
 from vivix.kit.errors import InvalidParams, VivixError
+from vivix.kit.http import runtime_of
 from vivix.kit.ids import is_uuid
-from vivix.kit.runtime import Runtime
 from vivix.studio import forms, service, views
-from vivix.studio.service import Viewer
 from vivix.studio.web import (
     StudioRoute,
     is_htmx,
     read_form,
     redirect,
     require_viewer,
-    runtime_of,
     web_of,
 )
+from vivix.users import service as users
+from vivix.users.service import Viewer
+
+if TYPE_CHECKING:
+    from vivix.runtime import Runtime
 
 router = APIRouter(route_class=StudioRoute)
 RECENT_RUNS = 6
@@ -122,7 +125,7 @@ async def submit(request: Request) -> Response:
         return web_of(request).page(request, "generate.html", context, viewer=viewer, status=status)
     if not is_htmx(request):
         return redirect(f"/history/{submitted.generation_id}")
-    viewer = await service.refreshed(runtime, viewer)
+    viewer = await users.refreshed(runtime, viewer)
     async with runtime.db.autocommit() as connection:
         row = await generations_repository.read_for_account(
             connection, viewer.account.id, submitted.generation_id

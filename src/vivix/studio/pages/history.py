@@ -4,7 +4,7 @@ paging, the detail page with players and actions, and the live card of a running
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
 from fastapi import APIRouter
@@ -15,21 +15,24 @@ from vivix.generations import repository as generations_repository
 from vivix.generations import service as generations
 from vivix.kit.clock import parse_iso
 from vivix.kit.errors import GenerationNotFound, InvalidParams
+from vivix.kit.http import runtime_of
 from vivix.kit.ids import is_uuid
 from vivix.kit.pagination import decode_cursor, encode_cursor
-from vivix.kit.runtime import Runtime
 from vivix.models import GenerationStatus
 from vivix.studio import service, views
-from vivix.studio.service import Viewer
 from vivix.studio.web import (
     StudioRoute,
     is_htmx,
     read_form,
     redirect,
     require_viewer,
-    runtime_of,
     web_of,
 )
+from vivix.users import service as users
+from vivix.users.service import Viewer
+
+if TYPE_CHECKING:
+    from vivix.runtime import Runtime
 
 router = APIRouter(route_class=StudioRoute)
 PAGE_SIZE = 24
@@ -157,7 +160,7 @@ async def cancel(request: Request, generation_id: str) -> Response:
     await generations.cancel(runtime, viewer.account.id, row.id)
     if not is_htmx(request):
         return redirect(f"/history/{row.id}")
-    viewer = await service.refreshed(runtime, viewer)
+    viewer = await users.refreshed(runtime, viewer)
     gen = views.generation_view(runtime, await _generation(runtime, viewer, row.id))
     return web_of(request).fragment(request, "partials/run_card_live.html", {"gen": gen}, viewer)
 

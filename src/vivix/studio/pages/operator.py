@@ -17,16 +17,16 @@ from vivix.accounts import repository as accounts_repository
 from vivix.admin import service as admin
 from vivix.generations import repository as generations_repository
 from vivix.kit.errors import AdminInvalid, InvalidParams, VivixError
+from vivix.kit.http import runtime_of
 from vivix.settings import Tier
-from vivix.studio.service import Viewer
 from vivix.studio.web import (
     StudioRoute,
     read_form,
     redirect,
     require_operator,
-    runtime_of,
     web_of,
 )
+from vivix.users.service import Viewer
 
 router = APIRouter(route_class=StudioRoute, prefix="/operator")
 LIST_LIMIT = 200

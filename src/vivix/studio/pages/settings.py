@@ -12,17 +12,17 @@ from starlette.responses import Response
 from vivix.accounts import repository as accounts_repository
 from vivix.accounts import service as accounts
 from vivix.kit.errors import InvalidParams, KeyNotFound
+from vivix.kit.http import runtime_of
 from vivix.kit.ids import is_uuid
-from vivix.studio import service
-from vivix.studio.service import Viewer
 from vivix.studio.web import (
     StudioRoute,
     read_form,
     redirect,
     require_viewer,
-    runtime_of,
     web_of,
 )
+from vivix.users import service
+from vivix.users.service import Viewer
 
 router = APIRouter(route_class=StudioRoute)
 FLASHES = {

@@ -17,8 +17,9 @@ from vivix.accounts import repository as accounts_repository
 from vivix.billing import repository as billing_repository
 from vivix.kit.clock import iso, utcnow
 from vivix.kit.errors import InvalidParams
+from vivix.kit.http import runtime_of
 from vivix.studio import chart
-from vivix.studio.web import StudioRoute, require_viewer, runtime_of, web_of
+from vivix.studio.web import StudioRoute, require_viewer, web_of
 
 router = APIRouter(route_class=StudioRoute)
 CHART_DAYS = 30

@@ -1,10 +1,12 @@
-"""The gate in front of every /api/v1 call: auth → rate limit → tier (API.md §2 order)."""
+"""The gate in front of every /api/v1 call: auth → billing cycle → rate limit → tier
+(API.md §2 order). Endpoints call `authorize` (or `pass_gate` with a caller row they read
+together with their own data) before any work."""
 
 from __future__ import annotations
 
 from dataclasses import replace
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -18,20 +20,16 @@ from vivix.accounts.service import (
     key_hash_from_header,
     require_api_access,
 )
-from vivix.billing import service as billing
 from vivix.kit.clock import utcnow
 from vivix.kit.errors import RateLimited
-from vivix.kit.http import context_of
-from vivix.kit.runtime import Runtime
+from vivix.kit.http import context_of, runtime_of
+
+if TYPE_CHECKING:
+    from vivix.runtime import Runtime
 
 KEY_TOUCH_EVERY = timedelta(minutes=5)
 
-__all__ = ["Caller", "authorize", "pass_gate", "roll_cycle", "runtime_of"]
-
-
-def runtime_of(request: Request) -> Runtime:
-    runtime: Runtime = request.app.state.runtime
-    return runtime
+__all__ = ["Caller", "authorize", "pass_gate", "roll_cycle"]
 
 
 async def authorize(request: Request, connection: AsyncConnection) -> Caller:
@@ -88,8 +86,10 @@ async def _touch_key(runtime: Runtime, key_id: str, now: datetime) -> None:
 
 
 async def roll_cycle(runtime: Runtime, account_id: str, monthly_credits: int) -> AccountView:
-    """Grant every billing cycle that has passed (lazily, on the account's next call)."""
+    """The first call after a cycle boundary grants the new cycle (lazily, once); the API
+    gate and the Studio's session both call it."""
     async with runtime.db.transaction() as session:
-        account = await repository.lock_account(session, account_id)
-        billing.roll_cycles(session, account, monthly_credits)
+        await runtime.ledger.roll_cycles(session, account_id, monthly_credits)
+        account = await repository.find_account(session, account_id)
+        assert account is not None
         return AccountView.of(account)
