@@ -42,7 +42,7 @@ ERRORS: dict[str, tuple[int, set[str]]] = {
     "INVALID_PARAMS": (422, {"field", "reason"}),
     "RATE_LIMIT": (429, {"retry_after"}),
     "CONCURRENCY_LIMIT": (429, {"limit"}),
-    "PROVIDER_DOWN": (503, set()),
+    "PROVIDER_DOWN": (503, {"reason"}),
 }
 FUZZ = settings(
     max_examples=120,
@@ -87,8 +87,10 @@ def check_response(response: httpx.Response, success: set[int]) -> None:
         assert isinstance(body["field"], str)
         assert isinstance(body["reason"], str)
         assert body["reason"]
-    if body["error"] in ("RATE_LIMIT", "PROVIDER_DOWN"):
+    if body["error"] == "RATE_LIMIT" or body.get("reason") == "circuit_open":
         assert response.headers["retry-after"].isdigit()
+    if body.get("reason") == "not_configured":
+        assert "retry-after" not in response.headers
 
 
 def check_submit(response: httpx.Response) -> None:
