@@ -168,17 +168,14 @@ OPERATIONS: tuple[Operation, ...] = (
                 "Only generations in this status.",
             ),
             Param("model", "query", {"type": "string"}, "Only generations of this model."),
-            Param(
-                "created_after",
-                "query",
-                {"type": "string", "format": "date-time"},
-                "Only generations created after this instant.",
-            ),
-            Param(
-                "created_before",
-                "query",
-                {"type": "string", "format": "date-time"},
-                "Only generations created before this instant.",
+            *(
+                Param(
+                    f"created_{side}",
+                    "query",
+                    {"type": "string", "format": "date-time"},
+                    f"Only generations created {side} this instant (ISO 8601).",
+                )
+                for side in ("after", "before")
             ),
             Param(
                 "metadata",

@@ -22,14 +22,17 @@ CONTENT_SECURITY_POLICY = (
     "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 )
 
-SWAGGER_PAGE = """<!doctype html>
+_HEAD = """<!doctype html>
 <html lang="en">
 <head>
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{title} — API reference</title>
 <link rel="icon" type="image/png" href="{assets}/favicon-32x32.png">
-<link rel="stylesheet" href="{assets}/swagger-ui.css">
+"""
+SWAGGER_PAGE = (
+    _HEAD
+    + """<link rel="stylesheet" href="{assets}/swagger-ui.css">
 </head>
 <body data-openapi-url="{openapi_url}">
 <div id="swagger-ui"></div>
@@ -38,21 +41,17 @@ SWAGGER_PAGE = """<!doctype html>
 </body>
 </html>
 """
-
-REDOC_PAGE = """<!doctype html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{title} — API reference</title>
-<link rel="icon" type="image/png" href="{assets}/favicon-32x32.png">
-</head>
+)
+REDOC_PAGE = (
+    _HEAD
+    + """</head>
 <body>
 <redoc spec-url="{openapi_url}"></redoc>
 <script src="{assets}/redoc.standalone.js"></script>
 </body>
 </html>
 """
+)
 
 
 def install_docs_pages(app: FastAPI, openapi_url: str = "/openapi.json") -> None:
