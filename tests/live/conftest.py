@@ -18,6 +18,27 @@ import pytest
 from tests.processes import ServerProcess, running_server_with_worker, server_env
 
 ADMIN_TOKEN = "live-admin-token-of-at-least-32-characters"
+# Added to the shipped catalog: a model whose every render fails (the local renderer has no
+# 7:3 aspect ratio), so failures can be seen end to end.
+BROKEN_MODEL = "broken-local-image"
+OPERATOR_CATALOG = f"""
+[[models]]
+slug = "{BROKEN_MODEL}"
+name = "Broken"
+category = "image"
+creator = "test"
+description = "Every render fails."
+example_request = {{ model = "{BROKEN_MODEL}", prompt = "x" }}
+default_tiers = ["pro", "ultimate"]
+[models.params]
+prompt = {{ type = "string", required = true, max_length = 2000 }}
+aspect_ratio = {{ type = "enum", values = ["7:3"], default = "7:3" }}
+[[models.pricing]]
+credits = 10
+[[models.routes]]
+provider = "local"
+upstream_model = "image"
+"""
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -64,6 +85,16 @@ class LiveServer:
         assert key.status_code == 201, key.text
         return LiveAccount(name, key.json()["key"])
 
+    def revoke(self, key: str) -> None:
+        revoked = self.admin.post(f"/admin/v1/keys/{key[:15]}/revoke")
+        assert revoked.status_code == 200, revoked.text
+
+    def deny(self, name: str, *slugs: str) -> None:
+        denied = self.admin.post(
+            f"/admin/v1/accounts/{name}/models/deny", json={"slugs": list(slugs)}
+        )
+        assert denied.status_code == 200, denied.text
+
     def ledger_sum(self, name: str) -> int:
         shown = self.admin.get(f"/admin/v1/accounts/{name}").json()
         total: int = shown["ledger_sum"]
@@ -73,8 +104,11 @@ class LiveServer:
 @pytest.fixture(scope="session")
 def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     home = tmp_path_factory.mktemp("live")
+    catalog = home / "catalog.toml"
+    catalog.write_text(OPERATOR_CATALOG)
     env = server_env(
         DATA_DIR=str(home / "data"),
+        CATALOG_PATH=str(catalog),
         ADMIN_TOKEN=ADMIN_TOKEN,
         SECRET_KEY="live-secret",
         WORKER__POLL_INTERVAL_SECONDS="0.2",
