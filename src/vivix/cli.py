@@ -6,6 +6,7 @@ commands, so `vivix --help` and typos answer at once."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
@@ -17,6 +18,7 @@ if TYPE_CHECKING:
 
     from rich.console import Console
 
+    from vivix.admin.service import Actor
     from vivix.kit.runtime import Runtime
     from vivix.settings import Settings
 
@@ -152,6 +154,20 @@ async def _prepare_database(settings: Settings) -> None:
             f"the database schema is at {current or 'nothing'}, this version needs {head_revision()}: "
             "run `vivix migrate` first"
         )
+
+
+def _cli_actor() -> Actor:
+    """The audit log's name for whoever runs the CLI: the OS user and the machine."""
+    import getpass
+    import socket
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry (containers with an arbitrary uid)
+        user = f"uid{os.getuid()}"
+    from vivix.admin.service import Actor
+
+    return Actor(f"cli:{user}@{socket.gethostname()}")
 
 
 def _emit(data: Any, as_json: bool, render: Callable[[Any], None]) -> None:
@@ -352,7 +368,9 @@ def accounts_create(
     as_json: JsonFlag = False,
 ) -> None:
     """Create an account (first cycle granted, tier's default models allowed)."""
-    data = _run(as_json, lambda rt: _admin().create_account(rt, name, tier, credits))
+    data = _run(
+        as_json, lambda rt: _admin().create_account(rt, name, tier, credits, actor=_cli_actor())
+    )
     _emit(data, as_json, _render_account)
 
 
@@ -396,6 +414,7 @@ def accounts_update(
         lambda rt: _admin().update_account(
             rt,
             account,
+            actor=_cli_actor(),
             tier=tier,
             calls_per_minute=calls_per_minute,
             concurrent_jobs=concurrent_jobs,
@@ -415,7 +434,9 @@ def keys_create(
     as_json: JsonFlag = False,
 ) -> None:
     """Create an API key; it is printed once."""
-    data = _run(as_json, lambda rt: _admin().create_key(rt, account, name, test))
+    data = _run(
+        as_json, lambda rt: _admin().create_key(rt, account, name, test, actor=_cli_actor())
+    )
     _emit(data, as_json, lambda d: _print(f"{d['key']}\n(shown once; listed as {d['prefix']})"))
 
 
@@ -429,7 +450,7 @@ def keys_list(account: str, as_json: JsonFlag = False) -> None:
 @keys_app.command("revoke")
 def keys_revoke(key_prefix_or_id: str, as_json: JsonFlag = False) -> None:
     """Revoke a key by its 15-char prefix or its id (effective immediately)."""
-    data = _run(as_json, lambda rt: _admin().revoke_key(rt, key_prefix_or_id))
+    data = _run(as_json, lambda rt: _admin().revoke_key(rt, key_prefix_or_id, actor=_cli_actor()))
     _emit(data, as_json, lambda d: _print(f"revoked {d['prefix']} at {d['revoked_at']}"))
 
 
@@ -441,21 +462,27 @@ def credits_grant(
     as_json: JsonFlag = False,
 ) -> None:
     """Grant credits to an account."""
-    data = _run(as_json, lambda rt: _admin().grant_credits(rt, account, amount, reason))
+    data = _run(
+        as_json, lambda rt: _admin().grant_credits(rt, account, amount, reason, actor=_cli_actor())
+    )
     _emit(data, as_json, lambda d: _print(f"{d['name']}: balance {d['balance']}"))
 
 
 @models_app.command("allow")
 def models_allow(account: str, slugs: list[str], as_json: JsonFlag = False) -> None:
     """Add models to an account's allowlist."""
-    data = _run(as_json, lambda rt: _admin().set_models(rt, account, slugs, allow=True))
+    data = _run(
+        as_json, lambda rt: _admin().set_models(rt, account, slugs, allow=True, actor=_cli_actor())
+    )
     _emit(data, as_json, lambda d: _print(", ".join(d["allowed_models"]) or "(none)"))
 
 
 @models_app.command("deny")
 def models_deny(account: str, slugs: list[str], as_json: JsonFlag = False) -> None:
     """Remove models from an account's allowlist."""
-    data = _run(as_json, lambda rt: _admin().set_models(rt, account, slugs, allow=False))
+    data = _run(
+        as_json, lambda rt: _admin().set_models(rt, account, slugs, allow=False, actor=_cli_actor())
+    )
     _emit(data, as_json, lambda d: _print(", ".join(d["allowed_models"]) or "(none)"))
 
 
@@ -481,7 +508,7 @@ def pricing_override(
     data = _run(
         as_json,
         lambda rt: _admin().set_price_override(
-            rt, account, slug, factor=factor, rows=parsed_rows, clear=clear
+            rt, account, slug, factor=factor, rows=parsed_rows, clear=clear, actor=_cli_actor()
         ),
     )
     _emit(
@@ -491,6 +518,46 @@ def pricing_override(
             f"{slug} for {d['name']}: band {d['credits_band']['min']}-{d['credits_band']['max']}"
         ),
     )
+
+
+@app.command("audit-log")
+def audit_log(
+    account: Annotated[str | None, typer.Option(help="Only this account (name or id).")] = None,
+    action: Annotated[
+        str | None, typer.Option(help="Only this action, e.g. credits.grant, key.revoke.")
+    ] = None,
+    actor: Annotated[str | None, typer.Option(help="Only this actor.")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=100, help="Entries per page.")] = 20,
+    cursor: Annotated[str | None, typer.Option(help="next_cursor of the previous page.")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Operator actions, newest first: who changed what, before and after."""
+
+    def render(page: dict[str, Any]) -> None:
+        table = _table("when", "actor", "action", "target", "before → after")
+        for entry in page["data"]:
+            change = ", ".join(
+                f"{k}: {json.dumps((entry['before'] or {}).get(k))} → {json.dumps(v)}"
+                for k, v in (entry["after"] or {}).items()
+            )
+            table.add_row(
+                entry["created_at"],
+                entry["actor"],
+                entry["action"],
+                f"{entry['target_type']} {entry['target_id']}",
+                change,
+            )
+        _print(table)
+        if page["next_cursor"]:
+            _print(f"more: --cursor {page['next_cursor']}")
+
+    page = _run(
+        as_json,
+        lambda rt: _admin().list_audit_log(
+            rt, limit=limit, cursor=cursor, account=account, action=action, actor=actor
+        ),
+    )
+    _emit(page, as_json, render)
 
 
 @catalog_app.command("list")

@@ -120,12 +120,12 @@ async def _migrate(url: str, revision: str, *, down: bool = False) -> None:
         await engine.dispose()
 
 
-async def test_0004_turns_stored_output_urls_into_storage_keys(fresh_url: str) -> None:
-    """Rows rendered before 0004 kept a URL frozen with the public URL of their day; after it
+async def test_0005_turns_stored_output_urls_into_storage_keys(fresh_url: str) -> None:
+    """Rows rendered before 0005 kept a URL frozen with the public URL of their day; after it
     they keep the storage key, whatever host or bucket base the URL had."""
     from vivix.kit.clock import utcnow
 
-    await _migrate(fresh_url, "0003")
+    await _migrate(fresh_url, "0004")
     now = utcnow()
     gen_id = str(uuid.uuid4())
     keys = [f"{gen_id}/{'a' * 32}/0.png", f"{gen_id}/{'b' * 32}/1.png"]
@@ -149,13 +149,13 @@ async def test_0004_turns_stored_output_urls_into_storage_keys(fresh_url: str) -
                     params={}, credits_estimate=1, created_at=now, run_after=now, outputs=outputs,
                 )
             )  # fmt: skip
-        await _migrate(fresh_url, "0004")
+        await _migrate(fresh_url, "0005")
         async with engine.connect() as connection:
             stored = (await connection.execute(generations.select())).one().outputs
         assert [o["key"] for o in stored] == keys
         assert all("url" not in o for o in stored)
         assert stored[0]["bytes"] == 9
-        await _migrate(fresh_url, "0003", down=True)
+        await _migrate(fresh_url, "0004", down=True)
         async with engine.connect() as connection:
             restored = (await connection.execute(generations.select())).one().outputs
         assert [o["url"] for o in restored] == [f"/files/{k}" for k in keys]
