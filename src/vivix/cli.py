@@ -257,6 +257,10 @@ def serve(
             )
     elif not as_json:
         _print("Using the existing database; create keys with `vivix keys create ACCOUNT`.")
+    if not as_json:
+        # uvicorn doesn't announce an address it was handed a socket for: say it here.
+        host, port = listener.getsockname()[:2]
+        print(f"Listening on http://{host}:{port}; API reference at {url}/docs", flush=True)
     fastapi_app = create_app(settings, embedded_worker=not no_worker)
     config = uvicorn.Config(
         fastapi_app,
