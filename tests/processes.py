@@ -158,12 +158,16 @@ def _start(
 
 
 def _ready(
-    server: ServerProcess, env: dict[str, str], log_dir: Path, stack: ExitStack
+    server: ServerProcess,
+    env: dict[str, str],
+    log_dir: Path,
+    stack: ExitStack,
+    timeout_s: float = READY_TIMEOUT_S,
 ) -> ServerProcess:
     """Wait for `server`; if the port we picked was taken meanwhile, start it again on another."""
     for attempt in range(_PORT_ATTEMPTS):
         try:
-            server.wait_ready()
+            server.wait_ready(timeout_s)
             return server
         except ServerStartError:
             taken = "already in use" in server.output().lower()
@@ -197,8 +201,8 @@ def running_servers(
 @contextmanager
 def running_server_with_worker(env: dict[str, str], log_dir: Path) -> Iterator[ServerProcess]:
     """One `vivix serve` with its embedded worker: the whole product in one process, as a
-    user runs it."""
+    user runs it. It also starts the render process pool: allow it a slow start."""
     log_dir.mkdir(parents=True, exist_ok=True)
     with ExitStack() as stack:
         server = _start("serve", env, log_dir, stack, worker=True)
-        yield _ready(server, env, log_dir, stack)
+        yield _ready(server, env, log_dir, stack, timeout_s=3 * READY_TIMEOUT_S)
