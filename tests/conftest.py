@@ -22,9 +22,9 @@ from sqlalchemy.engine import make_url
 from tests.openapi_conformance import ConformanceCheckingTransport
 from vivix.app import create_app
 from vivix.kit.db import null_pool_engine
-from vivix.kit.runtime import Runtime, build_runtime, close_runtime
 from vivix.migrations import upgrade_to_head
 from vivix.models import Base
+from vivix.runtime import Runtime, build_runtime, close_runtime
 from vivix.settings import Settings, load_settings
 
 IN_CI = os.environ.get("CI", "").lower() == "true"

@@ -21,10 +21,10 @@ from vivix.kit.errors import InvalidParams, MethodNotAllowed, NotFound, VivixErr
 from vivix.kit.http import RequestContext, ResponseHeadersMiddleware, json_response
 from vivix.kit.ids import request_id as new_request_id
 from vivix.kit.metrics import MetricsMiddleware
-from vivix.kit.runtime import Runtime, build_runtime, close_runtime
 from vivix.openapi.document import openapi_document
 from vivix.openapi.pages import install_docs_pages
 from vivix.operations.endpoints import router as operations_router
+from vivix.runtime import Runtime, build_runtime, close_runtime
 from vivix.settings import Settings
 from vivix.storage.endpoints import router as files_router
 

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from vivix.admin.service import Actor
-    from vivix.kit.runtime import Runtime
+    from vivix.runtime import Runtime
     from vivix.settings import Settings
 
 # Plain (click) help, not rich's: rendering it through rich costs ~0.25 s of imports.
@@ -109,7 +109,7 @@ def _run(
     """Run one operator operation against the configured database."""
     from vivix.catalog.repository import CatalogError
     from vivix.kit.errors import VivixError
-    from vivix.kit.runtime import build_runtime, close_runtime
+    from vivix.runtime import build_runtime, close_runtime
 
     settings = settings or _settings()
 
@@ -468,6 +468,20 @@ def credits_grant(
     """Grant credits to an account."""
     data = _run(
         as_json, lambda rt: _admin().grant_credits(rt, account, amount, reason, actor=_cli_actor())
+    )
+    _emit(data, as_json, lambda d: _print(f"{d['name']}: balance {d['balance']}"))
+
+
+@credits_app.command("adjust")
+def credits_adjust(
+    account: str,
+    amount: Annotated[int, typer.Option(help="Signed: --amount -50 takes 50 credits away.")],
+    reason: Annotated[str, typer.Option(help="Why (kept in the ledger and the audit log).")],
+    as_json: JsonFlag = False,
+) -> None:
+    """Correct an account's balance (an adjustment entry; never below zero)."""
+    data = _run(
+        as_json, lambda rt: _admin().adjust_credits(rt, account, amount, reason, actor=_cli_actor())
     )
     _emit(data, as_json, lambda d: _print(f"{d['name']}: balance {d['balance']}"))
 

@@ -18,9 +18,9 @@ from tests.conftest import Backend
 from vivix.app import create_app
 from vivix.cli import app
 from vivix.kit.db import null_pool_engine
-from vivix.kit.runtime import build_runtime, close_runtime
 from vivix.migrations import head_revision
 from vivix.models import Base
+from vivix.runtime import build_runtime, close_runtime
 from vivix.settings import load_settings
 
 
@@ -200,6 +200,12 @@ def test_credits_grant(vivix: Vivix) -> None:
     assert shown["balance"] == shown["ledger_sum"] == 125
     human = vivix.run("credits", "grant", "wallet", "1").stdout
     assert "126" in human
+    adjusted = vivix.json(
+        "credits", "adjust", "wallet", "--amount", "-26", "--reason", "refund reversed"
+    )
+    assert adjusted["balance"] == 100
+    shown = vivix.json("accounts", "show", "wallet")
+    assert shown["balance"] == shown["ledger_sum"] == 100
 
 
 def test_models_allow_and_deny(vivix: Vivix) -> None:

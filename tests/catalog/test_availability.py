@@ -11,7 +11,7 @@ import pytest
 
 from tests.factories import account_with_key
 from vivix.admin import service as admin
-from vivix.kit.runtime import Runtime
+from vivix.runtime import Runtime
 
 LOCAL_MODELS = {"vivix-local-image", "vivix-local-video", "vivix-local-audio"}
 

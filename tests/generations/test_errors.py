@@ -16,11 +16,11 @@ from starlette.requests import Request
 
 from tests.audit import assert_ledger_consistent, generation_count, ledger_entry_count
 from tests.factories import AccountWithKey, account_with_key
-from vivix.accounts.endpoints import authorize
+from vivix.accounts.gate import authorize
 from vivix.admin import service as admin
 from vivix.app import create_app
-from vivix.kit.runtime import Runtime
 from vivix.models import Account, Generation, LedgerEntry
+from vivix.runtime import Runtime
 
 GENERATE = "/api/v1/generate"
 LOCAL_IMAGE = {"model": "vivix-local-image", "prompt": "a lighthouse in fog"}  # 1K: 2 credits

@@ -16,8 +16,8 @@ from structlog.testing import capture_logs
 from tests.audit import assert_ledger_consistent, generation_count, ledger_entry_count
 from tests.conftest import IN_CI, REDIS_URL
 from tests.factories import account_with_key
-from vivix.kit.runtime import Runtime
 from vivix.limits.service import RateDecision, RateLimiter
+from vivix.runtime import Runtime
 
 DEGRADED_WARNING = "redis_unavailable_rate_limit_degraded"
 IMAGE = {"model": "vivix-local-image", "prompt": "a paper boat on a canal"}

@@ -11,9 +11,9 @@ import httpx
 from fastapi.routing import APIRoute
 
 from vivix.app import create_app
-from vivix.kit.runtime import Runtime
 from vivix.openapi import reference
 from vivix.openapi.document import openapi_document
+from vivix.runtime import Runtime
 
 DOCUMENT = openapi_document()
 

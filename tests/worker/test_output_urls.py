@@ -9,8 +9,8 @@ from sqlalchemy import select
 from tests.factories import account_with_key
 from tests.worker.helpers import wait_for_status
 from vivix.app import create_app
-from vivix.kit.runtime import Runtime, build_runtime, close_runtime
 from vivix.models import Generation
+from vivix.runtime import Runtime, build_runtime, close_runtime
 from vivix.worker.runner import Worker
 
 

@@ -1,16 +1,21 @@
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
-from vivix.accounts.endpoints import Caller, authorize, runtime_of
+from vivix.accounts.gate import authorize
+from vivix.accounts.service import Caller
 from vivix.catalog.availability import availability_of
 from vivix.catalog.schemas import ModelOut, ModelsOut, RateLimitInfo
 from vivix.catalog.service import CatalogModel
 from vivix.kit.errors import ModelNotFound
-from vivix.kit.http import PlainRoute, json_response
-from vivix.kit.runtime import Runtime
+from vivix.kit.http import PlainRoute, json_response, runtime_of
+
+if TYPE_CHECKING:
+    from vivix.runtime import Runtime
 
 router = APIRouter(prefix="/api/v1", tags=["models"], route_class=PlainRoute)
 

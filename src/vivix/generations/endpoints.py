@@ -1,25 +1,27 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter
 from sqlalchemy import Row
 from starlette.requests import Request
 from starlette.responses import Response
 
-from vivix.accounts.endpoints import authorize, pass_gate, runtime_of
+from vivix.accounts.gate import authorize, pass_gate
 from vivix.accounts.repository import find_account
 from vivix.accounts.service import key_hash_from_header
 from vivix.generations import repository, service
 from vivix.generations.schemas import generation_out, submitted_out
 from vivix.kit.clock import parse_iso
 from vivix.kit.errors import GenerationNotFound, InvalidParams
-from vivix.kit.http import PlainRoute, context_of, json_response, read_json_object
+from vivix.kit.http import PlainRoute, context_of, json_response, read_json_object, runtime_of
 from vivix.kit.ids import is_uuid
 from vivix.kit.pagination import decode_cursor, encode_cursor, parse_limit
-from vivix.kit.runtime import Runtime
 from vivix.models import GenerationStatus
+
+if TYPE_CHECKING:
+    from vivix.runtime import Runtime
 
 router = APIRouter(prefix="/api/v1", tags=["generations"], route_class=PlainRoute)
 

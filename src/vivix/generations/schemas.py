@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Row
 
 from vivix.kit.clock import iso, utcnow
-from vivix.models import Generation, GenerationStatus
+from vivix.models import Generation, GenerationStatus, NewGeneration
 
 
 def _ms(start: datetime, end: datetime) -> int:
@@ -63,12 +63,12 @@ def _shown_output(stored: dict[str, Any], output_url: Callable[[str], str]) -> d
     return shown
 
 
-def submitted_out(columns: Mapping[str, Any]) -> dict[str, Any]:
-    """The 201 body, from the column values the submit inserted."""
+def submitted_out(generation: NewGeneration) -> dict[str, Any]:
+    """The 201 body, from the row the submit inserted."""
     return {
-        "generation_id": columns["id"],
-        "status": columns["status"],
-        "model": columns["model"],
-        "credits_estimate": columns["credits_estimate"],
-        "created_at": iso(columns["created_at"]),
+        "generation_id": generation.id,
+        "status": generation.status,
+        "model": generation.model,
+        "credits_estimate": generation.credits_estimate,
+        "created_at": iso(generation.created_at),
     }

@@ -104,11 +104,18 @@ async def find_generation(session: AsyncSession, generation_id: str) -> Generati
     return await session.get(Generation, generation_id, populate_existing=True)
 
 
-async def lock_generation(session: AsyncSession, generation_id: str) -> Generation | None:
+async def lock_expired_lease(
+    session: AsyncSession, generation_id: str, now: datetime
+) -> Generation | None:
+    """The generation locked, if it is still processing under a lease expired by `now`."""
     return (
         await session.execute(
             select(Generation)
-            .where(Generation.id == generation_id)
+            .where(
+                Generation.id == generation_id,
+                Generation.status == PROCESSING,
+                Generation.lease_expires_at < now,
+            )
             .with_for_update()
             .execution_options(populate_existing=True)
         )

@@ -16,20 +16,24 @@ import contextlib
 import os
 import random
 import socket
-from datetime import timedelta
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 import structlog
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from vivix.generations.settlement import finalize
+from vivix.generations.finish import FinalState, LockGeneration, commit_final_state
 from vivix.kit.clock import utcnow
 from vivix.kit.ids import base62
-from vivix.kit.runtime import Runtime
+from vivix.kit.wakeup import PostgresListener
 from vivix.models import Generation, GenerationStatus
 from vivix.providers.guarded_fetch import GuardedFetcher
 from vivix.providers.registry import ProviderRegistry, build_registry
 from vivix.worker import repository
 from vivix.worker.service import JobExecutor, LeaseLost
-from vivix.worker.wakeup import PostgresListener
+
+if TYPE_CHECKING:
+    from vivix.runtime import Runtime
 
 log = structlog.get_logger(__name__)
 
@@ -227,29 +231,38 @@ class Worker:
 
 
 async def reap_expired_leases(runtime: Runtime) -> int:
-    """Return expired leases to the queue (with backoff) or fail + refund them."""
+    """Return expired leases to the queue (with backoff), or end them: canceled when a
+    cancel was asked for, else failed and refunded once `max_attempts` is used up."""
     settings = runtime.settings.worker
     now = utcnow()
     reaped = 0
+    ending: list[tuple[str, FinalState]] = []
     async with runtime.db.transaction() as session:
         for generation in await repository.expired_leases(session, now):
             reaped += 1
             if generation.cancel_requested:
-                await finalize(session, generation, GenerationStatus.CANCELED)
+                ending.append((generation.id, FinalState.canceled()))
             elif generation.attempts >= settings.max_attempts:
-                await finalize(
-                    session,
-                    generation,
-                    GenerationStatus.FAILED,
-                    error_code="INTERNAL_ERROR",
-                    error_message=f"Rendering was interrupted {generation.attempts} times; the charge was refunded.",
+                message = (
+                    f"Rendering was interrupted {generation.attempts} times; "
+                    "the charge was refunded."
                 )
+                ending.append((generation.id, FinalState.failed("INTERNAL_ERROR", message)))
             else:
                 delay = settings.retry_backoff_seconds * 2 ** max(0, generation.attempts - 1)
                 generation.status = GenerationStatus.PENDING.value
                 generation.lease_owner = None
                 generation.lease_expires_at = None
                 generation.run_after = now + timedelta(seconds=delay)
+    for generation_id, final in ending:
+        await commit_final_state(runtime, _lock_expired(generation_id, now), final)
     if reaped:
         log.info("reaped_expired_leases", count=reaped)
     return reaped
+
+
+def _lock_expired(generation_id: str, now: datetime) -> LockGeneration:
+    async def lock(session: AsyncSession) -> Generation | None:
+        return await repository.lock_expired_lease(session, generation_id, now)
+
+    return lock

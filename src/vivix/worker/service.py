@@ -15,16 +15,16 @@ import asyncio
 import random
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from vivix.accounts.repository import find_account
 from vivix.catalog import pricing
 from vivix.catalog.schemas import RouteSpec
-from vivix.generations.settlement import finalize
+from vivix.generations.finish import FinalState, commit_final_state
 from vivix.kit.clock import utcnow
-from vivix.kit.runtime import Runtime
 from vivix.models import Generation, GenerationStatus
 from vivix.providers.base import (
     ProviderAdapter,
@@ -42,6 +42,9 @@ from vivix.providers.media import probe
 from vivix.providers.registry import LOCAL, ProviderRegistry
 from vivix.storage.service import extension_for
 from vivix.worker import repository
+
+if TYPE_CHECKING:
+    from vivix.runtime import Runtime
 
 log = structlog.get_logger(__name__)
 
@@ -271,25 +274,25 @@ class JobExecutor:
                 }
             )
         charge = 0 if generation.is_test else await self._charge_for(generation, stored)
-        async with self.runtime.db.transaction() as session:
-            locked = await repository.lock_leased_generation(session, generation.id, self.owner)
-            if locked is not None:
-                if stored:
-                    await finalize(
-                        session, locked, GenerationStatus.COMPLETED, charge=charge, outputs=stored
-                    )
-                else:
-                    await finalize(
-                        session,
-                        locked,
-                        GenerationStatus.FAILED,
-                        error_code="PROVIDER_ERROR",
-                        error_message="The provider delivered no output.",
-                    )
-        if locked is None:
+        final = (
+            FinalState.completed(stored, charge)
+            if stored
+            else FinalState.failed("PROVIDER_ERROR", "The provider delivered no output.")
+        )
+        if await self._commit_final_state(generation, final) is None:
             for key in keys:  # lost the race (canceled/reaped): don't leave orphans behind
                 await storage.delete(key)
             raise LeaseLost()
+
+    async def _commit_final_state(
+        self, generation: Generation, final: FinalState
+    ) -> Generation | None:
+        """End the generation if this worker still holds its lease; None if it does not."""
+
+        async def lock_leased(session: AsyncSession) -> Generation | None:
+            return await repository.lock_leased_generation(session, generation.id, self.owner)
+
+        return await commit_final_state(self.runtime, lock_leased, final)
 
     async def _charge_for(self, generation: Generation, stored: list[dict[str, Any]]) -> int:
         model = self.runtime.catalog.get(generation.model)
@@ -306,17 +309,9 @@ class JobExecutor:
         )
 
     async def fail(self, generation: Generation, failure: Failure) -> None:
-        async with self.runtime.db.transaction() as session:
-            locked = await repository.lock_leased_generation(session, generation.id, self.owner)
-            if locked is None:
-                raise LeaseLost()
-            await finalize(
-                session,
-                locked,
-                GenerationStatus.FAILED,
-                error_code=failure.code,
-                error_message=failure.message,
-            )
+        final = FinalState.failed(failure.code, failure.message)
+        if await self._commit_final_state(generation, final) is None:
+            raise LeaseLost()
         log.info(
             "generation_failed",
             generation_id=generation.id,
