@@ -169,7 +169,7 @@ def _show_generation(ui: _Ui, generation: Generation, saved: list[Path]) -> None
         else:
             ui.out.print(f"credits held: {generation.credits_estimate}")
         for path in saved:
-            ui.out.print(f"saved {path}")
+            ui.out.print(f"saved {path}", soft_wrap=True)
 
     ui.emit(data, render)
 
