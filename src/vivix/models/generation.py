@@ -44,7 +44,7 @@ class Generation(Base):
     # The key that submitted it (API), or NULL with `user_id` set (Studio).
     api_key_id: Mapped[str | None] = mapped_column(String(36))
     user_id: Mapped[str | None] = mapped_column(String(36))
-    source: Mapped[str] = mapped_column(String(8), default="api", server_default=text("'api'"))
+    source: Mapped[str] = mapped_column(String(8), server_default=text("'api'"))
     model: Mapped[str] = mapped_column(String(100))
     status: Mapped[str] = mapped_column(String(16))
     is_test: Mapped[bool] = mapped_column(Boolean, default=False)

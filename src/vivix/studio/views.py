@@ -81,7 +81,11 @@ def grouped(choices: list[ModelChoice]) -> list[tuple[str, list[ModelChoice]]]:
 
 def generation_view(runtime: Runtime, row: Row[Any]) -> dict[str, Any]:
     """The API's generation object plus what a page needs to draw it."""
-    out = generation_out(row, queue_position=getattr(row, "queue_position", None))
+    out = generation_out(
+        row,
+        output_url=runtime.storage.url_for,
+        queue_position=getattr(row, "queue_position", None),
+    )
     model: CatalogModel | None = runtime.catalog.get(row.model)
     params = row.params or {}
     category = model.spec.category if model else "image"

@@ -1,7 +1,7 @@
 """studio: users, sessions, generation source, key last use, account suspension
 
-Revision ID: 0005
-Revises: 0004
+Revision ID: 0006
+Revises: 0005
 Create Date: 2026-12-01 09:00:00
 """
 
@@ -14,8 +14,8 @@ from alembic import op
 
 import vivix.models.base
 
-revision: str = "0005"
-down_revision: str | None = "0004"
+revision: str = "0006"
+down_revision: str | None = "0005"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
