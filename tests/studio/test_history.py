@@ -3,6 +3,9 @@ paging, the detail page and its actions."""
 
 from __future__ import annotations
 
+import ast
+import html as html_lib
+import json
 import re
 
 import httpx
@@ -82,7 +85,20 @@ async def test_detail_shows_params_and_offers_rerun_cancel_and_snippets(
     assert 'id="snippet-curl"' in html
     assert "/api/v1/generate" in html
     assert "&#34;seed&#34;: 42" in html or '"seed": 42' in html
-    assert "import requests" in html
+    # The snippets are real code for the same request: the cURL body is JSON, the Python
+    # one a literal, and both equal the generation's model and params.
+    body = {"model": "vivix-local-image", "prompt": "studio lighthouse", "seed": 42}
+    curl = html_lib.unescape(
+        re.search(r'id="snippet-curl"><code>(.*?)</code>', html, re.S).group(1)
+    )
+    sent = json.loads(curl.split("-d '", 1)[1].rsplit("'", 1)[0])
+    python = html_lib.unescape(
+        re.search(r'id="snippet-python"><code>(.*?)</code>', html, re.S).group(1)
+    )
+    call = ast.parse(python).body[-3].value  # response = requests.post(...)
+    literal = next(k.value for k in call.keywords if k.arg == "json")
+    assert ast.literal_eval(literal) == sent
+    assert {k: sent[k] for k in body} == body
     rerun = await browser.post(f"/history/{generation_id}/rerun", data={"csrf_token": csrf})
     assert rerun.status_code == 303
     new_id = rerun.headers["location"].rsplit("/", 1)[1]

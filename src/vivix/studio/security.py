@@ -10,7 +10,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 # The API's JSON, the operator API and the interactive docs (which load their own
 # scripts) keep their own rules; everything else is the Studio.
-_NOT_STUDIO = ("/api/", "/admin/", "/files/", "/docs", "/openapi.json", "/metrics")
+_NOT_STUDIO = ("/api/", "/admin/", "/files/", "/docs", "/redoc", "/openapi.json", "/metrics")
 
 
 def content_security_policy(storage_public_url: str | None) -> str:
@@ -49,12 +49,13 @@ class SecurityHeadersMiddleware:
             return
         path: str = scope["path"]
         extra = self.common if path.startswith(_NOT_STUDIO) else self.studio
-        names = {name for name, _ in extra}
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                headers = [(k, v) for k, v in message.get("headers", []) if k not in names]
-                message["headers"] = headers + extra
+                headers = list(message.get("headers", []))
+                present = {name for name, _ in headers}
+                # A response that set its own policy (the API docs pages) keeps it.
+                message["headers"] = headers + [(k, v) for k, v in extra if k not in present]
             await send(message)
 
         await self.app(scope, receive, send_with_headers)

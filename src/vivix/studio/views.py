@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import pprint
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -164,7 +163,7 @@ def request_snippets(public_url: str, body: dict[str, Any]) -> dict[str, str]:
         "response = requests.post(\n"
         f'    "{public_url}/api/v1/generate",\n'
         '    headers={"Authorization": f"Bearer {os.environ[\'VIVIX_API_KEY\']}"},\n'
-        f"    json={_indent(pprint.pformat(body, sort_dicts=False, width=80), 4)},\n"
+        f"    json={_python_literal(body, 4)},\n"
         "    timeout=30,\n"
         ")\n"
         "response.raise_for_status()\n"
@@ -173,5 +172,16 @@ def request_snippets(public_url: str, body: dict[str, Any]) -> dict[str, str]:
     return {"curl": curl, "python": python}
 
 
-def _indent(text: str, spaces: int) -> str:
-    return text.replace("\n", "\n" + " " * spaces)
+def _python_literal(value: Any, indent: int) -> str:
+    """`value` as Python source, laid out like the JSON above (True/False/None, not JSON's)."""
+    if isinstance(value, dict):
+        inner = " " * (indent + 4)
+        items = [
+            f"{inner}{json.dumps(k)}: {_python_literal(v, indent + 4)}" for k, v in value.items()
+        ]
+        return "{\n" + ",\n".join(items) + ",\n" + " " * indent + "}"
+    if isinstance(value, list):
+        return "[" + ", ".join(_python_literal(v, indent) for v in value) + "]"
+    if isinstance(value, bool) or value is None:
+        return repr(value)
+    return json.dumps(value, ensure_ascii=False)
