@@ -25,6 +25,8 @@ MODEL_FIELDS = {
     "params_schema",
     "credits_band",
     "example_request",
+    "available",
+    "unavailable_reason",
 }
 COMPACT_KEYS = {"type", "required", "max_length", "values", "default", "min", "max", "max_items"}
 COMPACT_TYPES = {"string", "integer", "enum", "boolean", "string[]"}

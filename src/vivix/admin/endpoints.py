@@ -84,6 +84,11 @@ async def update_account(request: Request, account: str, body: schemas.AccountUp
     return json_response(out)
 
 
+@router.get("/accounts/{account}/keys")
+async def list_keys(request: Request, account: str) -> Response:
+    return json_response({"data": await service.list_keys(runtime_of(request), account)})
+
+
 @router.post("/accounts/{account}/keys", status_code=201)
 async def create_key(request: Request, account: str, body: schemas.KeyCreate) -> Response:
     out = await service.create_key(

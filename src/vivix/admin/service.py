@@ -261,6 +261,13 @@ async def create_key(
     return {**key_out(key), "key": plaintext}
 
 
+async def list_keys(runtime: Runtime, account_name: str) -> list[dict[str, Any]]:
+    """An account's keys, revoked ones included (prefixes only: keys are shown once)."""
+    async with runtime.db.read() as session:
+        account = await accounts.get_account(session, account_name)
+        return [key_out(k) for k in await accounts_repository.list_keys(session, account.id)]
+
+
 async def revoke_key(
     runtime: Runtime, prefix_or_id: str, *, actor: Actor = SYSTEM
 ) -> dict[str, Any]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import math
 import secrets
 from dataclasses import dataclass
 from datetime import timedelta
@@ -24,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from vivix.accounts.service import Caller
 from vivix.billing.ledger import Admission
 from vivix.catalog import pricing
+from vivix.catalog.availability import availability_of
 from vivix.catalog.params import validate_metadata, validate_params
 from vivix.catalog.service import CatalogModel
 from vivix.generations import repository
@@ -42,9 +42,7 @@ from vivix.kit.errors import (
 )
 from vivix.kit.ids import uuid7
 from vivix.models import ACTIVE_STATUSES, Generation, NewGeneration
-from vivix.providers.circuits import route_key
 from vivix.providers.guarded_fetch import UrlRefused, check_url
-from vivix.providers.registry import LOCAL, is_configured
 
 if TYPE_CHECKING:
     from vivix.runtime import Runtime
@@ -113,25 +111,24 @@ async def check_reference_images(runtime: Runtime, params: dict[str, Any]) -> No
 
 
 async def ensure_routable(runtime: Runtime, model: CatalogModel, caller: Caller) -> None:
-    """At least one route is configured and its circuit closed, else 503 before any hold."""
+    """At least one route is configured and its circuit closed, else 503 before any hold:
+    `not_configured` without Retry-After (retrying cannot help), `circuit_open` with it."""
     if caller.is_test:
         return  # test keys render every model on the local renderer
-    open_routes = await runtime.circuits.open_routes()
-    reopens: list[float] = []
-    now = utcnow()
-    for route in model.spec.routes:
-        if route.provider != LOCAL and not is_configured(route.provider, runtime.settings):
-            continue
-        until = open_routes.get(route_key(route.provider, route.upstream_model))
-        if until is None:
-            return
-        reopens.append((until - now).total_seconds())
-    retry_after = (
-        max(1, math.ceil(min(reopens))) if reopens else runtime.settings.provider_down_retry_after_s
-    )
+    state = availability_of(model, runtime.settings, await runtime.circuits.open_routes())
+    if state.available:
+        return
+    if state.reason == "not_configured":
+        raise ProviderDown(
+            f"No provider route for {model.slug} is configured on this server.",
+            next="Retrying cannot help: ask the operator to configure one of the model's "
+            "providers, or pick a model listed as available in GET /api/v1/models.",
+            reason="not_configured",
+        )
     raise ProviderDown(
-        f"No provider route for {model.slug} is available right now.",
-        headers={"Retry-After": str(retry_after)},
+        f"Every provider route for {model.slug} is failing; they are paused for now.",
+        headers={"Retry-After": str(state.retry_after_s)},
+        reason="circuit_open",
     )
 
 

@@ -260,11 +260,12 @@ class JobExecutor:
         for index, delivered in enumerate(result.outputs):
             output = await asyncio.to_thread(probe, delivered)
             key = storage.new_key(generation.id, index, extension_for(output.content_type))
-            url = await storage.put(key, output.data, output.content_type)
+            await storage.put(key, output.data, output.content_type)
             keys.append(key)
             stored.append(
                 {
-                    "url": url,
+                    # The URL is built when read, from the public URL configured then.
+                    "key": key,
                     "content_type": output.content_type,
                     "bytes": len(output.data),
                     "width": output.width,
