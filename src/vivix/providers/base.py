@@ -31,6 +31,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+# Re-exported: what a local render raises when it is stopped on request.
+from vivix.renderer import RenderCanceled as RenderCanceled
+
 UpstreamHandle = dict[str, Any]
 
 
@@ -108,10 +111,6 @@ class ProviderRejectedError(ProviderError):
 
 class ProviderFatalError(ProviderError):
     pass
-
-
-class RenderCanceled(Exception):
-    """Raised by a local render that noticed `should_stop()`."""
 
 
 @runtime_checkable

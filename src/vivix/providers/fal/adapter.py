@@ -47,8 +47,6 @@ from vivix.providers.base import (
     UpstreamHandle,
 )
 from vivix.providers.http import (
-    DEFAULT_TIMEOUT,
-    ProviderHttp,
     json_object_or_empty,
     known_content_type,
 )
@@ -60,6 +58,7 @@ from vivix.providers.route_options import (
     InputConventions,
     build_input,
 )
+from vivix.providers.upstream import UpstreamAdapter
 
 log = structlog.get_logger(__name__)
 
@@ -98,7 +97,7 @@ CONTENT_MARKERS = (
 )
 
 
-class FalAdapter:
+class FalAdapter(UpstreamAdapter):
     """fal.ai queue adapter. One instance per process, shared by all jobs.
 
     `poll_backoff_s` is the first backoff between retried HTTP calls (doubling, jittered);
@@ -108,31 +107,8 @@ class FalAdapter:
     """
 
     name = "fal"
-
-    def __init__(
-        self,
-        *,
-        api_key: str,
-        base_url: str | None = None,
-        transport: httpx.AsyncBaseTransport | None = None,
-        poll_backoff_s: float = 0.5,
-        timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
-        retries: int = 3,
-        max_concurrent_requests: int = 8,
-        max_retry_after_s: float = 30.0,
-    ) -> None:
-        self.base_url = (base_url or DEFAULT_BASE_URL).rstrip("/")
-        self._http = ProviderHttp(
-            self.name,
-            self.base_url,
-            headers={"Authorization": f"Key {api_key}"},
-            timeout=timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout),
-            max_concurrent_requests=max_concurrent_requests,
-            retries=retries,
-            backoff_s=poll_backoff_s,
-            max_retry_after_s=max_retry_after_s,
-            transport=transport,
-        )
+    default_base_url = DEFAULT_BASE_URL
+    auth_scheme = "Key"
 
     async def submit(self, request: RenderRequest) -> UpstreamHandle:
         model = request.upstream_model.strip("/")
@@ -186,9 +162,6 @@ class FalAdapter:
                 request_id=handle.get("request_id"),
                 status=response.status_code,
             )
-
-    async def aclose(self) -> None:
-        await self._http.aclose()
 
     def _urls(self, handle: UpstreamHandle) -> dict[str, str]:
         request_id = handle.get("request_id")
