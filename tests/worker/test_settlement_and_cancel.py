@@ -328,3 +328,47 @@ async def test_cancel_of_a_completed_generation_is_not_cancelable(
         "request_id": None,
         "status": "completed",
     }
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{"factor": "0.1"}, {"rows": [{"credits": 1}]}],
+    ids=["factor", "replacement-rows"],
+)
+async def test_a_price_override_set_mid_render_does_not_change_the_charge(
+    runtime: Runtime,
+    client: httpx.AsyncClient,
+    local_registry: ProviderRegistry,
+    change: dict[str, object],
+) -> None:
+    from vivix.admin import service as admin
+
+    acct = await account_with_key(runtime, credits=100)
+    await admin.set_models(runtime, acct.name, ["broken-local-image"], allow=True)
+    response = await client.post(
+        "/api/v1/generate",
+        json={"model": "broken-local-image", "prompt": "priced at submit"},
+        headers=acct.headers,
+    )
+    assert response.json()["credits_estimate"] == 10
+    claimed = await claim(runtime, "worker-a")
+    # The operator lowers the price while the job renders: it was admitted at 10.
+    await admin.set_price_override(runtime, acct.name, "broken-local-image", **change)  # type: ignore[arg-type]
+    png = render.render_image("priced", width=64, height=64, seed=1)
+    result = RenderResult([OutputFile(png, "image/png", width=64, height=64)])
+    await JobExecutor(runtime, local_registry, "worker-a", GuardedFetcher()).complete(
+        claimed, result
+    )
+    body = (await client.get(f"/api/v1/generations/{claimed.id}", headers=acct.headers)).json()
+    assert body["status"] == "completed"
+    assert body["credits_used"] == 10
+    credits = (await client.get("/api/v1/credits", headers=acct.headers)).json()
+    assert (credits["balance"], credits["held"]) == (90, 0)
+    # A submit after the change is priced with it.
+    later = await client.post(
+        "/api/v1/generate",
+        json={"model": "broken-local-image", "prompt": "priced after"},
+        headers=acct.headers,
+    )
+    assert later.json()["credits_estimate"] == 1
+    await assert_ledger_consistent(runtime)

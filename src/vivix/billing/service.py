@@ -9,6 +9,7 @@ from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from vivix.kit.bounds import MAX_BALANCE, MAX_CREDIT_AMOUNT
 from vivix.kit.clock import add_months, utcnow
 from vivix.kit.errors import AdminInvalid
 from vivix.models import Account, LedgerEntry, LedgerKind
@@ -56,8 +57,11 @@ def grant_cycle(
 
 def grant(session: AsyncSession, account: Account, amount: int, reason: str | None) -> None:
     """An operator's one-off grant; counts toward this cycle's granted credits."""
-    if amount <= 0:
-        raise AdminInvalid("amount", "must be a positive whole number of credits")
+    if not 1 <= amount <= MAX_CREDIT_AMOUNT:
+        raise AdminInvalid(
+            "amount", f"must be a positive whole number of credits, at most {MAX_CREDIT_AMOUNT}"
+        )
+    _check_wallet_room(account, amount)
     _append(session, account, LedgerKind.GRANT, amount, reason=reason or "operator grant")
     account.granted_this_cycle += amount
 
@@ -68,7 +72,17 @@ def adjust(session: AsyncSession, account: Account, amount: int, reason: str) ->
         raise AdminInvalid("amount", "must not be zero")
     if account.balance + amount < 0:
         raise AdminInvalid("amount", f"would make the balance negative (balance {account.balance})")
+    _check_wallet_room(account, amount)
     _append(session, account, LedgerKind.ADJUSTMENT, amount, reason=reason)
+
+
+def _check_wallet_room(account: Account, amount: int) -> None:
+    room = MAX_BALANCE - account.balance - account.held
+    if amount > room:
+        raise AdminInvalid(
+            "amount",
+            f"a wallet holds at most {MAX_BALANCE} credits; at most {max(0, room)} can be added",
+        )
 
 
 def settle(

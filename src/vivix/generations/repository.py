@@ -12,8 +12,8 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     Connection,
-    Integer,
     Row,
     String,
     and_,
@@ -81,6 +81,7 @@ _BY_IDEMPOTENCY_KEY = select(
         select(_KEYED.id)
         .where(
             _KEYED.account_id == bindparam("account_id"),
+            _KEYED.is_test == bindparam("is_test"),
             _KEYED.idempotency_key == bindparam("idempotency_key"),
         )
         .scalar_subquery()
@@ -88,6 +89,7 @@ _BY_IDEMPOTENCY_KEY = select(
     Generation.request_hash,
 ).where(
     Generation.account_id == bindparam("account_id"),
+    Generation.is_test == bindparam("is_test"),
     Generation.idempotency_key == bindparam("idempotency_key"),
 )
 _INSERT = insert(Base.metadata.tables["generations"])
@@ -96,6 +98,7 @@ _EXPIRE_IDEMPOTENCY_KEY = (
     update(Generation)
     .where(
         Generation.account_id == bindparam("b_account_id"),
+        Generation.is_test == bindparam("b_is_test"),
         Generation.idempotency_key == bindparam("b_idempotency_key"),
         Generation.created_at < bindparam("older_than"),
     )
@@ -113,6 +116,7 @@ SUBMITTED_COLUMNS = (
     "params",
     "metadata",
     "credits_estimate",
+    "price_snapshot",
     "idempotency_key",
     "request_hash",
     "created_at",
@@ -145,12 +149,14 @@ async def read_with_caller(
 
 
 async def find_by_idempotency_key(
-    connection: AsyncConnection, account_id: str, key: str
+    connection: AsyncConnection, account_id: str, is_test: bool, key: str
 ) -> Row[Any] | None:
-    """As `read_for_account`, plus `request_hash` and `created_at` for the replay checks."""
+    """As `read_for_account`, plus `request_hash` and `created_at` for the replay checks.
+    Keys are scoped to the account and the key mode (live or test)."""
     return (
         await connection.execute(
-            _BY_IDEMPOTENCY_KEY, {"account_id": account_id, "idempotency_key": key}
+            _BY_IDEMPOTENCY_KEY,
+            {"account_id": account_id, "is_test": is_test, "idempotency_key": key},
         )
     ).first()
 
@@ -160,7 +166,7 @@ def _admission_statement() -> Any:
     credits only if both are there; the generation row and the hold entry are inserted
     from its result, so a refusal inserts nothing. Run in autocommit it is one round trip
     and its own transaction, and the account row is locked only while it runs."""
-    amount = bindparam("amount", type_=Integer)
+    amount = bindparam("amount", type_=BigInteger)
     account = TAKE_SLOT_AND_HOLD.cte("account")
     generations = Base.metadata.tables["generations"]
     generation = _INSERT.from_select(
@@ -207,6 +213,7 @@ def admit_on_sqlite(
             _EXPIRE_IDEMPOTENCY_KEY,
             {
                 "b_account_id": columns["account_id"],
+                "b_is_test": columns["is_test"],
                 "b_idempotency_key": columns["idempotency_key"],
                 "older_than": idempotency_keys_before,
             },
@@ -248,12 +255,17 @@ async def admit_in_one_statement(
 
 
 async def expire_idempotency_key(
-    connection: AsyncConnection, account_id: str, key: str, older_than: datetime
+    connection: AsyncConnection, account_id: str, is_test: bool, key: str, older_than: datetime
 ) -> None:
     """Free a key whose 24 h replay window has passed so it can be used again."""
     await connection.execute(
         _EXPIRE_IDEMPOTENCY_KEY,
-        {"b_account_id": account_id, "b_idempotency_key": key, "older_than": older_than},
+        {
+            "b_account_id": account_id,
+            "b_is_test": is_test,
+            "b_idempotency_key": key,
+            "older_than": older_than,
+        },
     )
 
 

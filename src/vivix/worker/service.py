@@ -294,11 +294,13 @@ class JobExecutor:
         model = self.runtime.catalog.get(generation.model)
         if model is None or not stored:
             return 0
-        async with self.runtime.db.read() as session:
-            account = await find_account(session, generation.account_id)
-        override = pricing.parse_override(
-            account.price_overrides.get(generation.model) if account else None
-        )
+        override = pricing.thawed(generation.price_snapshot)
+        if generation.price_snapshot is None:  # admitted before prices were frozen
+            async with self.runtime.db.read() as session:
+                account = await find_account(session, generation.account_id)
+            override = pricing.parse_override(
+                account.price_overrides.get(generation.model) if account else None
+            )
         sizes = [(o["width"], o["height"], o["duration_s"]) for o in stored]
         return pricing.final_charge(
             model.spec, generation.params, override, sizes, generation.credits_estimate
