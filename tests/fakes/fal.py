@@ -71,7 +71,8 @@ class FakeFal:
     `output_kind`, `outputs` (images per job), `polls_before_done` (status checks that
     answer IN_QUEUE/IN_PROGRESS before COMPLETED; huge = never finishes), `failure`,
     `submit_delay_s` (answer the submit late, after accepting it). `inject()` queues
-    HTTP faults (e.g. 429 with Retry-After, 503) in front of an endpoint.
+    HTTP faults (e.g. 429 with Retry-After, 503) in front of an endpoint; `inject_file()`
+    replaces the next downloaded files' bytes.
 
     `submit_gate`: when set, each submit waits for that event before it is answered.
 
@@ -91,12 +92,15 @@ class FakeFal:
         outputs: int = 1,
         polls_before_done: int = 1,
         known_models: set[str] | None = None,
+        kinds_by_model: dict[str, OutputKind] | None = None,
     ) -> None:
         self.api_key = api_key
         self.output_kind: OutputKind = output_kind
         self.outputs = outputs
         self.polls_before_done = polls_before_done
         self.known_models = known_models
+        # What each model produces (a video model answers video); others: `output_kind`.
+        self.kinds_by_model = dict(kinds_by_model or {})
         self.failure: Failure | None = None
         self.submit_delay_s = 0.0
         self.submit_gate: asyncio.Event | None = None
@@ -111,6 +115,7 @@ class FakeFal:
         self.received: list[dict[str, Any]] = []
         self.received_models: list[str] = []
         self._faults: dict[str, deque[InjectedFault]] = defaultdict(deque)
+        self._file_replacements: deque[tuple[bytes, str]] = deque()
         self.app = Starlette(
             routes=[
                 Route("/files/{name}", self._file, methods=["GET"]),
@@ -120,6 +125,12 @@ class FakeFal:
                 Route("/{model:path}", self._submit, methods=["POST"]),
             ]
         )
+
+    def inject_file(self, data: bytes, content_type: str, *, times: int = 1) -> None:
+        """Answer the next `times` file downloads with 200 and these bytes instead of the
+        output (a CDN serving an error page, a wrong file, markup labelled as an image)."""
+        for _ in range(times):
+            self._file_replacements.append((data, content_type))
 
     def inject(
         self,
@@ -189,8 +200,10 @@ class FakeFal:
             model=model,
             app_id=app_id_of(model),
             input=body,
-            kind=self.output_kind,
-            outputs=self.outputs if self.output_kind == "image" else 1,
+            kind=self.kinds_by_model.get(model, self.output_kind),
+            outputs=self.outputs
+            if self.kinds_by_model.get(model, self.output_kind) == "image"
+            else 1,
             failure=self.failure,
             polls_before_done=self.polls_before_done,
         )
@@ -333,6 +346,9 @@ class FakeFal:
     async def _file(self, request: Request) -> Response:
         if (fault := self._fault("files")) is not None:
             return fault
+        if self._file_replacements:
+            data, content_type = self._file_replacements.popleft()
+            return Response(data, media_type=content_type)
         stored = self.files.get(request.path_params["name"])
         if stored is None:
             return Response(status_code=404)

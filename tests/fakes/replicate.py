@@ -99,12 +99,15 @@ class FakeReplicate:
         outputs: int = 1,
         polls_before_done: int = 1,
         known_models: set[str] | None = None,
+        kinds_by_model: dict[str, OutputKind] | None = None,
     ) -> None:
         self.api_token = api_token
         self.output_kind: OutputKind = output_kind
         self.outputs = outputs
         self.polls_before_done = polls_before_done
         self.known_models = known_models
+        # What each model produces (a video model answers video); others: `output_kind`.
+        self.kinds_by_model = dict(kinds_by_model or {})
         self.failure: Failure | None = None
         self.create_delay_s = 0.0
         self.data_removed = False
@@ -215,8 +218,10 @@ class FakeReplicate:
             model=model,
             version=version or "hidden",
             input=body["input"],
-            kind=self.output_kind,
-            outputs=self.outputs if self.output_kind == "image" else 1,
+            kind=self.kinds_by_model.get(model, self.output_kind),
+            outputs=self.outputs
+            if self.kinds_by_model.get(model, self.output_kind) == "image"
+            else 1,
             failure=self.failure,
             polls_before_done=self.polls_before_done,
             created_at=_now(),

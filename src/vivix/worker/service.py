@@ -38,7 +38,7 @@ from vivix.providers.base import (
 )
 from vivix.providers.circuits import route_key
 from vivix.providers.guarded_fetch import FetchFailed, GuardedFetcher, UrlRefused
-from vivix.providers.media import probe
+from vivix.providers.media import NotMedia, inspect_media, with_detected_facts
 from vivix.providers.registry import LOCAL, ProviderRegistry
 from vivix.storage.service import extension_for
 from vivix.worker import repository
@@ -217,7 +217,7 @@ class JobExecutor:
         while True:
             outcome = await adapter.poll(handle, request)
             if isinstance(outcome, RenderResult):
-                return outcome
+                return await _verified(outcome, request.category)
             if outcome.fraction is not None and outcome.fraction != last_progress:
                 last_progress = outcome.fraction
                 async with self.runtime.db.transaction() as session:
@@ -254,8 +254,7 @@ class JobExecutor:
         storage = self.runtime.storage
         stored: list[dict[str, Any]] = []
         keys: list[str] = []
-        for index, delivered in enumerate(result.outputs):
-            output = await asyncio.to_thread(probe, delivered)
+        for index, output in enumerate(result.outputs):
             key = storage.new_key(generation.id, index, extension_for(output.content_type))
             url = await storage.put(key, output.data, output.content_type)
             keys.append(key)
@@ -324,6 +323,23 @@ class JobExecutor:
             code=failure.code,
             reason=failure.message,
         )
+
+
+async def _verified(result: RenderResult, category: str) -> RenderResult:
+    """The result with every output checked to be media of the model's kind (by its
+    bytes), typed by what it is. A file that isn't is a retriable provider error: the
+    next poll of the same upstream job downloads it again; a route that keeps delivering
+    junk fails over, then the generation fails and is refunded."""
+    outputs = []
+    for index, output in enumerate(result.outputs):
+        try:
+            facts = await asyncio.to_thread(inspect_media, output.data, category)
+        except NotMedia as exc:
+            raise ProviderRetriableError(
+                f"output {index} is not a valid {category} file: {exc.reason}"
+            ) from None
+        outputs.append(with_detected_facts(output, facts))
+    return RenderResult(outputs)
 
 
 def _backoff(attempt: int, retry_after_s: float | None, base_s: float) -> float:
