@@ -9,8 +9,6 @@ from contextlib import asynccontextmanager
 import structlog
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from sqlalchemy import text
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import Response
@@ -22,8 +20,9 @@ from vivix.generations.endpoints import router as generations_router
 from vivix.kit.errors import InvalidParams, MethodNotAllowed, NotFound, VivixError
 from vivix.kit.http import RequestContext, ResponseHeadersMiddleware, json_response
 from vivix.kit.ids import request_id as new_request_id
-from vivix.kit.metrics import Metrics, MetricsMiddleware
+from vivix.kit.metrics import MetricsMiddleware
 from vivix.kit.runtime import Runtime, build_runtime, close_runtime
+from vivix.operations.endpoints import router as operations_router
 from vivix.settings import Settings
 from vivix.storage.endpoints import router as files_router
 
@@ -63,17 +62,15 @@ def create_app(
     )
     if runtime is not None:
         app.state.runtime = runtime
-    metrics = Metrics()
-    app.state.metrics = metrics
     app.include_router(generations_router)
     app.include_router(models_router)
     app.include_router(credits_router)
     app.include_router(admin_router)
     app.include_router(files_router)
-    _install_operations_routes(app)
+    app.include_router(operations_router)
     _install_error_handlers(app)
     app.add_middleware(ResponseHeadersMiddleware)
-    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.add_middleware(MetricsMiddleware)
     return app
 
 
@@ -136,32 +133,3 @@ def _install_error_handlers(app: FastAPI) -> None:
             exception="".join(traceback.format_exception(exc)),
         )
         return _error_response(request, VivixError(), with_context_headers=True)
-
-
-def _install_operations_routes(app: FastAPI) -> None:
-    @app.get("/healthz", include_in_schema=False)
-    async def healthz() -> Response:
-        return json_response({"status": "ok"})
-
-    @app.get("/readyz", include_in_schema=False)
-    async def readyz(request: Request) -> Response:
-        runtime: Runtime = request.app.state.runtime
-        checks: dict[str, str] = {}
-        try:
-            async with runtime.db.read() as session:
-                await session.execute(text("SELECT 1"))
-            checks["database"] = "ok"
-        except Exception as exc:
-            checks["database"] = f"error: {type(exc).__name__}"
-        if runtime.limiter.uses_redis:
-            # Redis down degrades rate limiting but does not stop serving: report, stay ready.
-            checks["redis"] = "ok" if await runtime.limiter.check_redis() else "degraded"
-        ready = checks["database"] == "ok"
-        return json_response(
-            {"status": "ready" if ready else "unavailable", "checks": checks}, 200 if ready else 503
-        )
-
-    @app.get("/metrics", include_in_schema=False)
-    async def metrics(request: Request) -> Response:
-        registry = request.app.state.metrics.registry
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

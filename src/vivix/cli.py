@@ -190,15 +190,22 @@ def worker(
     concurrency: Annotated[
         int | None, typer.Option(help="Jobs run at once (default VIVIX_WORKER__CONCURRENCY).")
     ] = None,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(help="Serve Prometheus metrics on this port (default VIVIX_METRICS_PORT)."),
+    ] = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Run a standalone worker. SIGTERM/SIGINT: stop claiming, let running jobs finish
     within the grace period, hand the rest back to the queue."""
     import signal
 
+    from vivix.kit.metrics import serve_metrics
     from vivix.worker.runner import Worker
 
-    settings = _settings()
+    settings = _settings(metrics_port=metrics_port)
+    if settings.metrics_port is not None:
+        serve_metrics(settings.metrics_port)
 
     async def work(runtime: Runtime) -> int:
         worker = Worker(runtime, concurrency=concurrency)

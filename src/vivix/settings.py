@@ -97,6 +97,30 @@ class CircuitSettings(BaseModel):
     cooldown_seconds: Annotated[float, Field(gt=0)] = 30.0
 
 
+class RetentionSettings(BaseModel):
+    """How long outputs and generation records are kept; None keeps them forever (API.md:
+    output URLs stay valid for the configured retention, default forever)."""
+
+    outputs_days: Annotated[int, Field(ge=1)] | None = None
+    generations_days: Annotated[int, Field(ge=1)] | None = None
+    # How often each worker looks for expired rows, and how many it handles per pass.
+    sweep_interval_seconds: Annotated[float, Field(gt=0)] = 600.0
+    batch_size: Annotated[int, Field(ge=1, le=10_000)] = 200
+
+
+class AdminSettings(BaseModel):
+    # Wrong admin tokens allowed per client address per minute before 429s.
+    failed_attempts_per_minute: Annotated[int, Field(ge=1)] = 10
+
+
+ADMIN_TOKEN_MIN_LENGTH = 32
+
+
+class LogFormat(StrEnum):
+    CONSOLE = "console"
+    JSON = "json"
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="VIVIX_",
@@ -121,6 +145,13 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=1, le=65535)] = 8000
     log_level: str = "info"
+    # `json` for a log collector (one object per line); `console` for people.
+    log_format: LogFormat = LogFormat.CONSOLE
+    # `vivix worker`: serve Prometheus metrics on this port (unset: none). The API serves
+    # them at /metrics.
+    metrics_port: Annotated[int, Field(ge=1, le=65535)] | None = None
+    # OTLP/HTTP traces endpoint (e.g. http://otel-collector:4318); unset: no tracing.
+    otel_endpoint: str | None = None
     max_body_bytes: Annotated[int, Field(ge=1024)] = 64 * 1024
     idempotency_window_hours: Annotated[int, Field(ge=1)] = 24
     provider_down_retry_after_s: Annotated[int, Field(ge=1)] = 30
@@ -130,6 +161,8 @@ class Settings(BaseSettings):
     worker: WorkerSettings = WorkerSettings()
     circuit: CircuitSettings = CircuitSettings()
     fetch: FetchSettings = FetchSettings()
+    retention: RetentionSettings = RetentionSettings()
+    admin: AdminSettings = AdminSettings()
     providers: dict[str, ProviderSettings] = Field(default_factory=dict)
     tiers: dict[Tier, TierDefaults] = Field(default_factory=_default_tiers)
 
@@ -169,6 +202,19 @@ class Settings(BaseSettings):
             value.startswith("postgresql+asyncpg://") or value.startswith("sqlite+aiosqlite://")
         ):
             raise ValueError("must be a postgresql:// or sqlite:// URL")
+        return value
+
+    @field_validator("admin_token")
+    @classmethod
+    def _check_admin_token(cls, value: str | None) -> str | None:
+        # The admin API moves money: a guessable token is refused at start, not in use.
+        if value is None or value == "":
+            return None
+        if len(value) < ADMIN_TOKEN_MIN_LENGTH:
+            raise ValueError(
+                f"must be at least {ADMIN_TOKEN_MIN_LENGTH} characters (it is {len(value)}); "
+                "generate one with `python3 -c 'import secrets; print(secrets.token_urlsafe(32))'`"
+            )
         return value
 
     @field_validator("public_url")

@@ -15,14 +15,19 @@ from vivix.app import create_app
 from vivix.billing import repository as billing_repository
 from vivix.kit.runtime import Runtime
 
-TOKEN = "operator-token-0123456789"
+TOKEN = "operator-token-0123456789-abcdefghij"
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}
 IMAGE = {"model": "vivix-local-image", "prompt": "a lighthouse in fog"}
 
 
 @pytest.fixture
 def settings_overrides() -> dict[str, object]:
-    return {"admin_token": TOKEN, "providers": {"fal": {"api_key": "test-fal-key"}}}
+    # Refused-token tests send many wrong tokens; throttling has its own tests.
+    return {
+        "admin_token": TOKEN,
+        "providers": {"fal": {"api_key": "test-fal-key"}},
+        "admin": {"failed_attempts_per_minute": 1000},
+    }
 
 
 async def create_account(client: httpx.AsyncClient, name: str, **fields: Any) -> dict[str, Any]:

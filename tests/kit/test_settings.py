@@ -60,7 +60,7 @@ def test_default_tiers_are_as_documented() -> None:
 
 def test_top_level_variables(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("VIVIX_DATA_DIR", str(tmp_path))
-    monkeypatch.setenv("VIVIX_ADMIN_TOKEN", "t0ken")
+    monkeypatch.setenv("VIVIX_ADMIN_TOKEN", "t0ken-t0ken-t0ken-t0ken-t0ken-t0ken")
     monkeypatch.setenv("VIVIX_PUBLIC_URL", "https://media.example.com/")
     monkeypatch.setenv("VIVIX_REDIS_URL", "redis://cache:6379/1")
     monkeypatch.setenv("VIVIX_PORT", "9000")
@@ -68,7 +68,7 @@ def test_top_level_variables(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) ->
     assert settings.data_dir == tmp_path
     assert settings.resolved_database_url == f"sqlite+aiosqlite:///{tmp_path / 'vivix.db'}"
     assert settings.resolved_storage_url == (tmp_path / "outputs").as_uri()
-    assert settings.admin_token == "t0ken"
+    assert settings.admin_token == "t0ken-t0ken-t0ken-t0ken-t0ken-t0ken"
     assert settings.resolved_public_url == "https://media.example.com"
     assert settings.redis_url == "redis://cache:6379/1"
     assert settings.port == 9000

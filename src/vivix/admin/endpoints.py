@@ -4,25 +4,42 @@ from __future__ import annotations
 
 import hmac
 
+import structlog
 from fastapi import APIRouter, Depends
 from starlette.requests import Request
 from starlette.responses import Response
 
 from vivix.accounts.endpoints import runtime_of
 from vivix.admin import schemas, service
-from vivix.kit.errors import AdminUnauthorized
+from vivix.kit.errors import AdminThrottled, AdminUnauthorized
 from vivix.kit.http import json_response
+
+log = structlog.get_logger(__name__)
+
+
+FAILED_ADMIN_ATTEMPTS = "admin-failed"
 
 
 async def require_admin(request: Request) -> None:
-    token = runtime_of(request).settings.admin_token
+    """The admin token, checked in constant time. Wrong tokens are counted per client
+    address (the proxy's forwarded address when uvicorn trusts it); past the per-minute
+    allowance every attempt from there, right or wrong, gets 429 until the window ends."""
+    runtime = runtime_of(request)
+    token = runtime.settings.admin_token
     if not token:
         raise AdminUnauthorized("The admin API is disabled: VIVIX_ADMIN_TOKEN is not set.")
+    client = request.client.host if request.client else "unknown"
+    allowance = runtime.settings.admin.failed_attempts_per_minute
+    wait = await runtime.limiter.exhausted_for(FAILED_ADMIN_ATTEMPTS, client, allowance)
+    if wait is not None:
+        raise AdminThrottled(wait)
     header = request.headers.get("authorization", "")
     scheme, _, given = header.partition(" ")
     if scheme.lower() != "bearer" or not hmac.compare_digest(
         given.strip().encode(), token.encode()
     ):
+        await runtime.limiter.hit_key(FAILED_ADMIN_ATTEMPTS, client, allowance)
+        log.warning("admin_token_refused", client=client)
         raise AdminUnauthorized()
 
 

@@ -185,6 +185,16 @@ class AdminUnauthorized(VivixError):
     )
 
 
+class AdminThrottled(VivixError):
+    status = 429
+    code = "RATE_LIMIT"
+    default_message = "Too many failed admin token attempts from this address."
+    default_next = "Wait for the time in Retry-After, then retry with the right token."
+
+    def __init__(self, retry_after_s: int) -> None:
+        super().__init__(headers={"Retry-After": str(retry_after_s)}, retry_after=retry_after_s)
+
+
 class AdminNotFound(VivixError):
     status = 404
     code = "NOT_FOUND"

@@ -67,27 +67,51 @@ class RateLimiter:
 
     async def hit(self, account_id: str, calls_per_minute: int) -> RateDecision:
         """Count one call for the account and say whether it is within the limit."""
+        return await self.hit_key("account", account_id, calls_per_minute)
+
+    async def hit_key(self, namespace: str, key: str, per_minute: int) -> RateDecision:
+        """Count one event for `key` in `namespace` (e.g. failed admin sign-ins per client
+        address) and say whether it is within `per_minute`."""
         if self._redis is not None and time.monotonic() >= self._redis_down_until:
             try:
-                return await self._hit(self._redis, account_id, calls_per_minute)
+                return await self._hit(self._redis, namespace, key, per_minute)
             except Exception as exc:  # any Redis failure: degrade, never open up
                 self._redis_down_until = time.monotonic() + REDIS_RETRY_AFTER_S
                 self._warn(exc)
         if self._redis is not None:
-            reduced = max(1, calls_per_minute // self._fallback_divisor)
-            return await self._hit(self._memory, account_id, reduced)
-        return await self._hit(self._memory, account_id, calls_per_minute)
+            reduced = max(1, per_minute // self._fallback_divisor)
+            return await self._hit(self._memory, namespace, key, reduced)
+        return await self._hit(self._memory, namespace, key, per_minute)
+
+    async def exhausted_for(self, namespace: str, key: str, per_minute: int) -> int | None:
+        """Seconds until `key` may be counted again when its window is used up, else None.
+        Counts nothing."""
+        limiter = self._memory
+        limit = per_minute
+        if self._redis is not None:
+            if time.monotonic() >= self._redis_down_until:
+                limiter = self._redis
+            else:
+                limit = max(1, per_minute // self._fallback_divisor)
+        item = RateLimitItemPerMinute(limit)
+        try:
+            stats = await limiter.get_window_stats(item, namespace, key)
+        except Exception as exc:
+            self._redis_down_until = time.monotonic() + REDIS_RETRY_AFTER_S
+            self._warn(exc)
+            return await self.exhausted_for(namespace, key, per_minute)
+        if stats.remaining > 0:
+            return None
+        return min(60, max(1, math.ceil(stats.reset_time - time.time())))
 
     async def _hit(
-        self, limiter: FixedWindowRateLimiter, account_id: str, calls_per_minute: int
+        self, limiter: FixedWindowRateLimiter, namespace: str, key: str, per_minute: int
     ) -> RateDecision:
-        item = RateLimitItemPerMinute(calls_per_minute)
-        allowed = await limiter.hit(item, "account", account_id)
-        stats = await limiter.get_window_stats(item, "account", account_id)
+        item = RateLimitItemPerMinute(per_minute)
+        allowed = await limiter.hit(item, namespace, key)
+        stats = await limiter.get_window_stats(item, namespace, key)
         reset_after = max(1, math.ceil(stats.reset_time - time.time()))
-        return RateDecision(
-            allowed, calls_per_minute, max(0, stats.remaining), min(reset_after, 60)
-        )
+        return RateDecision(allowed, per_minute, max(0, stats.remaining), min(reset_after, 60))
 
     def _warn(self, exc: Exception) -> None:
         now = time.monotonic()

@@ -207,6 +207,20 @@ class OutputStore:
         async for chunk in result.stream(min_chunk_size=chunk_size):
             yield chunk
 
+    async def check_writable(self) -> None:
+        """Write, read back and delete a small probe object; raises when any step fails."""
+        key = f"_readiness/{base62(16)}.txt"
+        probe = b"vivix readiness probe"
+        await obstore.put_async(self._store, key, probe)
+        try:
+            if (
+                bytes(await obstore.get_range_async(self._store, key, start=0, end=len(probe)))
+                != probe
+            ):
+                raise OSError("the probe object read back differently")
+        finally:
+            await self.delete(key)
+
     async def delete(self, key: str) -> None:
         """Idempotent: deleting a missing key is not an error on any backend."""
         _require_valid_key(key)

@@ -1,0 +1,1 @@
+"""Operating Vivix: health and readiness, metrics, retention, storage usage."""
