@@ -23,7 +23,7 @@ from vivix.kit.errors import AdminInvalid
 from vivix.kit.runtime import Runtime
 from vivix.settings import SettingsError, load_settings
 
-TOKEN = "operator-token-bounds"
+TOKEN = "operator-token-for-the-bounds-tests-0123456789"
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}
 IMAGE = {"model": "vivix-local-image", "prompt": "a lighthouse in fog"}
 HUGE = (2**63, 10**30, -1)
