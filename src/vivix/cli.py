@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, TypeVar
@@ -96,6 +97,18 @@ async def _prepare_database(settings: Settings) -> None:
             f"the database schema is at {current or 'nothing'}, this version needs {head_revision()}: "
             "run `vivix migrate` first"
         )
+
+
+def _cli_actor() -> admin.Actor:
+    """The audit log's name for whoever runs the CLI: the OS user and the machine."""
+    import getpass
+    import socket
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry (containers with an arbitrary uid)
+        user = f"uid{os.getuid()}"
+    return admin.Actor(f"cli:{user}@{socket.gethostname()}")
 
 
 def _emit(data: Any, as_json: bool, render: Callable[[Any], None]) -> None:
@@ -253,7 +266,9 @@ def accounts_create(
     as_json: JsonFlag = False,
 ) -> None:
     """Create an account (first cycle granted, tier's default models allowed)."""
-    data = _run(as_json, lambda rt: admin.create_account(rt, name, tier, credits))
+    data = _run(
+        as_json, lambda rt: admin.create_account(rt, name, tier, credits, actor=_cli_actor())
+    )
     _emit(data, as_json, _render_account)
 
 
@@ -297,6 +312,7 @@ def accounts_update(
         lambda rt: admin.update_account(
             rt,
             account,
+            actor=_cli_actor(),
             tier=tier,
             calls_per_minute=calls_per_minute,
             concurrent_jobs=concurrent_jobs,
@@ -316,7 +332,7 @@ def keys_create(
     as_json: JsonFlag = False,
 ) -> None:
     """Create an API key; it is printed once."""
-    data = _run(as_json, lambda rt: admin.create_key(rt, account, name, test))
+    data = _run(as_json, lambda rt: admin.create_key(rt, account, name, test, actor=_cli_actor()))
     _emit(
         data, as_json, lambda d: console.print(f"{d['key']}\n(shown once; listed as {d['prefix']})")
     )
@@ -325,7 +341,7 @@ def keys_create(
 @keys_app.command("revoke")
 def keys_revoke(key_prefix_or_id: str, as_json: JsonFlag = False) -> None:
     """Revoke a key by its 15-char prefix or its id (effective immediately)."""
-    data = _run(as_json, lambda rt: admin.revoke_key(rt, key_prefix_or_id))
+    data = _run(as_json, lambda rt: admin.revoke_key(rt, key_prefix_or_id, actor=_cli_actor()))
     _emit(data, as_json, lambda d: console.print(f"revoked {d['prefix']} at {d['revoked_at']}"))
 
 
@@ -337,21 +353,27 @@ def credits_grant(
     as_json: JsonFlag = False,
 ) -> None:
     """Grant credits to an account."""
-    data = _run(as_json, lambda rt: admin.grant_credits(rt, account, amount, reason))
+    data = _run(
+        as_json, lambda rt: admin.grant_credits(rt, account, amount, reason, actor=_cli_actor())
+    )
     _emit(data, as_json, lambda d: console.print(f"{d['name']}: balance {d['balance']}"))
 
 
 @models_app.command("allow")
 def models_allow(account: str, slugs: list[str], as_json: JsonFlag = False) -> None:
     """Add models to an account's allowlist."""
-    data = _run(as_json, lambda rt: admin.set_models(rt, account, slugs, allow=True))
+    data = _run(
+        as_json, lambda rt: admin.set_models(rt, account, slugs, allow=True, actor=_cli_actor())
+    )
     _emit(data, as_json, lambda d: console.print(", ".join(d["allowed_models"]) or "(none)"))
 
 
 @models_app.command("deny")
 def models_deny(account: str, slugs: list[str], as_json: JsonFlag = False) -> None:
     """Remove models from an account's allowlist."""
-    data = _run(as_json, lambda rt: admin.set_models(rt, account, slugs, allow=False))
+    data = _run(
+        as_json, lambda rt: admin.set_models(rt, account, slugs, allow=False, actor=_cli_actor())
+    )
     _emit(data, as_json, lambda d: console.print(", ".join(d["allowed_models"]) or "(none)"))
 
 
@@ -377,7 +399,7 @@ def pricing_override(
     data = _run(
         as_json,
         lambda rt: admin.set_price_override(
-            rt, account, slug, factor=factor, rows=parsed_rows, clear=clear
+            rt, account, slug, factor=factor, rows=parsed_rows, clear=clear, actor=_cli_actor()
         ),
     )
     _emit(
@@ -387,6 +409,46 @@ def pricing_override(
             f"{slug} for {d['name']}: band {d['credits_band']['min']}-{d['credits_band']['max']}"
         ),
     )
+
+
+@app.command("audit-log")
+def audit_log(
+    account: Annotated[str | None, typer.Option(help="Only this account (name or id).")] = None,
+    action: Annotated[
+        str | None, typer.Option(help="Only this action, e.g. credits.grant, key.revoke.")
+    ] = None,
+    actor: Annotated[str | None, typer.Option(help="Only this actor.")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=100, help="Entries per page.")] = 20,
+    cursor: Annotated[str | None, typer.Option(help="next_cursor of the previous page.")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Operator actions, newest first: who changed what, before and after."""
+
+    def render(page: dict[str, Any]) -> None:
+        table = Table("when", "actor", "action", "target", "before → after")
+        for entry in page["data"]:
+            change = ", ".join(
+                f"{k}: {json.dumps((entry['before'] or {}).get(k))} → {json.dumps(v)}"
+                for k, v in (entry["after"] or {}).items()
+            )
+            table.add_row(
+                entry["created_at"],
+                entry["actor"],
+                entry["action"],
+                f"{entry['target_type']} {entry['target_id']}",
+                change,
+            )
+        console.print(table)
+        if page["next_cursor"]:
+            console.print(f"more: --cursor {page['next_cursor']}")
+
+    page = _run(
+        as_json,
+        lambda rt: admin.list_audit_log(
+            rt, limit=limit, cursor=cursor, account=account, action=action, actor=actor
+        ),
+    )
+    _emit(page, as_json, render)
 
 
 @catalog_app.command("list")

@@ -12,7 +12,8 @@ from starlette.responses import Response
 from vivix.accounts.endpoints import runtime_of
 from vivix.admin import schemas, service
 from vivix.kit.errors import AdminThrottled, AdminUnauthorized
-from vivix.kit.http import json_response
+from vivix.kit.http import context_of, json_response
+from vivix.kit.pagination import parse_limit
 
 log = structlog.get_logger(__name__)
 
@@ -46,6 +47,12 @@ async def require_admin(request: Request) -> None:
 router = APIRouter(prefix="/admin/v1", tags=["admin"], dependencies=[Depends(require_admin)])
 
 
+def actor_of(request: Request) -> service.Actor:
+    """The audit log's name for whoever holds the admin token, with the request id."""
+    client = request.client.host if request.client else "unknown"
+    return service.Actor(f"admin-token@{client}", context_of(request).request_id)
+
+
 @router.get("/accounts")
 async def list_accounts(request: Request) -> Response:
     return json_response({"data": await service.list_accounts(runtime_of(request))})
@@ -53,7 +60,9 @@ async def list_accounts(request: Request) -> Response:
 
 @router.post("/accounts", status_code=201)
 async def create_account(request: Request, body: schemas.AccountCreate) -> Response:
-    out = await service.create_account(runtime_of(request), body.name, body.tier, body.credits)
+    out = await service.create_account(
+        runtime_of(request), body.name, body.tier, body.credits, actor=actor_of(request)
+    )
     return json_response(out, 201)
 
 
@@ -65,37 +74,51 @@ async def show_account(request: Request, account: str) -> Response:
 @router.patch("/accounts/{account}")
 async def update_account(request: Request, account: str, body: schemas.AccountUpdate) -> Response:
     changes = body.model_dump(exclude_none=True)
-    return json_response(await service.update_account(runtime_of(request), account, **changes))
+    return json_response(
+        await service.update_account(
+            runtime_of(request), account, actor=actor_of(request), **changes
+        )
+    )
 
 
 @router.post("/accounts/{account}/keys", status_code=201)
 async def create_key(request: Request, account: str, body: schemas.KeyCreate) -> Response:
-    out = await service.create_key(runtime_of(request), account, body.name, body.test)
+    out = await service.create_key(
+        runtime_of(request), account, body.name, body.test, actor=actor_of(request)
+    )
     return json_response(out, 201)
 
 
 @router.post("/keys/{prefix_or_id}/revoke")
 async def revoke_key(request: Request, prefix_or_id: str) -> Response:
-    return json_response(await service.revoke_key(runtime_of(request), prefix_or_id))
+    return json_response(
+        await service.revoke_key(runtime_of(request), prefix_or_id, actor=actor_of(request))
+    )
 
 
 @router.post("/accounts/{account}/credits")
 async def grant_credits(request: Request, account: str, body: schemas.CreditGrant) -> Response:
-    out = await service.grant_credits(runtime_of(request), account, body.amount, body.reason)
+    out = await service.grant_credits(
+        runtime_of(request), account, body.amount, body.reason, actor=actor_of(request)
+    )
     return json_response(out)
 
 
 @router.post("/accounts/{account}/models/allow")
 async def allow_models(request: Request, account: str, body: schemas.ModelSlugs) -> Response:
     return json_response(
-        await service.set_models(runtime_of(request), account, body.slugs, allow=True)
+        await service.set_models(
+            runtime_of(request), account, body.slugs, allow=True, actor=actor_of(request)
+        )
     )
 
 
 @router.post("/accounts/{account}/models/deny")
 async def deny_models(request: Request, account: str, body: schemas.ModelSlugs) -> Response:
     return json_response(
-        await service.set_models(runtime_of(request), account, body.slugs, allow=False)
+        await service.set_models(
+            runtime_of(request), account, body.slugs, allow=False, actor=actor_of(request)
+        )
     )
 
 
@@ -105,7 +128,7 @@ async def override_price(
 ) -> Response:
     factor = None if body.factor is None else str(body.factor)
     out = await service.set_price_override(
-        runtime_of(request), account, slug, factor=factor, rows=body.rows
+        runtime_of(request), account, slug, factor=factor, rows=body.rows, actor=actor_of(request)
     )
     return json_response(out)
 
@@ -113,10 +136,28 @@ async def override_price(
 @router.delete("/accounts/{account}/pricing/{slug}")
 async def clear_price(request: Request, account: str, slug: str) -> Response:
     return json_response(
-        await service.set_price_override(runtime_of(request), account, slug, clear=True)
+        await service.set_price_override(
+            runtime_of(request), account, slug, clear=True, actor=actor_of(request)
+        )
     )
 
 
 @router.get("/catalog")
 async def catalog(request: Request) -> Response:
     return json_response({"data": await service.catalog_list(runtime_of(request))})
+
+
+@router.get("/audit-log")
+async def audit_log(request: Request) -> Response:
+    """Every operator action, newest first; filters `account` (name or id), `action`
+    (e.g. credits.grant), `actor`; cursor pagination as in the public API."""
+    query = request.query_params
+    page = await service.list_audit_log(
+        runtime_of(request),
+        limit=parse_limit(query.get("limit")),
+        cursor=query.get("cursor") or None,
+        account=query.get("account") or None,
+        action=query.get("action") or None,
+        actor=query.get("actor") or None,
+    )
+    return json_response(page)

@@ -1,24 +1,120 @@
 """Operator operations, shared by the CLI and the /admin/v1 API. Each opens its own
-transaction (these are the boundary) and returns plain JSON-ready data."""
+transaction (these are the boundary) and returns plain JSON-ready data.
+
+Every change is recorded in the operator audit log (who, what, the changed fields before
+and after) in the same transaction as the change itself: no change without its entry,
+no entry for a change that was refused."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from vivix.accounts import repository as accounts_repository
 from vivix.accounts import service as accounts
+from vivix.admin import repository
 from vivix.billing import repository as billing_repository
 from vivix.billing import service as billing
 from vivix.catalog import pricing
 from vivix.catalog.schemas import PricingRow
 from vivix.kit.clock import iso, utcnow
 from vivix.kit.errors import AdminInvalid
+from vivix.kit.ids import uuid7
+from vivix.kit.pagination import decode_cursor, encode_cursor
 from vivix.kit.runtime import Runtime
-from vivix.models import Account, ApiKey
+from vivix.models import Account, AdminAuditEntry, ApiKey
 from vivix.providers.circuits import route_key
 from vivix.providers.registry import LOCAL, is_configured
 
 DEMO_ACCOUNT = "demo"
+
+
+@dataclass(frozen=True, slots=True)
+class Actor:
+    """Who asks for an operator action, as the audit log names them:
+    "admin-token@<client address>", "cli:<user>@<host>", "studio:<email>", "system"."""
+
+    name: str
+    request_id: str | None = None
+
+
+SYSTEM = Actor("system")
+
+
+def record_admin_action(
+    session: AsyncSession,
+    actor: Actor,
+    action: str,
+    *,
+    target_type: str,
+    target_id: str,
+    account_id: str | None = None,
+    before: dict[str, Any] | None = None,
+    after: dict[str, Any] | None = None,
+    details: dict[str, Any] | None = None,
+) -> None:
+    """Append one audit entry in the caller's transaction (the change's own)."""
+    repository.add_audit_entry(
+        session,
+        AdminAuditEntry(
+            id=uuid7(),
+            created_at=utcnow(),
+            actor=actor.name[:200],
+            action=action,
+            target_type=target_type,
+            target_id=target_id[:200],
+            account_id=account_id,
+            before=before,
+            after=after,
+            details=details,
+            request_id=actor.request_id,
+        ),
+    )
+
+
+def account_settings(account: Account) -> dict[str, Any]:
+    """What an operator can change on an account, as the audit log shows it."""
+    return {
+        "name": account.name,
+        "tier": account.tier,
+        "calls_per_minute": account.calls_per_minute,
+        "concurrent_jobs": account.concurrent_jobs,
+        "monthly_credits": account.monthly_credits,
+        "allowed_models": sorted(account.allowed_models),
+        "price_overrides": dict(account.price_overrides),
+        "balance": account.balance,
+    }
+
+
+def changed_fields(
+    before: dict[str, Any], after: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    keys = [k for k in after if before.get(k) != after[k]]
+    return {k: before.get(k) for k in keys}, {k: after[k] for k in keys}
+
+
+def _record_account_change(
+    session: AsyncSession,
+    actor: Actor,
+    action: str,
+    account: Account,
+    before: dict[str, Any],
+    details: dict[str, Any] | None = None,
+) -> None:
+    old, new = changed_fields(before, account_settings(account))
+    record_admin_action(
+        session,
+        actor,
+        action,
+        target_type="account",
+        target_id=account.id,
+        account_id=account.id,
+        before=old,
+        after=new,
+        details=details,
+    )
 
 
 def account_out(account: Account, runtime: Runtime) -> dict[str, Any]:
@@ -61,7 +157,12 @@ def key_out(key: ApiKey) -> dict[str, Any]:
 
 
 async def create_account(
-    runtime: Runtime, name: str, tier: str = "pro", credits: int | None = None
+    runtime: Runtime,
+    name: str,
+    tier: str = "pro",
+    credits: int | None = None,
+    *,
+    actor: Actor = SYSTEM,
 ) -> dict[str, Any]:
     tier = accounts.parse_tier(tier)
     async with runtime.db.transaction() as session:
@@ -72,6 +173,16 @@ async def create_account(
             tier=tier,
             default_models=runtime.catalog.default_allowlist(tier),
             opening_credits=credits,
+        )
+        record_admin_action(
+            session,
+            actor,
+            "account.create",
+            target_type="account",
+            target_id=account.id,
+            account_id=account.id,
+            after=account_settings(account),
+            details={"opening_credits": credits},
         )
     return account_out(account, runtime)
 
@@ -92,42 +203,90 @@ async def list_accounts(runtime: Runtime) -> list[dict[str, Any]]:
         return [account_out(a, runtime) for a in await accounts_repository.list_accounts(session)]
 
 
-async def update_account(runtime: Runtime, name_or_id: str, **changes: Any) -> dict[str, Any]:
+async def update_account(
+    runtime: Runtime, name_or_id: str, *, actor: Actor = SYSTEM, **changes: Any
+) -> dict[str, Any]:
     async with runtime.db.transaction() as session:
+        found = await accounts.get_account(session, name_or_id)
+        before = account_settings(await accounts_repository.lock_account(session, found.id))
         account = await accounts.update_account(session, name_or_id, **changes)
+        _record_account_change(session, actor, "account.update", account, before)
     return account_out(account, runtime)
 
 
 async def create_key(
-    runtime: Runtime, account_name: str, name: str = "", test: bool = False
+    runtime: Runtime,
+    account_name: str,
+    name: str = "",
+    test: bool = False,
+    *,
+    actor: Actor = SYSTEM,
 ) -> dict[str, Any]:
     async with runtime.db.transaction() as session:
         account = await accounts.get_account(session, account_name)
         key, plaintext = await accounts.create_key(
             session, runtime.secret, account, name=name, test=test
         )
+        record_admin_action(
+            session,
+            actor,
+            "key.create",
+            target_type="api_key",
+            target_id=key.id,
+            account_id=account.id,
+            after={"prefix": key.prefix, "name": key.name, "test": key.is_test},
+        )
     return {**key_out(key), "key": plaintext}
 
 
-async def revoke_key(runtime: Runtime, prefix_or_id: str) -> dict[str, Any]:
+async def revoke_key(
+    runtime: Runtime, prefix_or_id: str, *, actor: Actor = SYSTEM
+) -> dict[str, Any]:
     async with runtime.db.transaction() as session:
+        found = await accounts_repository.find_keys(session, prefix_or_id)
+        # Revoking twice is allowed and changes nothing; the log says so (before == after).
+        revoked_before = found[0].revoked_at if len(found) == 1 else None
         key = await accounts.revoke_key(session, prefix_or_id)
+        record_admin_action(
+            session,
+            actor,
+            "key.revoke",
+            target_type="api_key",
+            target_id=key.id,
+            account_id=key.account_id,
+            before={"prefix": key.prefix, "revoked_at": iso(revoked_before)},
+            after={"prefix": key.prefix, "revoked_at": iso(key.revoked_at)},
+        )
     return key_out(key)
 
 
 async def grant_credits(
-    runtime: Runtime, account_name: str, amount: int, reason: str | None = None
+    runtime: Runtime,
+    account_name: str,
+    amount: int,
+    reason: str | None = None,
+    *,
+    actor: Actor = SYSTEM,
 ) -> dict[str, Any]:
     async with runtime.db.transaction() as session:
         found = await accounts.get_account(session, account_name)
         account = await accounts_repository.lock_account(session, found.id)
+        before = account_settings(account)
         billing.grant(session, account, amount, reason)
         await session.flush()
+        _record_account_change(
+            session, actor, "credits.grant", account, before, {"amount": amount, "reason": reason}
+        )
     return account_out(account, runtime)
 
 
 async def set_models(
-    runtime: Runtime, account_name: str, slugs: list[str], *, allow: bool
+    runtime: Runtime,
+    account_name: str,
+    slugs: list[str],
+    *,
+    allow: bool,
+    actor: Actor = SYSTEM,
 ) -> dict[str, Any]:
     unknown = [s for s in slugs if runtime.catalog.get(s) is None]
     if unknown and allow:
@@ -135,11 +294,14 @@ async def set_models(
     async with runtime.db.transaction() as session:
         found = await accounts.get_account(session, account_name)
         account = await accounts_repository.lock_account(session, found.id)
+        before = account_settings(account)
         current = set(account.allowed_models)
         current = current | set(slugs) if allow else current - set(slugs)
         account.allowed_models = sorted(current)
         account.updated_at = utcnow()
         await session.flush()
+        action = "models.allow" if allow else "models.deny"
+        _record_account_change(session, actor, action, account, before, {"slugs": sorted(slugs)})
     return account_out(account, runtime)
 
 
@@ -151,6 +313,7 @@ async def set_price_override(
     factor: str | None = None,
     rows: list[dict[str, Any]] | None = None,
     clear: bool = False,
+    actor: Actor = SYSTEM,
 ) -> dict[str, Any]:
     model = runtime.catalog.get(slug)
     if model is None:
@@ -175,6 +338,7 @@ async def set_price_override(
     async with runtime.db.transaction() as session:
         found = await accounts.get_account(session, account_name)
         account = await accounts_repository.lock_account(session, found.id)
+        before = account_settings(account)
         overrides = dict(account.price_overrides)
         if stored is None:
             overrides.pop(slug, None)
@@ -183,10 +347,58 @@ async def set_price_override(
         account.price_overrides = overrides
         account.updated_at = utcnow()
         await session.flush()
+        action = "pricing.clear" if clear else "pricing.override"
+        _record_account_change(session, actor, action, account, before, {"model": slug})
     out = account_out(account, runtime)
     low, high = pricing.credits_band(model.spec, pricing.parse_override(stored))
     out["credits_band"] = {"slug": slug, "min": low, "max": high}
     return out
+
+
+def audit_entry_out(entry: AdminAuditEntry) -> dict[str, Any]:
+    return {
+        "id": entry.id,
+        "created_at": iso(entry.created_at),
+        "actor": entry.actor,
+        "action": entry.action,
+        "target_type": entry.target_type,
+        "target_id": entry.target_id,
+        "account_id": entry.account_id,
+        "before": entry.before,
+        "after": entry.after,
+        "details": entry.details,
+        "request_id": entry.request_id,
+    }
+
+
+async def list_audit_log(
+    runtime: Runtime,
+    *,
+    limit: int = 20,
+    cursor: str | None = None,
+    account: str | None = None,
+    action: str | None = None,
+    actor: str | None = None,
+) -> dict[str, Any]:
+    """The operator audit log, newest first, cursor-paginated like the public API."""
+    before_id = decode_cursor(cursor) if cursor else None
+    async with runtime.db.read() as session:
+        account_id = (await accounts.get_account(session, account)).id if account else None
+        rows = await repository.list_audit_entries(
+            session,
+            limit=limit,
+            before_id=before_id,
+            account_id=account_id,
+            action=action,
+            actor=actor,
+        )
+    has_more = len(rows) > limit
+    rows = rows[:limit]
+    return {
+        "data": [audit_entry_out(r) for r in rows],
+        "next_cursor": encode_cursor(rows[-1].id) if has_more else None,
+        "has_more": has_more,
+    }
 
 
 async def catalog_list(runtime: Runtime) -> list[dict[str, Any]]:

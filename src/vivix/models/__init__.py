@@ -1,6 +1,7 @@
 """SQLAlchemy tables, one module per table."""
 
 from vivix.models.account import Account
+from vivix.models.admin_audit_entry import AdminAuditEntry
 from vivix.models.api_key import ApiKey
 from vivix.models.base import Base
 from vivix.models.generation import ACTIVE_STATUSES, Generation, GenerationStatus
@@ -10,6 +11,7 @@ from vivix.models.provider_circuit import ProviderCircuit
 __all__ = [
     "ACTIVE_STATUSES",
     "Account",
+    "AdminAuditEntry",
     "ApiKey",
     "Base",
     "Generation",

@@ -72,3 +72,5 @@ class Generation(Base):
     upstream_handle: Mapped[dict[str, Any] | None] = mapped_column(JsonValue)
     progress: Mapped[float | None] = mapped_column(Float)
     outputs: Mapped[list[dict[str, Any]] | None] = mapped_column(JsonValue)
+    # Set when retention deleted the outputs from storage (the row and its ledger stay).
+    expired_at: Mapped[datetime | None]
