@@ -31,12 +31,14 @@ credits_app = typer.Typer(help="Credits.", no_args_is_help=True)
 models_app = typer.Typer(help="Per-account model allowlists.", no_args_is_help=True)
 pricing_app = typer.Typer(help="Per-account price overrides.", no_args_is_help=True)
 catalog_app = typer.Typer(help="The model catalog.", no_args_is_help=True)
+generations_app = typer.Typer(help="Generations, as operators see them.", no_args_is_help=True)
 app.add_typer(accounts_app, name="accounts")
 app.add_typer(keys_app, name="keys")
 app.add_typer(credits_app, name="credits")
 app.add_typer(models_app, name="models")
 app.add_typer(pricing_app, name="pricing")
 app.add_typer(catalog_app, name="catalog")
+app.add_typer(generations_app, name="generations")
 
 console = Console()
 err_console = Console(stderr=True)
@@ -449,6 +451,29 @@ def audit_log(
         ),
     )
     _emit(page, as_json, render)
+
+
+@generations_app.command("show")
+def generations_show(generation_id: str, as_json: JsonFlag = False) -> None:
+    """One generation with its engine state, last error and every attempt's error."""
+
+    def render(data: dict[str, Any]) -> None:
+        table = Table(show_header=False, box=None)
+        for key in (
+            "generation_id", "status", "model", "account_id", "provider", "attempts",
+            "error_code", "error_message", "last_error", "lease_owner", "run_after",
+        ):  # fmt: skip
+            table.add_row(f"[bold]{key}[/bold]", str(data.get(key)))
+        console.print(table)
+        if data["attempt_errors"]:
+            attempts = Table("attempt", "at", "worker", "error")
+            for entry in data["attempt_errors"]:
+                attempts.add_row(
+                    str(entry["attempt"]), entry["at"], entry["worker"], entry["error"]
+                )
+            console.print(attempts)
+
+    _emit(_run(as_json, lambda rt: admin.show_generation(rt, generation_id)), as_json, render)
 
 
 @catalog_app.command("list")

@@ -142,6 +142,11 @@ async def clear_price(request: Request, account: str, slug: str) -> Response:
     )
 
 
+@router.get("/generations/{generation_id}")
+async def show_generation(request: Request, generation_id: str) -> Response:
+    return json_response(await service.show_generation(runtime_of(request), generation_id))
+
+
 @router.get("/catalog")
 async def catalog(request: Request) -> Response:
     return json_response({"data": await service.catalog_list(runtime_of(request))})

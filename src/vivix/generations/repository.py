@@ -26,7 +26,7 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm import aliased
 
 from vivix.accounts.repository import TAKE_SLOT_AND_HOLD, select_caller
@@ -124,6 +124,11 @@ SUBMITTED_COLUMNS = (
     "run_after",
     "cancel_requested",
 )
+
+
+async def get_generation(session: AsyncSession, generation_id: str) -> Generation | None:
+    """Any account's generation, whole: for operators."""
+    return await session.get(Generation, generation_id)
 
 
 async def read_for_account(

@@ -58,6 +58,10 @@ class Generation(Base):
     request_hash: Mapped[str | None] = mapped_column(String(64))
     error_code: Mapped[str | None] = mapped_column(String(40))
     error_message: Mapped[str | None] = mapped_column(Text)
+    # For operators, never shown to customers: the last attempt's error in full, and every
+    # attempt's ({attempt, at, worker, error}, oldest first, the last 20 kept).
+    last_error: Mapped[str | None] = mapped_column(Text)
+    attempt_errors: Mapped[list[dict[str, Any]] | None] = mapped_column(JsonValue)
     created_at: Mapped[datetime]
     started_at: Mapped[datetime | None]
     completed_at: Mapped[datetime | None]

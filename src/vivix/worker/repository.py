@@ -115,17 +115,35 @@ async def lock_generation(session: AsyncSession, generation_id: str) -> Generati
     ).scalar_one_or_none()
 
 
-async def expired_leases(
-    session: AsyncSession, now: datetime, limit: int = 100
-) -> list[Generation]:
+async def expired_lease_ids(session: AsyncSession, now: datetime, limit: int = 100) -> list[str]:
+    """Generations whose lease expired (their worker died), oldest first; read without
+    locks: each is locked and checked again in its own transaction."""
     return list(
         (
             await session.execute(
-                select(Generation)
+                select(Generation.id)
                 .where(Generation.status == PROCESSING, Generation.lease_expires_at < now)
                 .order_by(Generation.lease_expires_at)
                 .limit(limit)
-                .with_for_update(skip_locked=True)
             )
         ).scalars()
     )
+
+
+async def lock_expired_lease(
+    session: AsyncSession, generation_id: str, now: datetime
+) -> Generation | None:
+    """The generation, locked, if its lease is still expired; None when it was renewed,
+    settled, or is locked by someone else right now (skipped, not waited for)."""
+    return (
+        await session.execute(
+            select(Generation)
+            .where(
+                Generation.id == generation_id,
+                Generation.status == PROCESSING,
+                Generation.lease_expires_at < now,
+            )
+            .with_for_update(skip_locked=True)
+            .execution_options(populate_existing=True)
+        )
+    ).scalar_one_or_none()

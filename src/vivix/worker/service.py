@@ -23,7 +23,8 @@ from vivix.accounts.repository import find_account
 from vivix.catalog import pricing
 from vivix.catalog.schemas import RouteSpec
 from vivix.generations.settlement import finalize
-from vivix.kit.clock import utcnow
+from vivix.kit.clock import iso, utcnow
+from vivix.kit.logging import redact
 from vivix.kit.runtime import Runtime
 from vivix.models import Generation, GenerationStatus
 from vivix.providers.base import (
@@ -55,10 +56,44 @@ class LeaseLost(Exception):
     """The generation is no longer ours (reaped, canceled or settled elsewhere)."""
 
 
+# What customers read per failure code: stable text, no provider or internal detail (that
+# goes to `last_error`, for operators).
+PUBLIC_MESSAGES = {
+    "PROVIDER_ERROR": "The provider could not complete this generation; nothing was charged.",
+    "PROVIDER_REJECTED": "The provider refused the input of this generation; nothing was charged.",
+    "CONTENT_REJECTED": (
+        "The provider's content policy refused this generation; nothing was charged."
+    ),
+    "INTERNAL_ERROR": (
+        "The generation could not be completed because of an error on our side; "
+        "nothing was charged."
+    ),
+}
+MAX_ATTEMPT_ERRORS = 20
+MAX_ERROR_TEXT = 2000
+
+
 @dataclass
 class Failure:
+    """How a generation ends when it fails: `code` and `message` for the customer (the
+    code's stable message unless one is given), `detail` for operators."""
+
     code: str
-    message: str
+    detail: str
+    message: str | None = None
+
+    @property
+    def public_message(self) -> str:
+        return self.message or PUBLIC_MESSAGES.get(self.code, PUBLIC_MESSAGES["INTERNAL_ERROR"])
+
+
+def note_attempt_error(generation: Generation, worker: str, error: str) -> None:
+    """Keep an attempt's error for operators (credentials redacted): appended to the
+    attempt history and shown as `last_error`. The caller holds the row's lock."""
+    text = redact(error)[:MAX_ERROR_TEXT]
+    entry = {"attempt": generation.attempts, "at": iso(utcnow()), "worker": worker, "error": text}
+    generation.attempt_errors = [*(generation.attempt_errors or []), entry][-MAX_ATTEMPT_ERRORS:]
+    generation.last_error = text
 
 
 class JobExecutor:
@@ -82,7 +117,7 @@ class JobExecutor:
         model = self.runtime.catalog.get(generation.model)
         if model is None:
             await self.fail(
-                generation, Failure("PROVIDER_ERROR", "This model is no longer in the catalog.")
+                generation, Failure("PROVIDER_ERROR", "the model is no longer in the catalog")
             )
             return
         started = generation.started_at or utcnow()
@@ -103,8 +138,11 @@ class JobExecutor:
                 outcome = refused or await self._run_routes(generation, request)
         except TimeoutError:
             await self._cancel_upstream(generation)
+            deadline = model.spec.deadline_seconds
             outcome = Failure(
-                "TIMEOUT", f"The generation did not finish within {model.spec.deadline_seconds} s."
+                "TIMEOUT",
+                f"the model's deadline of {deadline} s passed",
+                f"The generation did not finish within {deadline} s; nothing was charged.",
             )
         if isinstance(outcome, Failure):
             await self.fail(generation, outcome)
@@ -119,10 +157,9 @@ class JobExecutor:
             try:
                 fetched = await self.fetcher.fetch(url)
             except (UrlRefused, FetchFailed) as exc:
-                return Failure(
-                    "INVALID_REFERENCE_IMAGE",
-                    f"Reference image {index} ({url[:200]}) could not be used: {exc.reason}",
-                )
+                # The guard's reason is about the client's own URL: safe and useful to show.
+                message = f"Reference image {index} could not be used: {exc.reason}"
+                return Failure("INVALID_REFERENCE_IMAGE", f"{message} ({url[:200]})", message)
             images.append(ReferenceImage(url, fetched.data, fetched.content_type))
         request.reference_images = images
         return None
@@ -161,8 +198,10 @@ class JobExecutor:
                         continue
                     await self._route_failed(circuit, route, exc.message)
                 except ProviderRejectedError as exc:
-                    code = "CONTENT_REJECTED" if exc.content else "PROVIDER_ERROR"
-                    return Failure(code, exc.message)
+                    if exc.content:
+                        return Failure("CONTENT_REJECTED", exc.message)
+                    rejected = PUBLIC_MESSAGES["PROVIDER_REJECTED"]
+                    return Failure("PROVIDER_ERROR", exc.message, rejected)
                 except ProviderFatalError as exc:
                     last_error = exc.message
                     await self._route_failed(circuit, route, exc.message)
@@ -170,7 +209,7 @@ class JobExecutor:
                 else:
                     await self.runtime.circuits.record_success(circuit)
                     return result
-        return Failure("PROVIDER_ERROR", f"Every provider route failed: {last_error}")
+        return Failure("PROVIDER_ERROR", f"every provider route failed: {last_error}")
 
     async def _route_failed(self, circuit: str, route: RouteSpec, error: str) -> None:
         opened = await self.runtime.circuits.record_failure(circuit, error)
@@ -310,18 +349,19 @@ class JobExecutor:
             locked = await repository.lock_leased_generation(session, generation.id, self.owner)
             if locked is None:
                 raise LeaseLost()
+            note_attempt_error(locked, self.owner, f"{failure.code}: {failure.detail}")
             await finalize(
                 session,
                 locked,
                 GenerationStatus.FAILED,
                 error_code=failure.code,
-                error_message=failure.message,
+                error_message=failure.public_message,
             )
         log.info(
             "generation_failed",
             generation_id=generation.id,
             code=failure.code,
-            reason=failure.message,
+            reason=redact(failure.detail),
         )
 
 
