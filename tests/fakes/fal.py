@@ -14,6 +14,11 @@ Protocol it follows (fal docs, "Queue API"):
   `client_cancelled` after a cancel).
 - `PUT .../requests/{id}/cancel` → 202 `CANCELLATION_REQUESTED`, 400 `ALREADY_COMPLETED`,
   404 `NOT_FOUND`.
+- The Platform API's request history (docs "Platform APIs" → requests/by-endpoint), at
+  `/v1/models/requests/by-endpoint` (api.fal.ai's path; ASGITransport answers any host):
+  `?endpoint_id=` (required) `&start=&end=` (ISO 8601) `&limit=` (≤100) `&cursor=`
+  `&expand=payloads` → `{"items": [{"request_id", "endpoint_id", "started_at", "status",
+  "json_input"?}], "has_more", "next_cursor"}`, newest first.
 - A wrong key → 401 `{"detail": "No user found for Key ID and Secret"}`.
 
 Output files are served (without auth, like fal's CDN) from `/files/...`.
@@ -28,6 +33,7 @@ from collections import defaultdict, deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 import uvicorn
@@ -40,7 +46,7 @@ from tests.fakes.media import mp3_bytes, mp4_bytes, png_bytes
 
 OutputKind = Literal["image", "video", "audio"]
 Failure = Literal["validation", "content", "internal", "nsfw"]
-Endpoint = Literal["submit", "status", "result", "cancel", "files"]
+Endpoint = Literal["submit", "status", "result", "cancel", "files", "history"]
 
 
 @dataclass
@@ -60,6 +66,7 @@ class FalJob:
     outputs: int
     failure: Failure | None
     polls_before_done: int
+    submitted_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     polls: int = 0
     done: bool = False
     canceled: bool = False
@@ -112,6 +119,7 @@ class FakeFal:
         self.submit_attempts = 0
         self.cancels = 0
         self.result_requests = 0
+        self.history_requests = 0
         self.received: list[dict[str, Any]] = []
         self.received_models: list[str] = []
         self._faults: dict[str, deque[InjectedFault]] = defaultdict(deque)
@@ -119,6 +127,7 @@ class FakeFal:
         self.app = Starlette(
             routes=[
                 Route("/files/{name}", self._file, methods=["GET"]),
+                Route("/v1/models/requests/by-endpoint", self._history, methods=["GET"]),
                 Route("/{app_id:path}/requests/{request_id}/status", self._status, methods=["GET"]),
                 Route("/{app_id:path}/requests/{request_id}/cancel", self._cancel, methods=["PUT"]),
                 Route("/{app_id:path}/requests/{request_id}", self._result, methods=["GET"]),
@@ -216,6 +225,47 @@ class FakeFal:
         urls = self._urls(request, job)
         return JSONResponse(
             {"status": "IN_QUEUE", "request_id": request_id, **urls, "queue_position": 0}
+        )
+
+    async def _history(self, request: Request) -> Response:
+        if (refused := self._unauthorized(request)) is not None:
+            return refused
+        if (fault := self._fault("history")) is not None:
+            return fault
+        query = request.query_params
+        endpoint = query.get("endpoint_id")
+        if not endpoint:
+            return JSONResponse({"detail": "endpoint_id is required"}, status_code=422)
+        self.history_requests += 1
+        listed = sorted(
+            (job for job in self.jobs.values() if job.model == endpoint),
+            key=lambda job: job.submitted_at,
+            reverse=True,
+        )
+        if start := query.get("start"):
+            listed = [j for j in listed if j.submitted_at >= _instant(start)]
+        if end := query.get("end"):
+            listed = [j for j in listed if j.submitted_at < _instant(end)]
+        offset = int(query.get("cursor") or 0)
+        limit = min(100, int(query.get("limit") or 50))
+        page = listed[offset : offset + limit]
+        more = offset + limit < len(listed)
+        payloads = query.get("expand") == "payloads"
+        return JSONResponse(
+            {
+                "items": [
+                    {
+                        "request_id": job.request_id,
+                        "endpoint_id": job.model,
+                        "started_at": job.submitted_at.isoformat().replace("+00:00", "Z"),
+                        "status": "success" if job.done and not job.failure else "pending",
+                        **({"json_input": job.input} if payloads else {}),
+                    }
+                    for job in page
+                ],
+                "has_more": more,
+                "next_cursor": str(offset + limit) if more else None,
+            }
         )
 
     async def _status(self, request: Request) -> Response:
@@ -436,6 +486,10 @@ class FakeFal:
                 "file_size": len(data),
             }
         }
+
+
+def _instant(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
 def app_id_of(model: str) -> str:

@@ -36,7 +36,13 @@ from vivix.providers.guarded_fetch import GuardedFetcher
 from vivix.providers.registry import ProviderRegistry, build_registry
 from vivix.settings import WorkerSettings
 from vivix.worker import repository
-from vivix.worker.service import PUBLIC_MESSAGES, JobExecutor, LeaseLost, note_attempt_error
+from vivix.worker.service import (
+    PUBLIC_MESSAGES,
+    JobExecutor,
+    LeaseLost,
+    is_intent_only,
+    note_attempt_error,
+)
 from vivix.worker.wakeup import PostgresListener
 
 log = structlog.get_logger(__name__)
@@ -302,8 +308,9 @@ async def retry_or_give_up(
         generation.lease_expires_at = None
         generation.run_after = utcnow() + timedelta(seconds=delay)
         return None
-    if generation.upstream_handle and generation.provider:
-        return AbandonedJob(generation.id, generation.provider, dict(generation.upstream_handle))
+    handle = generation.upstream_handle
+    if handle and generation.provider and not is_intent_only(handle):
+        return AbandonedJob(generation.id, generation.provider, dict(handle))
     return None
 
 

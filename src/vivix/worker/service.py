@@ -1,18 +1,23 @@
 """Running one claimed generation to its end.
 
 Routes are tried in catalog order (test keys: the local renderer only). On a route:
-submit → persist the upstream handle (guarded by our lease) → poll until a result →
-copy outputs into our storage → settle. A retried attempt after a crash finds the stored
-handle and resumes polling instead of submitting again. Retriable errors retry the same
-route with backoff, then move to the next mirror; rejected input fails the generation;
-fatal (misconfigured) routes are skipped. The model's deadline ends it with TIMEOUT.
-Every failure releases the hold.
+persist our intent (a request key, guarded by our lease) → submit (the adapter passes the
+key where the provider takes one) → persist the upstream handle → poll until a result →
+check the outputs are media → copy them into our storage → settle. A retried attempt
+after a crash resumes the stored handle — before fetching reference images again — and
+when only the intent was stored (the crash fell between the provider accepting the
+submit and the handle being saved), asks the adapter to find the job by the key before
+it submits again, with the same key. Retriable errors retry the same route with backoff,
+then move to the next mirror, asking the abandoned upstream job to stop; rejected input
+fails the generation; fatal (misconfigured) routes are skipped. The model's deadline
+ends it with TIMEOUT. Every failure releases the hold.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
+import uuid
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -23,7 +28,7 @@ from vivix.accounts.repository import find_account
 from vivix.catalog import pricing
 from vivix.catalog.schemas import RouteSpec
 from vivix.generations.settlement import finalize
-from vivix.kit.clock import iso, utcnow
+from vivix.kit.clock import iso, parse_iso, utcnow
 from vivix.kit.logging import redact
 from vivix.kit.runtime import Runtime
 from vivix.models import Generation, GenerationStatus
@@ -70,6 +75,7 @@ PUBLIC_MESSAGES = {
     ),
 }
 MAX_ATTEMPT_ERRORS = 20
+INTENT_KEYS = frozenset({"request_key", "requested_at"})
 MAX_ERROR_TEXT = 2000
 
 
@@ -134,8 +140,10 @@ class JobExecutor:
         outcome: RenderResult | Failure
         try:
             async with asyncio.timeout(max(remaining, 0.001)):
-                refused = await self._fetch_reference_images(request)
-                outcome = refused or await self._run_routes(generation, request)
+                try:
+                    outcome = await self._run_routes(generation, request)
+                except ReferenceRefused as refused:
+                    outcome = refused.failure
         except TimeoutError:
             await self._cancel_upstream(generation)
             deadline = model.spec.deadline_seconds
@@ -149,20 +157,25 @@ class JobExecutor:
         else:
             await self.complete(generation, outcome)
 
-    async def _fetch_reference_images(self, request: RenderRequest) -> Failure | None:
+    async def _fetch_reference_images(self, request: RenderRequest) -> None:
         """Every reference image through the SSRF guard (redirects re-checked), so adapters
-        get verified bytes; a refusal fails the generation before any provider is paid."""
+        get verified bytes; a refusal fails the generation before any provider is paid.
+        Fetched once per attempt, and only when a submit (or a lookup) needs them: resuming
+        a stored upstream job needs none."""
+        urls = request.params.get("reference_images") or []
+        if not urls or request.reference_images:
+            return
         images = []
-        for index, url in enumerate(request.params.get("reference_images") or []):
+        for index, url in enumerate(urls):
             try:
                 fetched = await self.fetcher.fetch(url)
             except (UrlRefused, FetchFailed) as exc:
                 # The guard's reason is about the client's own URL: safe and useful to show.
                 message = f"Reference image {index} could not be used: {exc.reason}"
-                return Failure("INVALID_REFERENCE_IMAGE", f"{message} ({url[:200]})", message)
+                failure = Failure("INVALID_REFERENCE_IMAGE", f"{message} ({url[:200]})", message)
+                raise ReferenceRefused(failure) from None
             images.append(ReferenceImage(url, fetched.data, fetched.content_type))
         request.reference_images = images
-        return None
 
     async def _run_routes(
         self, generation: Generation, request: RenderRequest
@@ -185,6 +198,10 @@ class JobExecutor:
             for attempt in range(attempts):
                 handle = resume
                 try:
+                    if handle is not None and is_intent_only(handle):
+                        handle = await self._find(
+                            generation, index, route, adapter, request, handle
+                        )
                     if handle is None:
                         handle = await self._submit(generation, index, route, adapter, request)
                     result = await self._poll(generation, adapter, handle, request)
@@ -197,6 +214,8 @@ class JobExecutor:
                         await asyncio.sleep(_backoff(attempt, exc.retry_after_s, backoff))
                         continue
                     await self._route_failed(circuit, route, exc.message)
+                    if resume is not None:  # failing over: nobody will collect this job
+                        await _cancel_quietly(generation.id, adapter, resume)
                 except ProviderRejectedError as exc:
                     if exc.content:
                         return Failure("CONTENT_REJECTED", exc.message)
@@ -205,6 +224,8 @@ class JobExecutor:
                 except ProviderFatalError as exc:
                     last_error = exc.message
                     await self._route_failed(circuit, route, exc.message)
+                    if handle is not None:
+                        await _cancel_quietly(generation.id, adapter, handle)
                     break
                 else:
                     await self.runtime.circuits.record_success(circuit)
@@ -215,6 +236,27 @@ class JobExecutor:
         opened = await self.runtime.circuits.record_failure(circuit, error)
         log.warning("provider_route_failed", route=circuit, error=error, circuit_opened=opened)
 
+    async def _find(
+        self,
+        generation: Generation,
+        index: int,
+        route: RouteSpec,
+        adapter: ProviderAdapter,
+        request: RenderRequest,
+        intent: UpstreamHandle,
+    ) -> UpstreamHandle | None:
+        """Only an intent was stored: the job its key made, if the provider has one (then
+        stored as the handle); None to submit again — with the same key."""
+        request.request_key = str(intent["request_key"])
+        request.requested_at = parse_iso(str(intent["requested_at"]))
+        await self._fetch_reference_images(request)  # lookups rebuild the request body
+        found = await adapter.find(request)
+        if found is None:
+            return None
+        log.info("upstream_job_found", generation_id=generation.id, provider=route.provider)
+        await self._store_handle(generation, index, route, {**found, **intent}, adapter)
+        return found
+
     async def _submit(
         self,
         generation: Generation,
@@ -223,26 +265,53 @@ class JobExecutor:
         adapter: ProviderAdapter,
         request: RenderRequest,
     ) -> UpstreamHandle:
+        await self._fetch_reference_images(request)
+        intent: UpstreamHandle = {}
+        if route.provider != LOCAL:  # rendering locally again costs nothing upstream
+            if not request.request_key:
+                request.request_key = str(uuid.uuid4())
+                request.requested_at = utcnow()
+            assert request.requested_at is not None
+            intent = {"request_key": request.request_key, "requested_at": iso(request.requested_at)}
+            # Stored before the provider is called: a crash from here on finds the job by
+            # its key instead of paying for another.
+            if not await self._store(generation, index, route, intent):
+                raise LeaseLost()
         handle = await adapter.submit(request)
-        persisted = {k: v for k, v in handle.items() if k != "result"}
+        persisted = {**{k: v for k, v in handle.items() if k != "result"}, **intent}
+        await self._store_handle(generation, index, route, persisted, adapter)
+        request.request_key, request.requested_at = "", None  # the next submit is another job
+        return handle
+
+    async def _store_handle(
+        self,
+        generation: Generation,
+        index: int,
+        route: RouteSpec,
+        handle: UpstreamHandle,
+        adapter: ProviderAdapter,
+    ) -> None:
         # Known at once: a deadline or a cancel arriving while it is being stored can still
         # stop this upstream job (`_cancel_upstream` reads it from the generation).
         generation.route_index = index
-        generation.upstream_handle = persisted
+        generation.upstream_handle = handle
         # Stored before we wait on it: a crash from here on resumes this upstream job.
+        if not await self._store(generation, index, route, handle):
+            await adapter.cancel(handle)
+            raise LeaseLost()
+
+    async def _store(
+        self, generation: Generation, index: int, route: RouteSpec, handle: UpstreamHandle
+    ) -> bool:
         async with self.runtime.db.transaction() as session:
-            ok = await repository.update_if_leased(
+            return await repository.update_if_leased(
                 session,
                 generation.id,
                 self.owner,
                 route_index=index,
                 provider=route.provider,
-                upstream_handle=persisted,
+                upstream_handle=handle,
             )
-        if not ok:
-            await adapter.cancel(handle)
-            raise LeaseLost()
-        return handle
 
     async def _poll(
         self,
@@ -280,6 +349,8 @@ class JobExecutor:
         routes = self.routes_for(generation)
         if generation.upstream_handle is None or generation.route_index is None:
             return
+        if is_intent_only(generation.upstream_handle):
+            return  # no job known to stop
         if generation.route_index >= len(routes):
             return
         adapter = self.registry.get(routes[generation.route_index].provider)
@@ -363,6 +434,31 @@ class JobExecutor:
             code=failure.code,
             reason=redact(failure.detail),
         )
+
+
+class ReferenceRefused(Exception):
+    """A reference image the guard refused or couldn't fetch: the generation fails."""
+
+    def __init__(self, failure: Failure) -> None:
+        super().__init__(failure.detail)
+        self.failure = failure
+
+
+def is_intent_only(handle: UpstreamHandle) -> bool:
+    """A stored handle that records only our request key: the submit's answer was lost."""
+    return set(handle) <= INTENT_KEYS
+
+
+async def _cancel_quietly(
+    generation_id: str, adapter: ProviderAdapter, handle: UpstreamHandle
+) -> None:
+    """Best effort: ask the upstream to stop a job nobody will collect."""
+    if is_intent_only(handle):
+        return
+    try:
+        await adapter.cancel(handle)
+    except Exception as exc:
+        log.warning("upstream_cancel_failed", generation_id=generation_id, error=repr(exc))
 
 
 async def _verified(result: RenderResult, category: str) -> RenderResult:

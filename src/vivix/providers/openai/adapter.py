@@ -186,6 +186,10 @@ class OpenAiImagesAdapter:
             classify_error=billing_refusal,
         )
 
+    async def find(self, request: RenderRequest) -> UpstreamHandle | None:
+        # One synchronous call without a job id: a lost answer can't be found again.
+        return None
+
     async def submit(self, request: RenderRequest) -> UpstreamHandle:
         if request.category != "image":
             raise ProviderFatalError(
