@@ -453,6 +453,33 @@ def audit_log(
     _emit(page, as_json, render)
 
 
+@app.command()
+def audit(as_json: JsonFlag = False) -> None:
+    """Check the money: balances = ledger, nothing negative, every final generation
+    settled exactly once, holds = open generations, nothing charged above its estimate.
+    Exits 1 listing every offending row."""
+
+    def render(report: dict[str, Any]) -> None:
+        checked = report["checked"]
+        scope = f"{checked['accounts']} accounts, {checked['generations']} generations"
+        if report["ok"]:
+            console.print(f"[green]ok[/green]: {scope}, every check holds")
+            return
+        for problem in report["problems"]:  # one line each: long ids must not be cut
+            where = " ".join(
+                f"{key}={problem[key]}"
+                for key in ("account", "account_id", "generation_id", "status")
+                if problem.get(key)
+            )
+            console.print(f"{problem['check']}: {problem['detail']} ({where})", soft_wrap=True)
+        err_console.print(f"[red]{len(report['problems'])} problem(s)[/red] in {scope}")
+
+    report = _run(as_json, admin.audit)
+    _emit(report, as_json, render)
+    if not report["ok"]:
+        raise typer.Exit(1)
+
+
 @generations_app.command("show")
 def generations_show(generation_id: str, as_json: JsonFlag = False) -> None:
     """One generation with its engine state, last error and every attempt's error."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from datetime import timedelta
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -237,7 +238,10 @@ async def test_reaped_job_waits_for_its_backoff_before_it_can_be_claimed_again(
         await session.execute(
             update(Generation).values(lease_expires_at=utcnow() - timedelta(seconds=1))
         )
-    await reap_expired_leases(runtime)
+    # A backoff no loaded machine outlasts between the reap and the claim below.
+    settings = runtime.settings.model_copy(deep=True)
+    settings.worker.retry_backoff_seconds = 60.0
+    await reap_expired_leases(dataclasses.replace(runtime, settings=settings))
     async with runtime.db.transaction() as session:
         again = await repository.claim_next_generation(
             session, "other", utcnow(), timedelta(seconds=30)

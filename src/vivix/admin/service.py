@@ -17,6 +17,7 @@ from vivix.accounts import service as accounts
 from vivix.admin import repository
 from vivix.billing import repository as billing_repository
 from vivix.billing import service as billing
+from vivix.billing.audit import audit_money
 from vivix.catalog import pricing
 from vivix.catalog.schemas import PricingRow
 from vivix.generations import repository as generations_repository
@@ -401,6 +402,13 @@ async def list_audit_log(
         "next_cursor": encode_cursor(rows[-1].id) if has_more else None,
         "has_more": has_more,
     }
+
+
+async def audit(runtime: Runtime) -> dict[str, Any]:
+    """The money audit (`billing.audit`): `ok` and every offending row."""
+    async with runtime.db.read() as session:
+        report = await audit_money(session)
+    return report.as_dict()
 
 
 async def show_generation(runtime: Runtime, generation_id: str) -> dict[str, Any]:

@@ -198,12 +198,11 @@ class JobExecutor:
             for attempt in range(attempts):
                 handle = resume
                 try:
+                    on = OnRoute(generation, index, route, adapter)
                     if handle is not None and is_intent_only(handle):
-                        handle = await self._find(
-                            generation, index, route, adapter, request, handle
-                        )
+                        handle = await self._find(on, request, handle)
                     if handle is None:
-                        handle = await self._submit(generation, index, route, adapter, request)
+                        handle = await self._submit(on, request)
                     result = await self._poll(generation, adapter, handle, request)
                 except ProviderRetriableError as exc:
                     last_error = exc.message
@@ -237,37 +236,24 @@ class JobExecutor:
         log.warning("provider_route_failed", route=circuit, error=error, circuit_opened=opened)
 
     async def _find(
-        self,
-        generation: Generation,
-        index: int,
-        route: RouteSpec,
-        adapter: ProviderAdapter,
-        request: RenderRequest,
-        intent: UpstreamHandle,
+        self, on: OnRoute, request: RenderRequest, intent: UpstreamHandle
     ) -> UpstreamHandle | None:
         """Only an intent was stored: the job its key made, if the provider has one (then
         stored as the handle); None to submit again — with the same key."""
         request.request_key = str(intent["request_key"])
         request.requested_at = parse_iso(str(intent["requested_at"]))
         await self._fetch_reference_images(request)  # lookups rebuild the request body
-        found = await adapter.find(request)
+        found = await on.adapter.find(request)
         if found is None:
             return None
-        log.info("upstream_job_found", generation_id=generation.id, provider=route.provider)
-        await self._store_handle(generation, index, route, {**found, **intent}, adapter)
+        log.info("upstream_job_found", generation_id=on.generation.id, provider=on.route.provider)
+        await self._store_handle(on, {**found, **intent})
         return found
 
-    async def _submit(
-        self,
-        generation: Generation,
-        index: int,
-        route: RouteSpec,
-        adapter: ProviderAdapter,
-        request: RenderRequest,
-    ) -> UpstreamHandle:
+    async def _submit(self, on: OnRoute, request: RenderRequest) -> UpstreamHandle:
         await self._fetch_reference_images(request)
         intent: UpstreamHandle = {}
-        if route.provider != LOCAL:  # rendering locally again costs nothing upstream
+        if on.route.provider != LOCAL:  # rendering locally again costs nothing upstream
             if not request.request_key:
                 request.request_key = str(uuid.uuid4())
                 request.requested_at = utcnow()
@@ -275,41 +261,32 @@ class JobExecutor:
             intent = {"request_key": request.request_key, "requested_at": iso(request.requested_at)}
             # Stored before the provider is called: a crash from here on finds the job by
             # its key instead of paying for another.
-            if not await self._store(generation, index, route, intent):
+            if not await self._store(on, intent):
                 raise LeaseLost()
-        handle = await adapter.submit(request)
+        handle = await on.adapter.submit(request)
         persisted = {**{k: v for k, v in handle.items() if k != "result"}, **intent}
-        await self._store_handle(generation, index, route, persisted, adapter)
+        await self._store_handle(on, persisted)
         request.request_key, request.requested_at = "", None  # the next submit is another job
         return handle
 
-    async def _store_handle(
-        self,
-        generation: Generation,
-        index: int,
-        route: RouteSpec,
-        handle: UpstreamHandle,
-        adapter: ProviderAdapter,
-    ) -> None:
+    async def _store_handle(self, on: OnRoute, handle: UpstreamHandle) -> None:
         # Known at once: a deadline or a cancel arriving while it is being stored can still
         # stop this upstream job (`_cancel_upstream` reads it from the generation).
-        generation.route_index = index
-        generation.upstream_handle = handle
+        on.generation.route_index = on.index
+        on.generation.upstream_handle = handle
         # Stored before we wait on it: a crash from here on resumes this upstream job.
-        if not await self._store(generation, index, route, handle):
-            await adapter.cancel(handle)
+        if not await self._store(on, handle):
+            await on.adapter.cancel(handle)
             raise LeaseLost()
 
-    async def _store(
-        self, generation: Generation, index: int, route: RouteSpec, handle: UpstreamHandle
-    ) -> bool:
+    async def _store(self, on: OnRoute, handle: UpstreamHandle) -> bool:
         async with self.runtime.db.transaction() as session:
             return await repository.update_if_leased(
                 session,
-                generation.id,
+                on.generation.id,
                 self.owner,
-                route_index=index,
-                provider=route.provider,
+                route_index=on.index,
+                provider=on.route.provider,
                 upstream_handle=handle,
             )
 
@@ -434,6 +411,16 @@ class JobExecutor:
             code=failure.code,
             reason=redact(failure.detail),
         )
+
+
+@dataclass(frozen=True, slots=True)
+class OnRoute:
+    """A generation on one of its routes: where a submit goes and its handle is stored."""
+
+    generation: Generation
+    index: int
+    route: RouteSpec
+    adapter: ProviderAdapter
 
 
 class ReferenceRefused(Exception):

@@ -26,7 +26,8 @@ by-endpoint?endpoint_id=&start=&expand=payloads`, newest first, cursor pages) th
 each request with its input. `find` looks there for a request to the same endpoint with
 exactly the input we send (it carries the recorded seed), started after the intent was
 recorded; only when there is none does the worker submit again. A history that isn't
-there (404 at the configured platform URL) means "can't tell": submit again.
+there (404 at the platform URL) means "can't tell": submit again. The platform URL is
+fal's (`https://api.fal.ai/v1`), or `<base_url>/v1` when the base URL is configured.
 
 A failed poll asks for a new submission (`resubmit=True`) only when this request can no
 longer deliver: the queue forgot it (404), its result is a failure fal recorded after its
@@ -147,7 +148,10 @@ class FalAdapter:
             "transport": transport,
         }
         self._http = ProviderHttp(self.name, self.base_url, **options)
-        self._platform = ProviderHttp(self.name, platform_url or DEFAULT_PLATFORM_URL, **options)
+        # With a base URL of its own (a proxy, a test double) the Platform API is expected
+        # under it, at `/v1`; otherwise it is fal's.
+        platform = platform_url or (f"{self.base_url}/v1" if base_url else DEFAULT_PLATFORM_URL)
+        self._platform = ProviderHttp(self.name, platform, **options)
 
     async def submit(self, request: RenderRequest) -> UpstreamHandle:
         model = request.upstream_model.strip("/")
