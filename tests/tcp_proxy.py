@@ -151,6 +151,7 @@ class ThreadedTcpProxy:
         self._call(self.proxy.close)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
+        self._loop.close()
 
     def _call(self, work: Callable[[], Awaitable[None]]) -> None:
         asyncio.run_coroutine_threadsafe(work(), self._loop).result(10)  # type: ignore[arg-type]

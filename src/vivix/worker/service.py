@@ -276,7 +276,10 @@ class JobExecutor:
         on.generation.upstream_handle = handle
         # Stored before we wait on it: a crash from here on resumes this upstream job.
         if not await self._store(on, handle):
-            await on.adapter.cancel(handle)
+            # Not ours any more. Stop the job only if nobody will resume it: a retry finds
+            # it by the stored intent and must not find it canceled.
+            if await self.is_abandoned(on.generation.id):
+                await _cancel_quietly(on.generation.id, on.adapter, handle)
             raise LeaseLost()
 
     async def _store(self, on: OnRoute, handle: UpstreamHandle) -> bool:
