@@ -30,16 +30,16 @@ migrate: $(SYNCED)
 # The whole suite: SQLite always; PostgreSQL + Redis too when VIVIX_TEST_POSTGRES_URL /
 # VIVIX_TEST_REDIS_URL are set (CI=true sets them to the local services and requires them).
 test: $(SYNCED)
-	$(UV) run --frozen --no-sync python -m pytest -q -n 2 $(PYTEST_ARGS)
+	$(UV) run --frozen --no-sync python -m pytest -q -n 2 --dist loadgroup $(PYTEST_ARGS)
 
 lint: $(SYNCED)
-	$(UV) run --frozen --no-sync ruff check src tests bench
-	$(UV) run --frozen --no-sync ruff format --check src tests bench
+	$(UV) run --frozen --no-sync ruff check src tests bench clients
+	$(UV) run --frozen --no-sync ruff format --check src tests bench clients
 	$(UV) run --frozen --no-sync mypy
 
 format: $(SYNCED)
-	$(UV) run --frozen --no-sync ruff format src tests bench
-	$(UV) run --frozen --no-sync ruff check --fix src tests bench
+	$(UV) run --frozen --no-sync ruff format src tests bench clients
+	$(UV) run --frozen --no-sync ruff check --fix src tests bench clients
 
 bench: $(SYNCED)
 	$(UV) run --frozen --no-sync python -m bench

@@ -13,7 +13,7 @@ import sys
 
 from bench import bench_api
 
-OTHER_BENCHMARKS = ("bench.bench_engine", "bench.bench_render")
+OTHER_BENCHMARKS = ("bench.bench_engine", "bench.bench_render", "bench.bench_cli")
 
 
 def main(argv: list[str]) -> int:

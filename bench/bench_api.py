@@ -123,7 +123,7 @@ async def create_bench_keys(workdir: Path, database_url: str, accounts: int) -> 
     process with the operator service (what the `vivix accounts/keys` commands call),
     before the server starts."""
     from vivix.admin import service as admin
-    from vivix.kit.runtime import build_runtime, close_runtime
+    from vivix.runtime import build_runtime, close_runtime
     from vivix.settings import load_settings
 
     settings = load_settings(
@@ -447,13 +447,9 @@ VIVIX_SPANS = (
     ("  RateLimiter.hit", "vivix.limits.service", "RateLimiter.hit"),
     ("read_json_object", "vivix.generations.endpoints", "read_json_object"),
     ("service.submit", "vivix.generations.service", "submit"),
-    (
-        "  admit_in_one_statement (PostgreSQL)",
-        "vivix.generations.repository",
-        "admit_in_one_statement",
-    ),
+    ("  PostgresLedger.hold (PostgreSQL)", "vivix.billing.ledger", "PostgresLedger.hold"),
     ("  run_sqlite_write (SQLite)", "vivix.kit.db", "Database.run_sqlite_write"),
-    ("  notify_enqueued", "vivix.kit.runtime", "Runtime.notify_enqueued"),
+    ("  notify_enqueued", "vivix.runtime", "Runtime.notify_enqueued"),
     ("read_with_caller", "vivix.generations.repository", "read_with_caller"),
 )
 COMMON_SPANS = (

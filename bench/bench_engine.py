@@ -1086,22 +1086,21 @@ class WorkerProbe:
         db.Database.__init__ = probed_init  # type: ignore[method-assign]
 
     def _stamp_commits(self) -> None:
-        """The moment each new generation's admission committed: when the admission step
-        (`_admit_on_sqlite` / `_admit_on_postgres`, each its own transaction) returns a
-        balance, its commit is done."""
-        from vivix.generations import service
+        """The moment each new generation's admission committed: when the ledger's `hold`
+        (its own transaction) returns a balance, its commit is done."""
+        from vivix.billing import ledger
 
-        def stamped(admit: Any) -> Any:
-            async def run(runtime: Any, columns: dict[str, Any], *args: Any) -> Any:
-                balance = await admit(runtime, columns, *args)
+        def stamped(hold: Any) -> Any:
+            async def run(self_: Any, admission: Any) -> Any:
+                balance = await hold(self_, admission)
                 if balance is not None:
-                    self.committed[columns["id"]] = time.time()
+                    self.committed[admission.generation.id] = time.time()
                 return balance
 
             return run
 
-        service._admit_on_sqlite = stamped(service._admit_on_sqlite)  # type: ignore[method-assign]
-        service._admit_on_postgres = stamped(service._admit_on_postgres)  # type: ignore[method-assign]
+        for cls in (ledger.SqliteLedger, ledger.PostgresLedger):
+            cls.hold = stamped(cls.hold)  # type: ignore[method-assign]
 
     def _count_commit(self, conn: Any) -> None:
         self.sql["(commit; count only)"][0] += 1

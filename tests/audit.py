@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from sqlalchemy import func, select
 
-from vivix.kit.runtime import Runtime
 from vivix.models import ACTIVE_STATUSES, Account, Generation, LedgerEntry, LedgerKind
+from vivix.runtime import Runtime
 
 
 async def assert_ledger_consistent(runtime: Runtime) -> None:

@@ -19,11 +19,12 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
+from tests.openapi_conformance import ConformanceCheckingTransport
 from vivix.app import create_app
 from vivix.kit.db import null_pool_engine
-from vivix.kit.runtime import Runtime, build_runtime, close_runtime
 from vivix.migrations import upgrade_to_head
 from vivix.models import Base
+from vivix.runtime import Runtime, build_runtime, close_runtime
 from vivix.settings import Settings, load_settings
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
@@ -158,6 +159,9 @@ async def runtime(
 @pytest.fixture
 async def client(runtime: Runtime) -> AsyncIterator[httpx.AsyncClient]:
     app = create_app(runtime.settings, runtime=runtime)
-    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    # Every /api/v1 response a test sees is also checked against /openapi.json.
+    transport = ConformanceCheckingTransport(
+        httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    )
     async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
         yield http

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from vivix.admin import service as admin
-from vivix.kit.runtime import Runtime
+from vivix.runtime import Runtime
 
 
 @dataclass(frozen=True)

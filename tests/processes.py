@@ -133,12 +133,12 @@ class ServerProcess:
         return self.process.returncode
 
 
-def _spawn(name: str, env: dict[str, str], log_dir: Path) -> ServerProcess:
+def _spawn(name: str, env: dict[str, str], log_dir: Path, *, worker: bool = False) -> ServerProcess:
     port = free_port()
     log_path = log_dir / f"{name}.log"
     env = {**env, "VIVIX_PUBLIC_URL": f"http://127.0.0.1:{port}"}
     command = [
-        sys.executable, "-m", "vivix", "serve", "--no-worker",
+        sys.executable, "-m", "vivix", "serve", *(() if worker else ("--no-worker",)),
         "--host", "127.0.0.1", "--port", str(port), "--json",
     ]  # fmt: skip
     # The child writes straight into the log file: no pipe to drain or to leave unclosed.
@@ -149,26 +149,33 @@ def _spawn(name: str, env: dict[str, str], log_dir: Path) -> ServerProcess:
     return ServerProcess(name, port, log_path, process)
 
 
-def _start(name: str, env: dict[str, str], log_dir: Path, stack: ExitStack) -> ServerProcess:
-    server = _spawn(name, env, log_dir)
+def _start(
+    name: str, env: dict[str, str], log_dir: Path, stack: ExitStack, *, worker: bool = False
+) -> ServerProcess:
+    server = _spawn(name, env, log_dir, worker=worker)
     stack.callback(server.stop)
     return server
 
 
 def _ready(
-    server: ServerProcess, env: dict[str, str], log_dir: Path, stack: ExitStack
+    server: ServerProcess,
+    env: dict[str, str],
+    log_dir: Path,
+    stack: ExitStack,
+    timeout_s: float = READY_TIMEOUT_S,
 ) -> ServerProcess:
     """Wait for `server`; if the port we picked was taken meanwhile, start it again on another."""
     for attempt in range(_PORT_ATTEMPTS):
         try:
-            server.wait_ready()
+            server.wait_ready(timeout_s)
             return server
         except ServerStartError:
-            taken = "address already in use" in server.output().lower()
+            taken = "already in use" in server.output().lower()
             if not taken or attempt + 1 == _PORT_ATTEMPTS:
                 raise
             server.stop()
-            server = _start(server.name, env, log_dir, stack)
+            worker = "--no-worker" not in server.process.args  # type: ignore[operator]
+            server = _start(server.name, env, log_dir, stack, worker=worker)
     raise AssertionError("unreachable")
 
 
@@ -189,3 +196,13 @@ def running_servers(
             started = [_ready(_start(names[0], env, log_dir, stack), env, log_dir, stack)]
             started += [_start(name, env, log_dir, stack) for name in names[1:]]
         yield [_ready(server, env, log_dir, stack) for server in started]
+
+
+@contextmanager
+def running_server_with_worker(env: dict[str, str], log_dir: Path) -> Iterator[ServerProcess]:
+    """One `vivix serve` with its embedded worker: the whole product in one process, as a
+    user runs it. It also starts the render process pool: allow it a slow start."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    with ExitStack() as stack:
+        server = _start("serve", env, log_dir, stack, worker=True)
+        yield _ready(server, env, log_dir, stack, timeout_s=3 * READY_TIMEOUT_S)

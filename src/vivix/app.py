@@ -21,8 +21,10 @@ from vivix.kit.errors import InvalidParams, MethodNotAllowed, NotFound, VivixErr
 from vivix.kit.http import RequestContext, ResponseHeadersMiddleware, json_response
 from vivix.kit.ids import request_id as new_request_id
 from vivix.kit.metrics import MetricsMiddleware
-from vivix.kit.runtime import Runtime, build_runtime, close_runtime
+from vivix.openapi.document import openapi_document
+from vivix.openapi.pages import install_docs_pages
 from vivix.operations.endpoints import router as operations_router
+from vivix.runtime import Runtime, build_runtime, close_runtime
 from vivix.settings import Settings
 from vivix.storage.endpoints import router as files_router
 
@@ -57,9 +59,11 @@ def create_app(
         title="Vivix",
         version="1",
         lifespan=lifespan,
-        docs_url="/docs",
+        docs_url=None,  # served from vendored assets by install_docs_pages
         redoc_url=None,
     )
+    # The routes parse by hand: the document is declared (vivix.openapi), not inferred.
+    app.openapi = openapi_document  # type: ignore[method-assign]
     if runtime is not None:
         app.state.runtime = runtime
     app.include_router(generations_router)
@@ -68,6 +72,7 @@ def create_app(
     app.include_router(admin_router)
     app.include_router(files_router)
     app.include_router(operations_router)
+    install_docs_pages(app)
     _install_error_handlers(app)
     app.add_middleware(ResponseHeadersMiddleware)
     app.add_middleware(MetricsMiddleware)

@@ -1,37 +1,41 @@
-"""The `vivix` command: serve, worker, migrate, and the operator commands (API.md §6)."""
+"""The `vivix` command: serve, worker, migrate, and the operator commands (API.md §6).
+
+Imports of the server (SQLAlchemy, pydantic-settings, rich, ...) happen inside the
+commands, so `vivix --help` and typos answer at once."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import sys
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
-from vivix.admin import service as admin
-from vivix.catalog.repository import CatalogError
-from vivix.kit.errors import VivixError
-from vivix.kit.runtime import Runtime, build_runtime, close_runtime
-from vivix.providers.registry import SELF_HOSTED
-from vivix.settings import Settings, SettingsError, load_settings
+if TYPE_CHECKING:
+    import socket
 
+    from rich.console import Console
+
+    from vivix.admin.service import Actor
+    from vivix.runtime import Runtime
+    from vivix.settings import Settings
+
+# Plain (click) help, not rich's: rendering it through rich costs ~0.25 s of imports.
+_PLAIN_HELP: dict[str, Any] = {"no_args_is_help": True, "rich_markup_mode": None}
 app = typer.Typer(
     help="Vivix: a self-hostable API gateway for generative media.",
-    no_args_is_help=True,
     pretty_exceptions_show_locals=False,
+    **_PLAIN_HELP,
 )
-accounts_app = typer.Typer(help="Accounts, tiers and limits.", no_args_is_help=True)
-keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
-credits_app = typer.Typer(help="Credits.", no_args_is_help=True)
-models_app = typer.Typer(help="Per-account model allowlists.", no_args_is_help=True)
-pricing_app = typer.Typer(help="Per-account price overrides.", no_args_is_help=True)
-catalog_app = typer.Typer(help="The model catalog.", no_args_is_help=True)
-generations_app = typer.Typer(help="Generations, as operators see them.", no_args_is_help=True)
+accounts_app = typer.Typer(help="Accounts, tiers and limits.", **_PLAIN_HELP)
+keys_app = typer.Typer(help="API keys.", **_PLAIN_HELP)
+credits_app = typer.Typer(help="Credits.", **_PLAIN_HELP)
+models_app = typer.Typer(help="Per-account model allowlists.", **_PLAIN_HELP)
+pricing_app = typer.Typer(help="Per-account price overrides.", **_PLAIN_HELP)
+catalog_app = typer.Typer(help="The model catalog.", **_PLAIN_HELP)
+generations_app = typer.Typer(help="Generations, as operators see them.", **_PLAIN_HELP)
 app.add_typer(accounts_app, name="accounts")
 app.add_typer(keys_app, name="keys")
 app.add_typer(credits_app, name="credits")
@@ -40,17 +44,64 @@ app.add_typer(pricing_app, name="pricing")
 app.add_typer(catalog_app, name="catalog")
 app.add_typer(generations_app, name="generations")
 
-console = Console()
-err_console = Console(stderr=True)
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 T = TypeVar("T")
 
 
+class _Consoles:
+    """rich consoles, made on first use (rich costs ~0.1 s to import)."""
+
+    _out: Console | None = None
+    _err: Console | None = None
+
+    @property
+    def out(self) -> Console:
+        if self._out is None:
+            from rich.console import Console
+
+            self._out = Console()
+        return self._out
+
+    @property
+    def err(self) -> Console:
+        if self._err is None:
+            from rich.console import Console
+
+            self._err = Console(stderr=True)
+        return self._err
+
+
+_consoles = _Consoles()
+
+
+def _print(*objects: Any) -> None:
+    _consoles.out.print(*objects)
+
+
+def _error(text: str) -> None:
+    _consoles.err.print(text)
+
+
+def _table(*headers: str, **options: Any) -> Any:
+    from rich.table import Table
+
+    return Table(*headers, **options)
+
+
+def _admin() -> Any:
+    """The operator service (imports the whole server: only when a command runs)."""
+    from vivix.admin import service
+
+    return service
+
+
 def _settings(**overrides: Any) -> Settings:
+    from vivix.settings import SettingsError, load_settings
+
     try:
         return load_settings(**{k: v for k, v in overrides.items() if v is not None})
     except SettingsError as exc:
-        err_console.print(f"[red]{exc}[/red]")
+        _error(f"[red]{exc}[/red]")
         raise typer.Exit(2) from None
 
 
@@ -58,6 +109,10 @@ def _run(
     as_json: bool, work: Callable[[Runtime], Awaitable[T]], settings: Settings | None = None
 ) -> T:
     """Run one operator operation against the configured database."""
+    from vivix.catalog.repository import CatalogError
+    from vivix.kit.errors import VivixError
+    from vivix.runtime import build_runtime, close_runtime
+
     settings = settings or _settings()
 
     async def go() -> T:
@@ -69,15 +124,17 @@ def _run(
             await close_runtime(runtime)
 
     try:
+        import asyncio
+
         return asyncio.run(go())
     except VivixError as exc:
         if as_json:
             print(json.dumps({"error": exc.code, "message": exc.message, **exc.extra}))
         else:
-            err_console.print(f"[red]error:[/red] {exc.message}")
+            _error(f"[red]error:[/red] {exc.message}")
         raise typer.Exit(1) from None
     except (CatalogError, SchemaNotReady) as exc:
-        err_console.print(f"[red]error:[/red] {exc}")
+        _error(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
 
 
@@ -101,7 +158,7 @@ async def _prepare_database(settings: Settings) -> None:
         )
 
 
-def _cli_actor() -> admin.Actor:
+def _cli_actor() -> Actor:
     """The audit log's name for whoever runs the CLI: the OS user and the machine."""
     import getpass
     import socket
@@ -110,7 +167,9 @@ def _cli_actor() -> admin.Actor:
         user = getpass.getuser()
     except (KeyError, OSError):  # no passwd entry (containers with an arbitrary uid)
         user = f"uid{os.getuid()}"
-    return admin.Actor(f"cli:{user}@{socket.gethostname()}")
+    from vivix.admin.service import Actor
+
+    return Actor(f"cli:{user}@{socket.gethostname()}")
 
 
 def _emit(data: Any, as_json: bool, render: Callable[[Any], None]) -> None:
@@ -121,7 +180,7 @@ def _emit(data: Any, as_json: bool, render: Callable[[Any], None]) -> None:
 
 
 def _render_account(data: dict[str, Any]) -> None:
-    table = Table(show_header=False, box=None)
+    table = _table(show_header=False, box=None)
     for key in (
         "name",
         "id",
@@ -142,25 +201,31 @@ def _render_account(data: dict[str, Any]) -> None:
     table.add_row("[bold]allowed_models[/bold]", ", ".join(data["allowed_models"]) or "(none)")
     if data.get("price_overrides"):
         table.add_row("[bold]price_overrides[/bold]", json.dumps(data["price_overrides"]))
-    console.print(table)
+    _print(table)
     if data.get("keys"):
-        keys = Table("prefix", "id", "name", "test", "created", "revoked")
-        for k in data["keys"]:
-            keys.add_row(
-                k["prefix"],
-                k["id"],
-                k["name"],
-                str(k["test"]),
-                k["created_at"],
-                k["revoked_at"] or "",
-            )
-        console.print(keys)
+        _render_keys(data["keys"])
+
+
+def _render_keys(keys: list[dict[str, Any]]) -> None:
+    table = _table()
+    # Prefix and id are what an operator copies into `keys revoke`: never wrap them.
+    table.add_column("prefix", no_wrap=True)
+    table.add_column("id", no_wrap=True)
+    for name in ("name", "test", "created", "revoked"):
+        table.add_column(name)
+    for k in keys:
+        table.add_row(
+            k["prefix"], k["id"], k["name"], str(k["test"]), k["created_at"], k["revoked_at"] or ""
+        )
+    _print(table)
 
 
 @app.command()
 def serve(
-    host: Annotated[str | None, typer.Option(help="Interface to bind (default 127.0.0.1).")] = None,
-    port: Annotated[int | None, typer.Option(help="Port (default 8000).")] = None,
+    host: Annotated[
+        str | None, typer.Option(help="Interface to bind (default VIVIX_HOST, else 127.0.0.1).")
+    ] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default VIVIX_PORT, else 8000).")] = None,
     no_worker: Annotated[
         bool, typer.Option("--no-worker", help="API only, no embedded worker.")
     ] = False,
@@ -172,12 +237,16 @@ def serve(
     from vivix.app import create_app
 
     settings = _settings(host=host, port=port)
-    demo_key = _run(as_json, admin.ensure_demo_account, settings)
+    # Bound before anything is created or printed: a busy port must not cost the demo key.
+    listener = _bind(settings.host, settings.port, port_from_flag=port is not None)
+    demo_key = _run(as_json, _admin().ensure_demo_account, settings)
     url = settings.resolved_public_url
     if demo_key:
         if as_json:
             print(
-                json.dumps({"demo_account": admin.DEMO_ACCOUNT, "demo_key": demo_key, "url": url})
+                json.dumps(
+                    {"demo_account": _admin().DEMO_ACCOUNT, "demo_key": demo_key, "url": url}
+                )
             )
         else:
             # Plain print: rich would wrap the key and the command, breaking copy-paste.
@@ -189,15 +258,49 @@ def serve(
                 flush=True,
             )
     elif not as_json:
-        console.print("Using the existing database; create keys with `vivix keys create ACCOUNT`.")
+        _print("Using the existing database; create keys with `vivix keys create ACCOUNT`.")
+    if not as_json:
+        # uvicorn doesn't announce an address it was handed a socket for: say it here.
+        host, port = listener.getsockname()[:2]
+        print(f"Listening on http://{host}:{port}; API reference at {url}/docs", flush=True)
     fastapi_app = create_app(settings, embedded_worker=not no_worker)
-    uvicorn.run(
+    config = uvicorn.Config(
         fastapi_app,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
         access_log=False,
     )
+    uvicorn.Server(config).run(sockets=[listener])
+
+
+def _bind(host: str, port: int, *, port_from_flag: bool) -> socket.socket:
+    """The listening socket, or exit 2 with a message naming the setting to change."""
+    import errno
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind((host, port))
+    except OSError as exc:
+        listener.close()
+        if exc.errno == errno.EADDRINUSE:
+            setting = "--port" if port_from_flag else "VIVIX_PORT (or --port)"
+            _error(
+                f"[red]error:[/red] port {port} on {host} is already in use; "
+                f"choose another with {setting}, e.g. VIVIX_PORT={port + 1}."
+            )
+        else:
+            _error(
+                f"[red]error:[/red] cannot listen on {host}:{port} ({exc.strerror}); "
+                "check VIVIX_HOST / --host and VIVIX_PORT / --port."
+            )
+        raise typer.Exit(2) from None
+    listener.listen(2048)
+    listener.set_inheritable(True)
+    return listener
 
 
 @app.command()
@@ -213,6 +316,7 @@ def worker(
 ) -> None:
     """Run a standalone worker. SIGTERM/SIGINT: stop claiming, let running jobs finish
     within the grace period, hand the rest back to the queue."""
+    import asyncio
     import signal
 
     from vivix.kit.metrics import serve_metrics
@@ -232,7 +336,7 @@ def worker(
                 json.dumps({"worker": worker.owner, "concurrency": worker.concurrency}), flush=True
             )
         else:
-            console.print(f"worker {worker.owner} running {worker.concurrency} jobs at once")
+            _print(f"worker {worker.owner} running {worker.concurrency} jobs at once")
         try:
             await worker.run_until_stopped()
         finally:
@@ -241,12 +345,14 @@ def worker(
 
     claimed = _run(as_json, work, settings)
     if not as_json:
-        console.print(f"worker stopped after {claimed} jobs")
+        _print(f"worker stopped after {claimed} jobs")
 
 
 @app.command()
 def migrate(as_json: JsonFlag = False) -> None:
     """Apply database migrations."""
+    import asyncio
+
     from vivix.migrations import head_revision, upgrade_to_head
 
     settings = _settings()
@@ -254,7 +360,7 @@ def migrate(as_json: JsonFlag = False) -> None:
     _emit(
         {"revision": head_revision()},
         as_json,
-        lambda d: console.print(f"schema at {d['revision']}"),
+        lambda d: _print(f"schema at {d['revision']}"),
     )
 
 
@@ -269,7 +375,7 @@ def accounts_create(
 ) -> None:
     """Create an account (first cycle granted, tier's default models allowed)."""
     data = _run(
-        as_json, lambda rt: admin.create_account(rt, name, tier, credits, actor=_cli_actor())
+        as_json, lambda rt: _admin().create_account(rt, name, tier, credits, actor=_cli_actor())
     )
     _emit(data, as_json, _render_account)
 
@@ -277,7 +383,7 @@ def accounts_create(
 @accounts_app.command("show")
 def accounts_show(account: str, as_json: JsonFlag = False) -> None:
     """Show an account, its keys and its ledger sum."""
-    _emit(_run(as_json, lambda rt: admin.show_account(rt, account)), as_json, _render_account)
+    _emit(_run(as_json, lambda rt: _admin().show_account(rt, account)), as_json, _render_account)
 
 
 @accounts_app.command("list")
@@ -285,7 +391,7 @@ def accounts_list(as_json: JsonFlag = False) -> None:
     """List accounts."""
 
     def render(rows: list[dict[str, Any]]) -> None:
-        table = Table("name", "tier", "balance", "held", "models")
+        table = _table("name", "tier", "balance", "held", "models")
         for r in rows:
             table.add_row(
                 r["name"],
@@ -294,9 +400,9 @@ def accounts_list(as_json: JsonFlag = False) -> None:
                 str(r["held"]),
                 str(len(r["allowed_models"])),
             )
-        console.print(table)
+        _print(table)
 
-    _emit(_run(as_json, admin.list_accounts), as_json, render)
+    _emit(_run(as_json, _admin().list_accounts), as_json, render)
 
 
 @accounts_app.command("update")
@@ -311,7 +417,7 @@ def accounts_update(
     """Change an account's tier or override its limits."""
     data = _run(
         as_json,
-        lambda rt: admin.update_account(
+        lambda rt: _admin().update_account(
             rt,
             account,
             actor=_cli_actor(),
@@ -334,17 +440,24 @@ def keys_create(
     as_json: JsonFlag = False,
 ) -> None:
     """Create an API key; it is printed once."""
-    data = _run(as_json, lambda rt: admin.create_key(rt, account, name, test, actor=_cli_actor()))
-    _emit(
-        data, as_json, lambda d: console.print(f"{d['key']}\n(shown once; listed as {d['prefix']})")
+    data = _run(
+        as_json, lambda rt: _admin().create_key(rt, account, name, test, actor=_cli_actor())
     )
+    _emit(data, as_json, lambda d: _print(f"{d['key']}\n(shown once; listed as {d['prefix']})"))
+
+
+@keys_app.command("list")
+def keys_list(account: str, as_json: JsonFlag = False) -> None:
+    """List an account's keys by prefix (the keys themselves are never shown again)."""
+
+    _emit(_run(as_json, lambda rt: _admin().list_keys(rt, account)), as_json, _render_keys)
 
 
 @keys_app.command("revoke")
 def keys_revoke(key_prefix_or_id: str, as_json: JsonFlag = False) -> None:
     """Revoke a key by its 15-char prefix or its id (effective immediately)."""
-    data = _run(as_json, lambda rt: admin.revoke_key(rt, key_prefix_or_id, actor=_cli_actor()))
-    _emit(data, as_json, lambda d: console.print(f"revoked {d['prefix']} at {d['revoked_at']}"))
+    data = _run(as_json, lambda rt: _admin().revoke_key(rt, key_prefix_or_id, actor=_cli_actor()))
+    _emit(data, as_json, lambda d: _print(f"revoked {d['prefix']} at {d['revoked_at']}"))
 
 
 @credits_app.command("grant")
@@ -356,27 +469,41 @@ def credits_grant(
 ) -> None:
     """Grant credits to an account."""
     data = _run(
-        as_json, lambda rt: admin.grant_credits(rt, account, amount, reason, actor=_cli_actor())
+        as_json, lambda rt: _admin().grant_credits(rt, account, amount, reason, actor=_cli_actor())
     )
-    _emit(data, as_json, lambda d: console.print(f"{d['name']}: balance {d['balance']}"))
+    _emit(data, as_json, lambda d: _print(f"{d['name']}: balance {d['balance']}"))
+
+
+@credits_app.command("adjust")
+def credits_adjust(
+    account: str,
+    amount: Annotated[int, typer.Option(help="Signed: --amount -50 takes 50 credits away.")],
+    reason: Annotated[str, typer.Option(help="Why (kept in the ledger and the audit log).")],
+    as_json: JsonFlag = False,
+) -> None:
+    """Correct an account's balance (an adjustment entry; never below zero)."""
+    data = _run(
+        as_json, lambda rt: _admin().adjust_credits(rt, account, amount, reason, actor=_cli_actor())
+    )
+    _emit(data, as_json, lambda d: _print(f"{d['name']}: balance {d['balance']}"))
 
 
 @models_app.command("allow")
 def models_allow(account: str, slugs: list[str], as_json: JsonFlag = False) -> None:
     """Add models to an account's allowlist."""
     data = _run(
-        as_json, lambda rt: admin.set_models(rt, account, slugs, allow=True, actor=_cli_actor())
+        as_json, lambda rt: _admin().set_models(rt, account, slugs, allow=True, actor=_cli_actor())
     )
-    _emit(data, as_json, lambda d: console.print(", ".join(d["allowed_models"]) or "(none)"))
+    _emit(data, as_json, lambda d: _print(", ".join(d["allowed_models"]) or "(none)"))
 
 
 @models_app.command("deny")
 def models_deny(account: str, slugs: list[str], as_json: JsonFlag = False) -> None:
     """Remove models from an account's allowlist."""
     data = _run(
-        as_json, lambda rt: admin.set_models(rt, account, slugs, allow=False, actor=_cli_actor())
+        as_json, lambda rt: _admin().set_models(rt, account, slugs, allow=False, actor=_cli_actor())
     )
-    _emit(data, as_json, lambda d: console.print(", ".join(d["allowed_models"]) or "(none)"))
+    _emit(data, as_json, lambda d: _print(", ".join(d["allowed_models"]) or "(none)"))
 
 
 @pricing_app.command("override")
@@ -396,18 +523,18 @@ def pricing_override(
         try:
             parsed_rows = json.loads(rows)
         except json.JSONDecodeError:
-            err_console.print("[red]error:[/red] --rows must be a JSON array")
+            _error("[red]error:[/red] --rows must be a JSON array")
             raise typer.Exit(2) from None
     data = _run(
         as_json,
-        lambda rt: admin.set_price_override(
+        lambda rt: _admin().set_price_override(
             rt, account, slug, factor=factor, rows=parsed_rows, clear=clear, actor=_cli_actor()
         ),
     )
     _emit(
         data,
         as_json,
-        lambda d: console.print(
+        lambda d: _print(
             f"{slug} for {d['name']}: band {d['credits_band']['min']}-{d['credits_band']['max']}"
         ),
     )
@@ -427,7 +554,7 @@ def audit_log(
     """Operator actions, newest first: who changed what, before and after."""
 
     def render(page: dict[str, Any]) -> None:
-        table = Table("when", "actor", "action", "target", "before → after")
+        table = _table("when", "actor", "action", "target", "before → after")
         for entry in page["data"]:
             change = ", ".join(
                 f"{k}: {json.dumps((entry['before'] or {}).get(k))} → {json.dumps(v)}"
@@ -440,13 +567,13 @@ def audit_log(
                 f"{entry['target_type']} {entry['target_id']}",
                 change,
             )
-        console.print(table)
+        _print(table)
         if page["next_cursor"]:
-            console.print(f"more: --cursor {page['next_cursor']}")
+            _print(f"more: --cursor {page['next_cursor']}")
 
     page = _run(
         as_json,
-        lambda rt: admin.list_audit_log(
+        lambda rt: _admin().list_audit_log(
             rt, limit=limit, cursor=cursor, account=account, action=action, actor=actor
         ),
     )
@@ -463,7 +590,7 @@ def audit(as_json: JsonFlag = False) -> None:
         checked = report["checked"]
         scope = f"{checked['accounts']} accounts, {checked['generations']} generations"
         if report["ok"]:
-            console.print(f"[green]ok[/green]: {scope}, every check holds")
+            _print(f"[green]ok[/green]: {scope}, every check holds")
             return
         for problem in report["problems"]:  # one line each: long ids must not be cut
             where = " ".join(
@@ -471,10 +598,12 @@ def audit(as_json: JsonFlag = False) -> None:
                 for key in ("account", "account_id", "generation_id", "status")
                 if problem.get(key)
             )
-            console.print(f"{problem['check']}: {problem['detail']} ({where})", soft_wrap=True)
-        err_console.print(f"[red]{len(report['problems'])} problem(s)[/red] in {scope}")
+            _consoles.out.print(
+                f"{problem['check']}: {problem['detail']} ({where})", soft_wrap=True
+            )
+        _error(f"[red]{len(report['problems'])} problem(s)[/red] in {scope}")
 
-    report = _run(as_json, admin.audit)
+    report = _run(as_json, lambda rt: _admin().audit(rt))
     _emit(report, as_json, render)
     if not report["ok"]:
         raise typer.Exit(1)
@@ -485,22 +614,22 @@ def generations_show(generation_id: str, as_json: JsonFlag = False) -> None:
     """One generation with its engine state, last error and every attempt's error."""
 
     def render(data: dict[str, Any]) -> None:
-        table = Table(show_header=False, box=None)
+        table = _table(show_header=False, box=None)
         for key in (
             "generation_id", "status", "model", "account_id", "provider", "attempts",
             "error_code", "error_message", "last_error", "lease_owner", "run_after",
         ):  # fmt: skip
             table.add_row(f"[bold]{key}[/bold]", str(data.get(key)))
-        console.print(table)
+        _print(table)
         if data["attempt_errors"]:
-            attempts = Table("attempt", "at", "worker", "error")
+            attempts = _table("attempt", "at", "worker", "error")
             for entry in data["attempt_errors"]:
                 attempts.add_row(
                     str(entry["attempt"]), entry["at"], entry["worker"], entry["error"]
                 )
-            console.print(attempts)
+            _print(attempts)
 
-    _emit(_run(as_json, lambda rt: admin.show_generation(rt, generation_id)), as_json, render)
+    _emit(_run(as_json, lambda rt: _admin().show_generation(rt, generation_id)), as_json, render)
 
 
 @catalog_app.command("list")
@@ -508,7 +637,7 @@ def catalog_list(as_json: JsonFlag = False) -> None:
     """Models, their provider routes and whether each is available now."""
 
     def render(rows: list[dict[str, Any]]) -> None:
-        table = Table("slug", "category", "credits", "routes (provider: available)")
+        table = _table("slug", "category", "credits", "routes (provider: available)")
         for r in rows:
             routes = ", ".join(f"{x['provider']}:{_route_state(x)}" for x in r["routes"])
             table.add_row(
@@ -517,13 +646,15 @@ def catalog_list(as_json: JsonFlag = False) -> None:
                 f"{r['credits_band']['min']}-{r['credits_band']['max']}",
                 routes,
             )
-        console.print(table)
+        _print(table)
 
-    _emit(_run(as_json, admin.catalog_list), as_json, render)
+    _emit(_run(as_json, _admin().catalog_list), as_json, render)
 
 
 def _route_state(route: dict[str, Any]) -> str:
     if not route["configured"]:
+        from vivix.providers.registry import SELF_HOSTED
+
         missing = "no base URL" if route["provider"] in SELF_HOSTED else "no credentials"
         return f"[red]{missing}[/red]"
     if route["circuit_open_until"]:

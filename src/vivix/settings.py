@@ -154,7 +154,6 @@ class Settings(BaseSettings):
     otel_endpoint: str | None = None
     max_body_bytes: Annotated[int, Field(ge=1024)] = 64 * 1024
     idempotency_window_hours: Annotated[int, Field(ge=1)] = 24
-    provider_down_retry_after_s: Annotated[int, Field(ge=1)] = 30
 
     db: DatabaseSettings = DatabaseSettings()
     redis: RedisSettings = RedisSettings()

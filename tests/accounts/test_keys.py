@@ -16,8 +16,8 @@ from tests.factories import account_with_key
 from vivix.admin import service as admin
 from vivix.app import create_app
 from vivix.kit.errors import AdminConflict, AdminNotFound
-from vivix.kit.runtime import Runtime
 from vivix.models import ApiKey, Base, Generation
+from vivix.runtime import Runtime
 
 LIVE_KEY = re.compile(r"^vvx_live_[0-9A-Za-z]{32}$")
 TEST_KEY = re.compile(r"^vvx_test_[0-9A-Za-z]{32}$")

@@ -13,7 +13,7 @@ from tests.audit import assert_ledger_consistent
 from tests.factories import AccountWithKey
 from vivix.app import create_app
 from vivix.billing import repository as billing_repository
-from vivix.kit.runtime import Runtime
+from vivix.runtime import Runtime
 
 TOKEN = "operator-token-0123456789-abcdefghij"
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}
@@ -297,6 +297,37 @@ async def test_granted_credits_reach_the_balance_and_the_ledger(
         assert assert_admin_error(refused, 422, "INVALID_PARAMS")["field"] == field
     shown = (await client.get("/admin/v1/accounts/granted", headers=ADMIN)).json()
     assert shown["balance"] == shown["ledger_sum"] == 510
+    await assert_ledger_consistent(runtime)
+
+
+async def test_an_adjustment_moves_the_balance_either_way_but_never_below_zero(
+    runtime: Runtime, client: httpx.AsyncClient
+) -> None:
+    account = await create_account(client, "adjusted", credits=100)
+    url = "/admin/v1/accounts/adjusted/credits/adjust"
+    taken = await client.post(url, json={"amount": -30, "reason": "double grant"}, headers=ADMIN)
+    assert taken.status_code == 200
+    assert taken.json()["balance"] == 70
+    assert taken.json()["granted_this_cycle"] == 100  # a correction is not a grant
+    given = await client.post(url, json={"amount": 5, "reason": "goodwill"}, headers=ADMIN)
+    assert given.json()["balance"] == 75
+    for body, field in [
+        ({"amount": -76, "reason": "too much"}, "amount"),
+        ({"amount": 0, "reason": "nothing"}, "amount"),
+        ({"amount": 5}, "reason"),
+        ({"amount": 5, "reason": ""}, "reason"),
+        ({"amount": 5, "reason": "   "}, "reason"),
+    ]:
+        refused = await client.post(url, json=body, headers=ADMIN)
+        assert assert_admin_error(refused, 422, "INVALID_PARAMS")["field"] == field
+    async with runtime.db.read() as session:
+        entries = await billing_repository.list_entries(session, account["id"])
+    assert [(e.kind, e.amount, e.reason) for e in entries[:2]] == [
+        ("adjustment", 5, "goodwill"),
+        ("adjustment", -30, "double grant"),
+    ]
+    shown = (await client.get("/admin/v1/accounts/adjusted", headers=ADMIN)).json()
+    assert shown["balance"] == shown["ledger_sum"] == 75
     await assert_ledger_consistent(runtime)
 
 

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from vivix.app import create_app
 from vivix.cli import app as cli
-from vivix.kit.runtime import Runtime
+from vivix.runtime import Runtime
 from vivix.settings import SettingsError, load_settings
 
 TOKEN = "a-long-enough-operator-token-0123456789"

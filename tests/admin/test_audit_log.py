@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from tests.conftest import Backend, empty_tables, make_settings
 from vivix.cli import app as cli
-from vivix.kit.runtime import build_runtime, close_runtime
+from vivix.runtime import build_runtime, close_runtime
 
 TOKEN = "audit-log-operator-token-0123456789abcdef"
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}

@@ -18,9 +18,9 @@ from tests.conftest import Backend
 from vivix.app import create_app
 from vivix.cli import app
 from vivix.kit.db import null_pool_engine
-from vivix.kit.runtime import build_runtime, close_runtime
 from vivix.migrations import head_revision
 from vivix.models import Base
+from vivix.runtime import build_runtime, close_runtime
 from vivix.settings import load_settings
 
 
@@ -152,6 +152,46 @@ def test_keys_revoke_by_prefix_or_id(vivix: Vivix) -> None:
     assert len(keys) == 2
 
 
+def test_keys_list_shows_prefixes_and_revocations_never_keys(vivix: Vivix) -> None:
+    vivix.run("accounts", "create", "listing")
+    assert vivix.json("keys", "list", "listing") == []
+    live = vivix.json("keys", "create", "listing", "--name", "backend")
+    test = vivix.json("keys", "create", "listing", "--test")
+    vivix.run("keys", "revoke", live["prefix"])
+    listed = vivix.json("keys", "list", "listing")
+    assert {k["id"] for k in listed} == {live["id"], test["id"]}
+    by_id = {k["id"]: k for k in listed}
+    assert by_id[live["id"]]["revoked_at"]
+    assert by_id[test["id"]]["revoked_at"] is None
+    assert by_id[test["id"]]["test"] is True
+    assert all("key" not in k for k in listed)
+    human = vivix.run("keys", "list", "listing").stdout
+    assert live["prefix"] in human
+    assert test["prefix"] in human
+    assert live["key"] not in human
+    missing = vivix.run("keys", "list", "nobody", ok=False)
+    assert missing.exit_code == 1
+
+
+def test_serve_on_a_busy_port_fails_before_creating_the_demo_key(
+    vivix: Vivix, tmp_path: Path
+) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        env = {**vivix.env, "VIVIX_PORT": str(port)}
+        result = vivix.runner.invoke(app, ["serve"], env=env, catch_exceptions=False)
+    assert result.exit_code == 2
+    assert f"port {port} on 127.0.0.1 is already in use" in result.stderr
+    assert "VIVIX_PORT" in result.stderr
+    assert "vvx_live_" not in result.stdout
+    # Nothing was created: the next start on a free port still gets (and prints) the demo key.
+    assert vivix.json("accounts", "list") == []
+
+
 def test_credits_grant(vivix: Vivix) -> None:
     vivix.run("accounts", "create", "wallet", "--credits", "5")
     granted = vivix.json("credits", "grant", "wallet", "120", "--reason", "refund #7")
@@ -160,6 +200,12 @@ def test_credits_grant(vivix: Vivix) -> None:
     assert shown["balance"] == shown["ledger_sum"] == 125
     human = vivix.run("credits", "grant", "wallet", "1").stdout
     assert "126" in human
+    adjusted = vivix.json(
+        "credits", "adjust", "wallet", "--amount", "-26", "--reason", "refund reversed"
+    )
+    assert adjusted["balance"] == 100
+    shown = vivix.json("accounts", "show", "wallet")
+    assert shown["balance"] == shown["ledger_sum"] == 100
 
 
 def test_models_allow_and_deny(vivix: Vivix) -> None:
@@ -298,3 +344,17 @@ def test_cli_works_against_the_backend_database(backend: Backend, tmp_path: Path
         assert [k["prefix"] for k in shown["keys"]] == [key["prefix"]]
     finally:
         asyncio.run(_empty(backend.database_url))
+
+
+def test_the_cli_module_imports_no_server_code_until_a_command_runs() -> None:
+    """`vivix --help` must answer at once (bench/bench_cli.py measures it): the heavy
+    imports happen inside the commands."""
+    import subprocess
+    import sys
+
+    heavy = ("sqlalchemy", "pydantic_settings", "fastapi", "rich", "uvicorn", "vivix.settings")
+    probe = f"import sys, vivix.cli; print([m for m in {heavy!r} if m in sys.modules])"
+    loaded = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert loaded == "[]"

@@ -8,6 +8,7 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import insert, update
 
 from tests.audit import assert_ledger_consistent
 from tests.factories import account_with_key
@@ -19,8 +20,10 @@ from vivix.kit.bounds import (
     MAX_CREDIT_AMOUNT,
     MAX_PRICE_CREDITS,
 )
+from vivix.kit.clock import utcnow
 from vivix.kit.errors import AdminInvalid
-from vivix.kit.runtime import Runtime
+from vivix.models import Account, LedgerEntry
+from vivix.runtime import Runtime
 from vivix.settings import SettingsError, load_settings
 
 TOKEN = "operator-token-for-the-bounds-tests-0123456789"
@@ -142,12 +145,21 @@ async def test_a_grant_past_the_wallet_bound_is_refused(
     runtime: Runtime, client: httpx.AsyncClient
 ) -> None:
     acct = await account_with_key(runtime, credits=0)
-    async with runtime.db.transaction() as session:  # a wallet already near its bound
-        from vivix.accounts import repository as accounts_repository
-        from vivix.billing import service as billing
-
-        account = await accounts_repository.lock_account(session, acct.id)
-        billing.adjust(session, account, MAX_BALANCE - 10, "test setup")
+    # A wallet already near its bound (more than any one adjustment may move): written
+    # straight into the tables, balance and ledger agreeing.
+    async with runtime.db.transaction() as session:
+        await session.execute(
+            update(Account).where(Account.id == acct.id).values(balance=MAX_BALANCE - 10)
+        )
+        await session.execute(
+            insert(LedgerEntry).values(
+                account_id=acct.id,
+                kind="adjustment",
+                amount=MAX_BALANCE - 10,
+                reason="test setup",
+                created_at=utcnow(),
+            )
+        )
     refused = await client.post(
         f"/admin/v1/accounts/{acct.name}/credits", json={"amount": 11}, headers=ADMIN
     )

@@ -20,12 +20,12 @@ from vivix.admin import service as admin
 from vivix.cli import app
 from vivix.generations import service as generations
 from vivix.kit.clock import utcnow
-from vivix.kit.runtime import Runtime
 from vivix.models import Account, Generation, LedgerEntry
 from vivix.providers.base import OutputFile, RenderResult
 from vivix.providers.guarded_fetch import GuardedFetcher
 from vivix.providers.local.render import render_image
 from vivix.providers.registry import ProviderRegistry
+from vivix.runtime import Runtime
 from vivix.worker import repository as queue
 from vivix.worker.service import Failure, JobExecutor
 

@@ -13,7 +13,7 @@ import pytest
 from tests.factories import account_with_key
 from vivix.catalog.repository import CatalogError
 from vivix.catalog.service import Catalog
-from vivix.kit.runtime import Runtime, build_runtime
+from vivix.runtime import Runtime, build_runtime
 from vivix.settings import load_settings
 
 SKETCH = """

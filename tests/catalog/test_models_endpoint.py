@@ -12,7 +12,7 @@ import pytest
 
 from tests.factories import AccountWithKey, account_with_key
 from vivix.admin import service as admin
-from vivix.kit.runtime import Runtime
+from vivix.runtime import Runtime
 
 DRAFT_2020_12 = "https://json-schema.org/draft/2020-12/schema"
 MODEL_FIELDS = {
@@ -25,6 +25,8 @@ MODEL_FIELDS = {
     "params_schema",
     "credits_band",
     "example_request",
+    "available",
+    "unavailable_reason",
 }
 COMPACT_KEYS = {"type", "required", "max_length", "values", "default", "min", "max", "max_items"}
 COMPACT_TYPES = {"string", "integer", "enum", "boolean", "string[]"}

@@ -438,8 +438,8 @@ def _wait_http(url: str, timeout_s: float = 90.0) -> None:
 async def _prepare(database_url: str, env: dict[str, str]) -> str:
     """Schema, the chaos account (credits and limits no load reaches) and its key."""
     from vivix.admin import service as admin
-    from vivix.kit.runtime import build_runtime, close_runtime
     from vivix.migrations import upgrade_to_head
+    from vivix.runtime import build_runtime, close_runtime
     from vivix.settings import load_settings
 
     await upgrade_to_head(database_url)

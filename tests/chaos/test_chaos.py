@@ -34,8 +34,8 @@ def test_a_short_chaos_run_loses_nothing_and_pays_nothing_twice(tmp_path: Path) 
     )
     summary = report.summary()
     assert report.rounds == 3, summary
-    assert report.kills["worker"] >= 1 and report.kills["api"] >= 1, summary
-    assert report.cuts["database"] >= 1 and report.cuts["redis"] >= 1, summary
+    assert min(report.kills["worker"], report.kills["api"]) >= 1, summary
+    assert min(report.cuts["database"], report.cuts["redis"]) >= 1, summary
     assert report.submits >= 10, summary
     assert report.generations == report.submits, summary
     assert report.lost == 0, f"{summary}\n{logs}"

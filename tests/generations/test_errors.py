@@ -16,11 +16,11 @@ from starlette.requests import Request
 
 from tests.audit import assert_ledger_consistent, generation_count, ledger_entry_count
 from tests.factories import AccountWithKey, account_with_key
-from vivix.accounts.endpoints import authorize
+from vivix.accounts.gate import authorize
 from vivix.admin import service as admin
 from vivix.app import create_app
-from vivix.kit.runtime import Runtime
 from vivix.models import Account, Generation, LedgerEntry
+from vivix.runtime import Runtime
 
 GENERATE = "/api/v1/generate"
 LOCAL_IMAGE = {"model": "vivix-local-image", "prompt": "a lighthouse in fog"}  # 1K: 2 credits
@@ -561,15 +561,18 @@ async def test_submit_over_the_concurrent_jobs_limit_is_concurrency_limit(
     ],
     ids=lambda body: body["model"],
 )
-async def test_model_without_a_configured_provider_is_provider_down(
+async def test_model_without_a_configured_provider_is_provider_down_not_configured(
     runtime: Runtime, client: httpx.AsyncClient, body: dict[str, Any]
 ) -> None:
     acct = await account_with_key(runtime)
     before = await trace(runtime, acct.id)
     response = await submit(client, acct, body)
-    assert_error(response, 503, "PROVIDER_DOWN", balance=15000)
-    assert response.headers["retry-after"].isdigit()
-    assert int(response.headers["retry-after"]) >= 1
+    error = assert_error(
+        response, 503, "PROVIDER_DOWN", {"reason": "not_configured"}, balance=15000
+    )
+    # Retrying can never help until the operator configures a provider: no Retry-After.
+    assert "retry-after" not in response.headers
+    assert "operator" in error["next"]
     await assert_unchanged(runtime, acct.id, before)
 
 
@@ -663,7 +666,7 @@ async def test_provider_down_wins_over_concurrency_limit(
     assert (await submit(client, acct, LOCAL_IMAGE)).status_code == 201
     before = await trace(runtime, acct.id)
     response = await submit(client, acct, GROK)
-    assert_error(response, 503, "PROVIDER_DOWN", balance=15000 - 2)
+    assert_error(response, 503, "PROVIDER_DOWN", {"reason": "not_configured"}, balance=15000 - 2)
     await assert_unchanged(runtime, acct.id, before)
 
 
@@ -672,7 +675,7 @@ async def test_provider_down_wins_over_insufficient_credits(
 ) -> None:
     acct = await account_with_key(runtime, credits=0)
     response = await submit(client, acct, GROK)
-    assert_error(response, 503, "PROVIDER_DOWN", balance=0)
+    assert_error(response, 503, "PROVIDER_DOWN", {"reason": "not_configured"}, balance=0)
 
 
 async def test_concurrency_limit_wins_over_insufficient_credits(

@@ -14,8 +14,8 @@ from tests.audit import assert_ledger_consistent, generation_count, ledger_entry
 from tests.factories import AccountWithKey, account_with_key
 from vivix.admin import service as admin
 from vivix.catalog.service import Catalog
-from vivix.kit.runtime import Runtime
 from vivix.models import Generation, LedgerEntry
+from vivix.runtime import Runtime
 
 GENERATE = "/api/v1/generate"
 IMAGE = {"model": "vivix-local-image", "prompt": "a lighthouse in fog", "resolution": "2K"}

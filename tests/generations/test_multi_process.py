@@ -25,8 +25,8 @@ from tests.processes import ServerProcess, run_cli_together, running_servers, se
 from vivix.admin import service as admin
 from vivix.catalog import pricing
 from vivix.catalog.params import validate_params
-from vivix.kit.runtime import Runtime, build_runtime, close_runtime
 from vivix.migrations import head_revision
+from vivix.runtime import Runtime, build_runtime, close_runtime
 
 SECRET = "multi-process-test-secret"  # the servers and the test's runtime hash keys alike
 IMAGE = {"model": "vivix-local-image", "prompt": "two lighthouses, one beam", "resolution": "1K"}

@@ -11,7 +11,7 @@ import pytest
 
 from tests.audit import assert_ledger_consistent, generation_count, ledger_entry_count
 from tests.factories import AccountWithKey, account_with_key
-from vivix.kit.runtime import Runtime
+from vivix.runtime import Runtime
 
 GENERATE = "/api/v1/generate"
 IMAGE = "vivix-local-image"

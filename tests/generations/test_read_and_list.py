@@ -13,8 +13,8 @@ import pytest
 from sqlalchemy import update
 
 from tests.factories import AccountWithKey, account_with_key
-from vivix.kit.runtime import Runtime
 from vivix.models import Generation
+from vivix.runtime import Runtime
 
 GENERATE = "/api/v1/generate"
 LIST = "/api/v1/generations"

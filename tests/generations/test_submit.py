@@ -4,7 +4,7 @@ import httpx
 
 from tests.audit import assert_ledger_consistent
 from tests.factories import account_with_key
-from vivix.kit.runtime import Runtime
+from vivix.runtime import Runtime
 
 IMAGE = {
     "model": "vivix-local-image",

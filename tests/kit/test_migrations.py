@@ -12,7 +12,7 @@ import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Column, Connection, Integer, MetaData, inspect, text
+from sqlalchemy import Column, Connection, Integer, MetaData, inspect, select, text
 from sqlalchemy.engine import make_url
 
 from tests.conftest import Backend
@@ -70,17 +70,7 @@ async def table_names(url: str) -> set[str]:
 
 
 async def downgrade_to_base(url: str) -> None:
-    def downgrade(connection: Connection) -> None:
-        config = alembic_config(url)
-        config.attributes["connection"] = connection
-        command.downgrade(config, "base")
-
-    engine = null_pool_engine(url)
-    try:
-        async with engine.begin() as connection:
-            await connection.run_sync(downgrade)
-    finally:
-        await engine.dispose()
+    await _migrate(url, "base", down=True)
 
 
 async def test_migrations_build_exactly_the_models_schema(fresh_url: str) -> None:
@@ -114,3 +104,60 @@ async def test_downgrade_to_base_and_back_to_head(fresh_url: str) -> None:
     assert await table_names(fresh_url) <= {"alembic_version"}
     await upgrade_to_head(fresh_url)
     assert await schema_diff(fresh_url, Base.metadata) == []
+
+
+async def _migrate(url: str, revision: str, *, down: bool = False) -> None:
+    def run(connection: Connection) -> None:
+        config = alembic_config(url)
+        config.attributes["connection"] = connection
+        (command.downgrade if down else command.upgrade)(config, revision)
+
+    engine = null_pool_engine(url)
+    try:
+        async with engine.begin() as connection:
+            await connection.run_sync(run)
+    finally:
+        await engine.dispose()
+
+
+async def test_0005_turns_stored_output_urls_into_storage_keys(fresh_url: str) -> None:
+    """Rows rendered before 0005 kept a URL frozen with the public URL of their day; after it
+    they keep the storage key, whatever host or bucket base the URL had."""
+    from vivix.kit.clock import utcnow
+
+    await _migrate(fresh_url, "0004")
+    now = utcnow()
+    gen_id = str(uuid.uuid4())
+    keys = [f"{gen_id}/{'a' * 32}/0.png", f"{gen_id}/{'b' * 32}/1.png"]
+    outputs = [
+        {"url": f"http://old-host:8000/files/{keys[0]}", "content_type": "image/png", "bytes": 9},
+        {"url": f"https://cdn.example.com/bucket/prefix/{keys[1]}", "content_type": "image/png"},
+    ]
+    accounts, generations = Base.metadata.tables["accounts"], Base.metadata.tables["generations"]
+    engine = null_pool_engine(fresh_url)
+    try:
+        async with engine.begin() as connection:
+            await connection.execute(
+                accounts.insert().values(
+                    id="acct-1", name="a", tier="pro", cycle_anchor=now, cycle_started_at=now,
+                    cycle_resets_at=now, created_at=now, updated_at=now,
+                )
+            )  # fmt: skip
+            await connection.execute(
+                generations.insert().values(
+                    id=gen_id, account_id="acct-1", api_key_id="k", model="m", status="completed",
+                    params={}, credits_estimate=1, created_at=now, run_after=now, outputs=outputs,
+                )
+            )  # fmt: skip
+        await _migrate(fresh_url, "0005")
+        async with engine.connect() as connection:
+            stored = (await connection.execute(select(generations.c.outputs))).one().outputs
+        assert [o["key"] for o in stored] == keys
+        assert all("url" not in o for o in stored)
+        assert stored[0]["bytes"] == 9
+        await _migrate(fresh_url, "0004", down=True)
+        async with engine.connect() as connection:
+            restored = (await connection.execute(select(generations.c.outputs))).one().outputs
+        assert [o["url"] for o in restored] == [f"/files/{k}" for k in keys]
+    finally:
+        await engine.dispose()

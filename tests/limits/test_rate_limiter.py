@@ -22,8 +22,8 @@ from tests.audit import (
 from tests.conftest import IN_CI, REDIS_URL
 from tests.factories import account_with_key
 from tests.tcp_proxy import TcpProxy
-from vivix.kit.runtime import Runtime
 from vivix.limits.service import RateDecision, RateLimiter
+from vivix.runtime import Runtime
 
 DEGRADED_WARNING = "redis_unavailable_rate_limit_degraded"
 IMAGE = {"model": "vivix-local-image", "prompt": "a paper boat on a canal"}

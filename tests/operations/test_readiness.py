@@ -15,8 +15,8 @@ from sqlalchemy import Connection
 
 from vivix.app import create_app
 from vivix.kit.db import null_pool_engine
-from vivix.kit.runtime import Runtime, build_runtime, close_runtime
 from vivix.migrations import alembic_config, head_revision
+from vivix.runtime import Runtime, build_runtime, close_runtime
 from vivix.settings import load_settings
 
 

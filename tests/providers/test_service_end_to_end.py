@@ -31,8 +31,8 @@ from tests.fakes.replicate import FakeReplicate
 from tests.fakes.runware import FakeRunware
 from tests.fakes.xai import FakeXai
 from tests.processes import free_port
-from vivix.kit.runtime import Runtime
 from vivix.models import Generation
+from vivix.runtime import Runtime
 
 pytestmark = pytest.mark.slow
 

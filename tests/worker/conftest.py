@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 
 from tests.audit import assert_ledger_consistent
-from vivix.kit.runtime import Runtime
 from vivix.providers.local.adapter import LocalAdapter
 from vivix.providers.registry import ProviderRegistry
+from vivix.runtime import Runtime
 from vivix.worker.runner import Worker
 
 FAST_WORKER = {

@@ -28,7 +28,6 @@ from tests.fakes.runware import FakeRunware
 from tests.fakes.xai import FakeXai
 from tests.worker.conftest import FAST_WORKER
 from tests.worker.helpers import wait_for_status
-from vivix.kit.runtime import Runtime
 from vivix.models import Generation
 from vivix.providers.base import ProviderAdapter
 from vivix.providers.comfyui.adapter import ComfyUiAdapter
@@ -38,6 +37,7 @@ from vivix.providers.registry import ProviderRegistry
 from vivix.providers.replicate.adapter import ReplicateAdapter
 from vivix.providers.runware.adapter import RunwareAdapter
 from vivix.providers.xai.adapter import XaiAdapter
+from vivix.runtime import Runtime
 from vivix.worker.runner import Worker
 
 CREDITS = 1000

@@ -23,9 +23,9 @@ from tests.worker.conftest import FAST_WORKER
 from tests.worker.helpers import wait_for_status
 from vivix.admin import service as admin
 from vivix.kit.clock import utcnow
-from vivix.kit.runtime import Runtime
 from vivix.models import Generation, LedgerEntry
 from vivix.providers.registry import ProviderRegistry
+from vivix.runtime import Runtime
 from vivix.worker import repository
 from vivix.worker.runner import Worker, reap_expired_leases, retry_delay
 

@@ -15,8 +15,8 @@ from sqlalchemy import select
 from tests.audit import assert_ledger_consistent
 from tests.factories import account_with_key
 from tests.worker.helpers import wait_for_status
-from vivix.kit.runtime import Runtime
 from vivix.models import LedgerEntry
+from vivix.runtime import Runtime
 from vivix.worker.runner import Worker
 
 

@@ -21,9 +21,9 @@ from tests.fakes.fal import FakeFal
 from tests.worker.conftest import FAST_WORKER
 from tests.worker.helpers import wait_for_status
 from vivix.admin import service as admin
-from vivix.kit.runtime import Runtime
 from vivix.providers.fal.adapter import FalAdapter
 from vivix.providers.registry import ProviderRegistry
+from vivix.runtime import Runtime
 from vivix.worker.runner import Worker
 
 FAL_KEY = "fal-key-5ecr3t-0a1b2c3d4e5f"

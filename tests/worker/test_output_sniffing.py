@@ -20,10 +20,10 @@ from tests.fakes.fal import FakeFal
 from tests.fakes.media import mp3_bytes, mp4_bytes, png_bytes
 from tests.worker.conftest import FAST_WORKER
 from tests.worker.helpers import wait_for_status
-from vivix.kit.runtime import Runtime
 from vivix.models import Generation
 from vivix.providers.fal.adapter import FalAdapter
 from vivix.providers.registry import ProviderRegistry
+from vivix.runtime import Runtime
 from vivix.worker.runner import Worker
 
 CATALOG = """
@@ -211,4 +211,4 @@ async def test_a_video_is_stored_with_its_detected_facts(
                 select(Generation.outputs).where(Generation.id == body["generation_id"])
             )
         ).scalar_one()
-    assert stored[0]["url"].endswith(".mp4")
+    assert stored[0]["key"].endswith(".mp4")

@@ -20,12 +20,12 @@ from tests.fakes.replicate import FakeReplicate
 from tests.worker.conftest import FAST_WORKER
 from tests.worker.helpers import wait_for_status
 from vivix.kit.clock import utcnow
-from vivix.kit.runtime import Runtime
 from vivix.models import Generation, ProviderCircuit
 from vivix.providers.fal.adapter import FalAdapter
 from vivix.providers.local.adapter import LocalAdapter
 from vivix.providers.registry import ProviderRegistry
 from vivix.providers.replicate.adapter import ReplicateAdapter
+from vivix.runtime import Runtime
 from vivix.worker.runner import Worker
 
 SLOW_MODEL = """
@@ -205,7 +205,11 @@ async def test_all_routes_down_opens_the_circuits_then_submit_is_503_until_the_c
     response = await client.post("/api/v1/generate", json=WAN, headers=acct.headers)
     assert response.status_code == 503
     assert response.json()["error"] == "PROVIDER_DOWN"
+    assert response.json()["reason"] == "circuit_open"
     assert 1 <= int(response.headers["retry-after"]) <= 4
+    models = (await client.get("/api/v1/models", headers=acct.headers)).json()["models"]
+    wan = next(m for m in models if m["slug"] == WAN["model"])
+    assert (wan["available"], wan["unavailable_reason"]) == (False, "circuit_open")
     after = (await client.get("/api/v1/credits", headers=acct.headers)).json()
     assert (after["balance"], after["held"]) == (before["balance"], before["held"]) == (20000, 0)
     listing = (await client.get("/api/v1/generations", headers=acct.headers)).json()

@@ -25,9 +25,9 @@ from tests.fakes.fal import FakeFal
 from tests.fakes.media import png_bytes
 from tests.worker.conftest import FAST_WORKER
 from tests.worker.helpers import wait_for_status
-from vivix.kit.runtime import Runtime
 from vivix.providers.fal.adapter import FalAdapter
 from vivix.providers.registry import ProviderRegistry
+from vivix.runtime import Runtime
 from vivix.worker.runner import Worker
 
 PUBLIC_HOST = "images.example.com"  # stands in for a public image host; really 127.0.0.2

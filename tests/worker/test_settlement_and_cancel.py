@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 from datetime import timedelta
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -20,13 +19,13 @@ from tests.worker.helpers import wait_for_status
 from vivix.generations import service as generations
 from vivix.kit.clock import utcnow
 from vivix.kit.errors import NotCancelable
-from vivix.kit.runtime import Runtime
 from vivix.models import Generation, LedgerEntry
 from vivix.providers.base import OutputFile, RenderResult
 from vivix.providers.guarded_fetch import GuardedFetcher
 from vivix.providers.local import render
 from vivix.providers.local.adapter import LocalAdapter
 from vivix.providers.registry import ProviderRegistry
+from vivix.runtime import Runtime
 from vivix.worker import repository
 from vivix.worker.runner import Worker, reap_expired_leases
 from vivix.worker.service import JobExecutor, LeaseLost
@@ -238,15 +237,21 @@ async def test_reaped_job_waits_for_its_backoff_before_it_can_be_claimed_again(
         await session.execute(
             update(Generation).values(lease_expires_at=utcnow() - timedelta(seconds=1))
         )
-    # A backoff no loaded machine outlasts between the reap and the claim below.
-    settings = runtime.settings.model_copy(deep=True)
-    settings.worker.retry_backoff_seconds = 60.0
-    await reap_expired_leases(dataclasses.replace(runtime, settings=settings))
+    # Claims are asked "as of" the moment the reaper started, not whenever this line runs
+    # on a loaded machine: the backoff (0.1 s here) starts at the reap.
+    reaped_at = utcnow()
+    await reap_expired_leases(runtime)
     async with runtime.db.transaction() as session:
         again = await repository.claim_next_generation(
-            session, "other", utcnow(), timedelta(seconds=30)
+            session, "other", reaped_at, timedelta(seconds=30)
         )
     assert again is None  # run_after is in the future (backoff)
+    async with runtime.db.transaction() as session:
+        later = await repository.claim_next_generation(
+            session, "other", reaped_at + timedelta(minutes=1), timedelta(seconds=30)
+        )
+    assert later is not None
+    assert later.attempts == 2
 
 
 async def test_cancel_pending_refunds_and_cancel_again_is_not_cancelable(

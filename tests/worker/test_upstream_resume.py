@@ -21,12 +21,12 @@ from tests.fakes.replicate import FakeReplicate
 from tests.worker.conftest import FAST_WORKER
 from tests.worker.helpers import wait_for_status
 from vivix.kit.clock import utcnow
-from vivix.kit.runtime import Runtime
 from vivix.models import Generation
 from vivix.providers.base import RenderRequest
 from vivix.providers.fal.adapter import FalAdapter
 from vivix.providers.registry import ProviderRegistry
 from vivix.providers.replicate.adapter import ReplicateAdapter
+from vivix.runtime import Runtime
 from vivix.worker.runner import Worker, reap_expired_leases
 
 NEVER = 10**9

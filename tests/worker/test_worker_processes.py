@@ -20,8 +20,8 @@ from sqlalchemy import select
 from tests.audit import assert_ledger_consistent
 from tests.factories import account_with_key
 from tests.worker.helpers import wait_for_status
-from vivix.kit.runtime import Runtime
 from vivix.models import Generation, LedgerEntry
+from vivix.runtime import Runtime
 
 pytestmark = pytest.mark.slow
 

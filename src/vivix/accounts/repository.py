@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Row, Select, bindparam, select, update
+from sqlalchemy import Row, Select, bindparam, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from vivix.models import Account, ApiKey
@@ -46,37 +46,10 @@ async def get_caller(connection: AsyncConnection, key_hash: str) -> Row[Any] | N
     return (await connection.execute(_CALLER_BY_KEY_HASH, {"key_hash": key_hash})).first()
 
 
-# One concurrency slot and `:amount` credits, only if both are there; returns the new
-# balance (no row: refused, nothing changed). Locks the account row until the transaction
-# ends (on SQLite the write lock is already held).
-TAKE_SLOT_AND_HOLD = (
-    update(Account)
-    .where(
-        Account.id == bindparam("account_id"),
-        Account.balance >= bindparam("amount"),
-        Account.active_jobs < bindparam("concurrent_limit"),
-    )
-    .values(
-        balance=Account.balance - bindparam("amount"),
-        held=Account.held + bindparam("amount"),
-        active_jobs=Account.active_jobs + 1,
-    )
-    .returning(Account.balance)
-)
-
-
-async def get_slots_and_balance(connection: AsyncConnection, account_id: str) -> tuple[int, int]:
-    row = (
-        await connection.execute(
-            select(Account.active_jobs, Account.balance).where(Account.id == account_id)
-        )
-    ).one()
-    return int(row.active_jobs), int(row.balance)
-
-
 async def lock_account(session: AsyncSession, account_id: str) -> Account:
     """The account row, locked until the transaction ends (FOR UPDATE on PostgreSQL; on
-    SQLite the write transaction already holds the database write lock)."""
+    SQLite the write transaction already holds the database write lock), for changes of
+    its settings. Its money columns are the ledger's (`vivix.billing.ledger`)."""
     account = (
         await session.execute(
             select(Account)

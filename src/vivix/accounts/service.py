@@ -13,7 +13,6 @@ from sqlalchemy import Row
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from vivix.accounts import repository
-from vivix.billing import service as billing
 from vivix.kit.bounds import MAX_CALLS_PER_MINUTE, MAX_CONCURRENT_JOBS, MAX_CREDIT_AMOUNT
 from vivix.kit.clock import add_months, utcnow
 from vivix.kit.errors import (
@@ -176,15 +175,14 @@ def parse_tier(value: str) -> str:
 
 async def create_account(
     session: AsyncSession,
-    settings: Settings,
     *,
     name: str,
     tier: str,
     default_models: list[str],
     opening_credits: int | None = None,
 ) -> Account:
-    """Create an account with its first cycle's grant (the tier's monthly credits, or
-    `opening_credits` when given) and the tier's default model allowlist."""
+    """Create an account (no credits yet: its first cycle's grant goes through the ledger,
+    `opening_grant`) with the tier's default model allowlist."""
     check_account_name(name)
     tier = parse_tier(tier)
     if opening_credits is not None:
@@ -210,14 +208,14 @@ async def create_account(
     )
     session.add(account)
     await session.flush()
-    amount = (
-        opening_credits
-        if opening_credits is not None
-        else limits_for(account, settings).monthly_credits
-    )
-    billing.grant_cycle(session, account, amount, cycle_started_at=now)
-    await session.flush()
     return account
+
+
+def opening_grant(account: Account, settings: Settings, opening_credits: int | None) -> int:
+    """The first cycle's credits: `opening_credits` when given, else the tier's monthly."""
+    if opening_credits is not None:
+        return opening_credits
+    return limits_for(account, settings).monthly_credits
 
 
 async def create_key(

@@ -9,10 +9,9 @@ from fastapi import APIRouter, Depends
 from starlette.requests import Request
 from starlette.responses import Response
 
-from vivix.accounts.endpoints import runtime_of
 from vivix.admin import schemas, service
 from vivix.kit.errors import AdminThrottled, AdminUnauthorized
-from vivix.kit.http import context_of, json_response
+from vivix.kit.http import context_of, json_response, runtime_of
 from vivix.kit.pagination import parse_limit
 
 log = structlog.get_logger(__name__)
@@ -73,12 +72,21 @@ async def show_account(request: Request, account: str) -> Response:
 
 @router.patch("/accounts/{account}")
 async def update_account(request: Request, account: str, body: schemas.AccountUpdate) -> Response:
-    changes = body.model_dump(exclude_none=True)
-    return json_response(
-        await service.update_account(
-            runtime_of(request), account, actor=actor_of(request), **changes
-        )
+    out = await service.update_account(
+        runtime_of(request),
+        account,
+        tier=body.tier,
+        calls_per_minute=body.calls_per_minute,
+        concurrent_jobs=body.concurrent_jobs,
+        monthly_credits=body.monthly_credits,
+        actor=actor_of(request),
     )
+    return json_response(out)
+
+
+@router.get("/accounts/{account}/keys")
+async def list_keys(request: Request, account: str) -> Response:
+    return json_response({"data": await service.list_keys(runtime_of(request), account)})
 
 
 @router.post("/accounts/{account}/keys", status_code=201)
@@ -99,6 +107,16 @@ async def revoke_key(request: Request, prefix_or_id: str) -> Response:
 @router.post("/accounts/{account}/credits")
 async def grant_credits(request: Request, account: str, body: schemas.CreditGrant) -> Response:
     out = await service.grant_credits(
+        runtime_of(request), account, body.amount, body.reason, actor=actor_of(request)
+    )
+    return json_response(out)
+
+
+@router.post("/accounts/{account}/credits/adjust")
+async def adjust_credits(
+    request: Request, account: str, body: schemas.CreditAdjustment
+) -> Response:
+    out = await service.adjust_credits(
         runtime_of(request), account, body.amount, body.reason, actor=actor_of(request)
     )
     return json_response(out)

@@ -34,6 +34,11 @@ class CreditGrant(_Strict):
     reason: str | None = Field(default=None, max_length=500)
 
 
+class CreditAdjustment(_Strict):
+    amount: int  # signed; not zero (the ledger refuses it with the documented error)
+    reason: str = Field(min_length=1, max_length=500)
+
+
 class ModelSlugs(_Strict):
     slugs: list[str] = Field(min_length=1)
 

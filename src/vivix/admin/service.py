@@ -7,8 +7,9 @@ no entry for a change that was refused."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -16,7 +17,6 @@ from vivix.accounts import repository as accounts_repository
 from vivix.accounts import service as accounts
 from vivix.admin import repository
 from vivix.billing import repository as billing_repository
-from vivix.billing import service as billing
 from vivix.billing.audit import audit_money
 from vivix.catalog import pricing
 from vivix.catalog.schemas import PricingRow
@@ -26,10 +26,12 @@ from vivix.kit.clock import iso, utcnow
 from vivix.kit.errors import AdminInvalid, AdminNotFound
 from vivix.kit.ids import uuid7
 from vivix.kit.pagination import decode_cursor, encode_cursor
-from vivix.kit.runtime import Runtime
 from vivix.models import Account, AdminAuditEntry, ApiKey
 from vivix.providers.circuits import route_key
 from vivix.providers.registry import LOCAL, is_configured
+
+if TYPE_CHECKING:
+    from vivix.runtime import Runtime
 
 DEMO_ACCOUNT = "demo"
 
@@ -171,12 +173,18 @@ async def create_account(
     async with runtime.db.transaction() as session:
         account = await accounts.create_account(
             session,
-            runtime.settings,
             name=name,
             tier=tier,
             default_models=runtime.catalog.default_allowlist(tier),
             opening_credits=credits,
         )
+        await runtime.ledger.grant_cycle(
+            session,
+            account.id,
+            accounts.opening_grant(account, runtime.settings, credits),
+            cycle_started_at=account.cycle_started_at,
+        )
+        await session.refresh(account)
         record_admin_action(
             session,
             actor,
@@ -207,12 +215,26 @@ async def list_accounts(runtime: Runtime) -> list[dict[str, Any]]:
 
 
 async def update_account(
-    runtime: Runtime, name_or_id: str, *, actor: Actor = SYSTEM, **changes: Any
+    runtime: Runtime,
+    name_or_id: str,
+    *,
+    tier: str | None = None,
+    calls_per_minute: int | None = None,
+    concurrent_jobs: int | None = None,
+    monthly_credits: int | None = None,
+    actor: Actor = SYSTEM,
 ) -> dict[str, Any]:
     async with runtime.db.transaction() as session:
         found = await accounts.get_account(session, name_or_id)
         before = account_settings(await accounts_repository.lock_account(session, found.id))
-        account = await accounts.update_account(session, name_or_id, **changes)
+        account = await accounts.update_account(
+            session,
+            name_or_id,
+            tier=tier,
+            calls_per_minute=calls_per_minute,
+            concurrent_jobs=concurrent_jobs,
+            monthly_credits=monthly_credits,
+        )
         _record_account_change(session, actor, "account.update", account, before)
     return account_out(account, runtime)
 
@@ -240,6 +262,13 @@ async def create_key(
             after={"prefix": key.prefix, "name": key.name, "test": key.is_test},
         )
     return {**key_out(key), "key": plaintext}
+
+
+async def list_keys(runtime: Runtime, account_name: str) -> list[dict[str, Any]]:
+    """An account's keys, revoked ones included (prefixes only: keys are shown once)."""
+    async with runtime.db.read() as session:
+        account = await accounts.get_account(session, account_name)
+        return [key_out(k) for k in await accounts_repository.list_keys(session, account.id)]
 
 
 async def revoke_key(
@@ -271,15 +300,51 @@ async def grant_credits(
     *,
     actor: Actor = SYSTEM,
 ) -> dict[str, Any]:
+    """A one-off grant (counts toward the cycle's granted credits)."""
+
+    async def grant(session: AsyncSession, account_id: str) -> None:
+        await runtime.ledger.grant(session, account_id, amount, reason)
+
+    return await _move_credits(
+        runtime, account_name, grant, actor, "credits.grant", {"amount": amount, "reason": reason}
+    )
+
+
+async def adjust_credits(
+    runtime: Runtime,
+    account_name: str,
+    amount: int,
+    reason: str,
+    *,
+    actor: Actor = SYSTEM,
+) -> dict[str, Any]:
+    """A signed correction (an adjustment entry); never takes the balance below zero."""
+    if not reason.strip():
+        raise AdminInvalid("reason", "an adjustment needs a reason")
+
+    async def adjust(session: AsyncSession, account_id: str) -> None:
+        await runtime.ledger.adjust(session, account_id, amount, reason)
+
+    return await _move_credits(
+        runtime, account_name, adjust, actor, "credits.adjust", {"amount": amount, "reason": reason}
+    )
+
+
+async def _move_credits(
+    runtime: Runtime,
+    account_name: str,
+    move: Callable[[AsyncSession, str], Awaitable[None]],
+    actor: Actor,
+    action: str,
+    details: dict[str, Any],
+) -> dict[str, Any]:
+    """One ledger operation on the account and its audit entry, in one transaction."""
     async with runtime.db.transaction() as session:
         found = await accounts.get_account(session, account_name)
+        before = account_settings(await accounts_repository.lock_account(session, found.id))
+        await move(session, found.id)
         account = await accounts_repository.lock_account(session, found.id)
-        before = account_settings(account)
-        billing.grant(session, account, amount, reason)
-        await session.flush()
-        _record_account_change(
-            session, actor, "credits.grant", account, before, {"amount": amount, "reason": reason}
-        )
+        _record_account_change(session, actor, action, account, before, details)
     return account_out(account, runtime)
 
 
@@ -419,7 +484,7 @@ async def show_generation(runtime: Runtime, generation_id: str) -> dict[str, Any
     if generation is None:
         raise AdminNotFound(f"No generation with id {generation_id!r}.")
     return {
-        **generation_out(generation),
+        **generation_out(generation, output_url=runtime.storage.url_for),
         "account_id": generation.account_id,
         "api_key_id": generation.api_key_id,
         "test": generation.is_test,

@@ -4,11 +4,11 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
-from vivix.accounts.endpoints import authorize, runtime_of
+from vivix.accounts.gate import authorize
 from vivix.billing.schemas import CreditsOut
 from vivix.catalog.schemas import RateLimitInfo
 from vivix.kit.clock import iso
-from vivix.kit.http import PlainRoute, json_response
+from vivix.kit.http import PlainRoute, json_response, runtime_of
 
 router = APIRouter(prefix="/api/v1", tags=["credits"], route_class=PlainRoute)
 

@@ -136,6 +136,8 @@ class ModelOut(BaseModel):
     params_schema: dict[str, Any]
     credits_band: CreditsBand
     example_request: dict[str, Any]
+    available: bool = True
+    unavailable_reason: Literal["not_configured", "circuit_open"] | None = None
 
 
 class ModelsOut(BaseModel):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from vivix.catalog import params as param_rules
 from vivix.catalog import pricing
@@ -82,7 +82,14 @@ class Catalog:
     def default_allowlist(self, tier: str) -> list[str]:
         return [m.slug for m in self._models.values() if tier in m.spec.default_tiers]
 
-    def describe(self, model: CatalogModel, raw_override: dict[str, Any] | None) -> ModelOut:
+    def describe(
+        self,
+        model: CatalogModel,
+        raw_override: dict[str, Any] | None,
+        *,
+        available: bool = True,
+        unavailable_reason: Literal["not_configured", "circuit_open"] | None = None,
+    ) -> ModelOut:
         low, high = pricing.credits_band(model.spec, pricing.parse_override(raw_override))
         return ModelOut(
             slug=model.slug,
@@ -94,4 +101,6 @@ class Catalog:
             params_schema=model.params_schema,
             credits_band=CreditsBand(min=low, max=high),
             example_request=model.example_request,
+            available=available,
+            unavailable_reason=unavailable_reason,
         )

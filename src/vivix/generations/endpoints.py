@@ -1,24 +1,27 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter
 from sqlalchemy import Row
 from starlette.requests import Request
 from starlette.responses import Response
 
-from vivix.accounts.endpoints import authorize, pass_gate, runtime_of
+from vivix.accounts.gate import authorize, pass_gate
 from vivix.accounts.repository import find_account
 from vivix.accounts.service import key_hash_from_header
 from vivix.generations import repository, service
 from vivix.generations.schemas import generation_out, submitted_out
 from vivix.kit.clock import parse_iso
 from vivix.kit.errors import GenerationNotFound, InvalidParams
-from vivix.kit.http import PlainRoute, context_of, json_response, read_json_object
+from vivix.kit.http import PlainRoute, context_of, json_response, read_json_object, runtime_of
 from vivix.kit.ids import is_uuid
 from vivix.kit.pagination import decode_cursor, encode_cursor, parse_limit
 from vivix.models import GenerationStatus
+
+if TYPE_CHECKING:
+    from vivix.runtime import Runtime
 
 router = APIRouter(prefix="/api/v1", tags=["generations"], route_class=PlainRoute)
 
@@ -35,7 +38,7 @@ async def generate(request: Request) -> Response:
     location = f"/api/v1/generations/{result.generation_id}"
     if result.replay is not None:
         return json_response(
-            _shown(result.replay),
+            _shown(runtime, result.replay),
             200,
             {"Location": location, "Idempotent-Replayed": "true"},
         )
@@ -45,7 +48,7 @@ async def generate(request: Request) -> Response:
         )
         if waited is not None:
             headers = {"Location": location, "Preference-Applied": f"wait={wait_s:g}"}
-            return json_response(_shown(waited), 201, headers)
+            return json_response(_shown(runtime, waited), 201, headers)
     assert result.created is not None
     return json_response(submitted_out(result.created), 201, {"Location": location})
 
@@ -60,7 +63,7 @@ async def read_generation(request: Request, generation_id: str) -> Response:
     await pass_gate(request, row)
     if row is None or row.id is None:
         raise GenerationNotFound()
-    return json_response(_shown(row))
+    return json_response(_shown(runtime, row))
 
 
 @router.post("/generations/{generation_id}/cancel", summary="Cancel a generation")
@@ -75,13 +78,14 @@ async def cancel_generation(request: Request, generation_id: str) -> Response:
         account = await find_account(session, caller.account.id)
     if account is not None:
         context_of(request).balance = account.balance
-    return json_response(generation_out(gen))
+    return json_response(generation_out(gen, output_url=runtime.storage.url_for))
 
 
 @router.get("/generations", summary="List generations, newest first")
 async def list_generations(request: Request) -> Response:
     query = request.query_params
-    async with runtime_of(request).db.autocommit() as connection:
+    runtime = runtime_of(request)
+    async with runtime.db.autocommit() as connection:
         caller = await authorize(request, connection)
         limit = parse_limit(query.get("limit"))
         cursor = query.get("cursor")
@@ -114,7 +118,7 @@ async def list_generations(request: Request) -> Response:
     page = rows[:limit]
     return json_response(
         {
-            "data": [generation_out(g) for g in page],
+            "data": [generation_out(g, output_url=runtime.storage.url_for) for g in page],
             "next_cursor": encode_cursor(page[-1].id) if has_more else None,
             "has_more": has_more,
         }
@@ -159,5 +163,7 @@ def _timestamp(raw: str | None, field: str) -> datetime | None:
         ) from None
 
 
-def _shown(row: Row[Any]) -> dict[str, object]:
-    return generation_out(row, queue_position=row.queue_position)
+def _shown(runtime: Runtime, row: Row[Any]) -> dict[str, object]:
+    return generation_out(
+        row, output_url=runtime.storage.url_for, queue_position=row.queue_position
+    )

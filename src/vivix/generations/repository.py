@@ -1,4 +1,5 @@
-"""Generation queries of the API (the worker's queue queries are in `vivix.worker.repository`).
+"""Generation queries of the API (the worker's queue queries are in `vivix.worker.repository`;
+a submit's row is inserted by admission, `vivix.billing.ledger`).
 
 Core statements on a connection: the read and submit paths run on every call, and loading
 ORM entities there costs more than the database does. Rows carry the columns
@@ -11,26 +12,12 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import (
-    BigInteger,
-    Connection,
-    Row,
-    String,
-    and_,
-    bindparam,
-    case,
-    exists,
-    func,
-    insert,
-    literal,
-    select,
-    update,
-)
+from sqlalchemy import Row, and_, bindparam, case, exists, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm import aliased
 
-from vivix.accounts.repository import TAKE_SLOT_AND_HOLD, select_caller
-from vivix.models import Account, Base, Generation, GenerationStatus, LedgerKind
+from vivix.accounts.repository import select_caller
+from vivix.models import Account, Generation, GenerationStatus
 
 QUEUE_POSITION_CAP = 1000
 PENDING = GenerationStatus.PENDING.value
@@ -92,38 +79,6 @@ _BY_IDEMPOTENCY_KEY = select(
     Generation.is_test == bindparam("is_test"),
     Generation.idempotency_key == bindparam("idempotency_key"),
 )
-_INSERT = insert(Base.metadata.tables["generations"])
-_INSERT_LEDGER_ENTRY = insert(Base.metadata.tables["ledger_entries"])
-_EXPIRE_IDEMPOTENCY_KEY = (
-    update(Generation)
-    .where(
-        Generation.account_id == bindparam("b_account_id"),
-        Generation.is_test == bindparam("b_is_test"),
-        Generation.idempotency_key == bindparam("b_idempotency_key"),
-        Generation.created_at < bindparam("older_than"),
-    )
-    .values(idempotency_key=None)
-)
-# What a submit writes; the other columns start NULL (a JSON column given None would hold
-# JSON `null` instead).
-SUBMITTED_COLUMNS = (
-    "id",
-    "account_id",
-    "api_key_id",
-    "model",
-    "status",
-    "is_test",
-    "params",
-    "metadata",
-    "credits_estimate",
-    "price_snapshot",
-    "idempotency_key",
-    "request_hash",
-    "created_at",
-    "attempts",
-    "run_after",
-    "cancel_requested",
-)
 
 
 async def get_generation(session: AsyncSession, generation_id: str) -> Generation | None:
@@ -166,112 +121,16 @@ async def find_by_idempotency_key(
     ).first()
 
 
-def _admission_statement() -> Any:
-    """PostgreSQL: admission in one statement. The UPDATE takes a concurrency slot and the
-    credits only if both are there; the generation row and the hold entry are inserted
-    from its result, so a refusal inserts nothing. Run in autocommit it is one round trip
-    and its own transaction, and the account row is locked only while it runs."""
-    amount = bindparam("amount", type_=BigInteger)
-    account = TAKE_SLOT_AND_HOLD.cte("account")
-    generations = Base.metadata.tables["generations"]
-    generation = _INSERT.from_select(
-        list(SUBMITTED_COLUMNS),
-        select(
-            *(bindparam(f"g_{name}", type_=generations.c[name].type) for name in SUBMITTED_COLUMNS)
-        ).select_from(account),
-    ).cte("generation")
-    ledger = Base.metadata.tables["ledger_entries"]
-    hold = (
-        insert(ledger)
-        .from_select(
-            ["account_id", "kind", "amount", "generation_id", "created_at"],
-            select(
-                bindparam("account_id", type_=String),
-                literal(LedgerKind.HOLD.value, String),
-                -amount,
-                bindparam("g_id", type_=String),
-                bindparam("g_created_at", type_=ledger.c.created_at.type),
-            )
-            .select_from(account)
-            .where(amount > 0),
+async def lock_generation(session: AsyncSession, generation_id: str) -> Generation | None:
+    """The generation row, locked until the transaction ends (API cancel)."""
+    return (
+        await session.execute(
+            select(Generation)
+            .where(Generation.id == generation_id)
+            .with_for_update()
+            .execution_options(populate_existing=True)
         )
-        .cte("hold")
-    )
-    return select(account.c.balance).add_cte(generation, hold)
-
-
-_ADMIT = _admission_statement()
-
-
-def admit_on_sqlite(
-    connection: Connection,
-    columns: dict[str, Any],
-    amount: int,
-    concurrent_limit: int,
-    idempotency_keys_before: datetime,
-) -> int | None:
-    """SQLite, inside `Database.run_sqlite_write`: the inserts, then the conditional
-    UPDATE that takes the slot and the credits. None when it refused; the caller then
-    rolls the transaction back (raises)."""
-    if columns["idempotency_key"] is not None:
-        connection.execute(
-            _EXPIRE_IDEMPOTENCY_KEY,
-            {
-                "b_account_id": columns["account_id"],
-                "b_is_test": columns["is_test"],
-                "b_idempotency_key": columns["idempotency_key"],
-                "older_than": idempotency_keys_before,
-            },
-        )
-    connection.execute(_INSERT, columns)
-    if amount:
-        connection.execute(
-            _INSERT_LEDGER_ENTRY,
-            {
-                "account_id": columns["account_id"],
-                "kind": LedgerKind.HOLD.value,
-                "amount": -amount,
-                "generation_id": columns["id"],
-                "created_at": columns["created_at"],
-            },
-        )
-    balance = connection.execute(
-        TAKE_SLOT_AND_HOLD,
-        {
-            "account_id": columns["account_id"],
-            "amount": amount,
-            "concurrent_limit": concurrent_limit,
-        },
     ).scalar_one_or_none()
-    return None if balance is None else int(balance)
-
-
-async def admit_in_one_statement(
-    connection: AsyncConnection, columns: dict[str, Any], amount: int, concurrent_limit: int
-) -> int | None:
-    """PostgreSQL only, on an autocommit connection (see `_admission_statement`). The
-    balance after the hold, or None when the slot or the credits were not there."""
-    values = {f"g_{name}": columns[name] for name in SUBMITTED_COLUMNS}
-    values.update(
-        account_id=columns["account_id"], amount=amount, concurrent_limit=concurrent_limit
-    )
-    balance = (await connection.execute(_ADMIT, values)).scalar_one_or_none()
-    return None if balance is None else int(balance)
-
-
-async def expire_idempotency_key(
-    connection: AsyncConnection, account_id: str, is_test: bool, key: str, older_than: datetime
-) -> None:
-    """Free a key whose 24 h replay window has passed so it can be used again."""
-    await connection.execute(
-        _EXPIRE_IDEMPOTENCY_KEY,
-        {
-            "b_account_id": account_id,
-            "b_is_test": is_test,
-            "b_idempotency_key": key,
-            "older_than": older_than,
-        },
-    )
 
 
 def _metadata_matches(dialect: str, key: str, value: str) -> Any:

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Row
 
 from vivix.kit.clock import iso, utcnow
-from vivix.models import Generation, GenerationStatus
+from vivix.models import Generation, GenerationStatus, NewGeneration
 
 
 def _ms(start: datetime, end: datetime) -> int:
@@ -17,9 +17,14 @@ def _ms(start: datetime, end: datetime) -> int:
 
 
 def generation_out(
-    gen: Generation | Row[Any], *, queue_position: int | None = None
+    gen: Generation | Row[Any],
+    *,
+    output_url: Callable[[str], str],
+    queue_position: int | None = None,
 ) -> dict[str, Any]:
-    """From the model or a `generations.repository` row (same attribute names)."""
+    """From the model or a `generations.repository` row (same attribute names).
+    `output_url` turns a stored output's storage key into its public URL
+    (`OutputStore.url_for`), so URLs follow the current public URL settings."""
     out: dict[str, Any] = {
         "generation_id": gen.id,
         "status": gen.status,
@@ -39,7 +44,7 @@ def generation_out(
         out["completed_at"] = iso(completed)
         out["credits_used"] = gen.credits_used or 0
         if status == GenerationStatus.COMPLETED:
-            outputs = gen.outputs or []
+            outputs = [_shown_output(o, output_url) for o in gen.outputs or []]
             out["output_url"] = outputs[0]["url"] if outputs else None
             out["output_urls"] = [o["url"] for o in outputs]
             out["duration_ms"] = _ms(gen.created_at, completed)
@@ -52,12 +57,18 @@ def generation_out(
     return out
 
 
-def submitted_out(columns: Mapping[str, Any]) -> dict[str, Any]:
-    """The 201 body, from the column values the submit inserted."""
+def _shown_output(stored: dict[str, Any], output_url: Callable[[str], str]) -> dict[str, Any]:
+    shown = {"url": output_url(stored["key"])}
+    shown.update((name, value) for name, value in stored.items() if name != "key")
+    return shown
+
+
+def submitted_out(generation: NewGeneration) -> dict[str, Any]:
+    """The 201 body, from the row the submit inserted."""
     return {
-        "generation_id": columns["id"],
-        "status": columns["status"],
-        "model": columns["model"],
-        "credits_estimate": columns["credits_estimate"],
-        "created_at": iso(columns["created_at"]),
+        "generation_id": generation.id,
+        "status": generation.status,
+        "model": generation.model,
+        "credits_estimate": generation.credits_estimate,
+        "created_at": iso(generation.created_at),
     }

@@ -11,22 +11,23 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import math
 import secrets
 from dataclasses import dataclass
-from datetime import datetime, timedelta
-from typing import Any
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, Row
+from sqlalchemy import Row
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from vivix.accounts import repository as accounts_repository
-from vivix.accounts.endpoints import Caller
+from vivix.accounts.service import Caller
+from vivix.billing.ledger import Admission
 from vivix.catalog import pricing
+from vivix.catalog.availability import availability_of
 from vivix.catalog.params import validate_metadata, validate_params
 from vivix.catalog.service import CatalogModel
 from vivix.generations import repository
-from vivix.generations.settlement import finalize
+from vivix.generations.finish import FinalState, commit_final_state
 from vivix.kit.bounds import MAX_BALANCE
 from vivix.kit.clock import utcnow
 from vivix.kit.errors import (
@@ -41,13 +42,11 @@ from vivix.kit.errors import (
     ProviderDown,
 )
 from vivix.kit.ids import uuid7
-from vivix.kit.runtime import Runtime
-from vivix.models import ACTIVE_STATUSES, Generation, GenerationStatus
-from vivix.providers.circuits import route_key
+from vivix.models import ACTIVE_STATUSES, Generation, NewGeneration
 from vivix.providers.guarded_fetch import UrlRefused, check_url
-from vivix.providers.registry import LOCAL, is_configured
-from vivix.worker import repository as queue_repository
-from vivix.worker.wakeup import notify_canceled
+
+if TYPE_CHECKING:
+    from vivix.runtime import Runtime
 
 IDEMPOTENCY_KEY_MAX = 255
 SEED_MAX = 2**32 - 1
@@ -57,13 +56,9 @@ SEED_MAX = 2**32 - 1
 class Submitted:
     generation_id: str
     balance: int
-    # The new generation's column values, or (a repeated Idempotency-Key) the original.
-    created: dict[str, Any] | None = None
+    # The new generation's row, or (a repeated Idempotency-Key) the original.
+    created: NewGeneration | None = None
     replay: Row[Any] | None = None
-
-
-class _Refused(Exception):
-    """Raised inside a write transaction to roll it back."""
 
 
 ADMISSION_ATTEMPTS = 3
@@ -117,25 +112,24 @@ async def check_reference_images(runtime: Runtime, params: dict[str, Any]) -> No
 
 
 async def ensure_routable(runtime: Runtime, model: CatalogModel, caller: Caller) -> None:
-    """At least one route is configured and its circuit closed, else 503 before any hold."""
+    """At least one route is configured and its circuit closed, else 503 before any hold:
+    `not_configured` without Retry-After (retrying cannot help), `circuit_open` with it."""
     if caller.is_test:
         return  # test keys render every model on the local renderer
-    open_routes = await runtime.circuits.open_routes()
-    reopens: list[float] = []
-    now = utcnow()
-    for route in model.spec.routes:
-        if route.provider != LOCAL and not is_configured(route.provider, runtime.settings):
-            continue
-        until = open_routes.get(route_key(route.provider, route.upstream_model))
-        if until is None:
-            return
-        reopens.append((until - now).total_seconds())
-    retry_after = (
-        max(1, math.ceil(min(reopens))) if reopens else runtime.settings.provider_down_retry_after_s
-    )
+    state = availability_of(model, runtime.settings, await runtime.circuits.open_routes())
+    if state.available:
+        return
+    if state.reason == "not_configured":
+        raise ProviderDown(
+            f"No provider route for {model.slug} is configured on this server.",
+            next="Retrying cannot help: ask the operator to configure one of the model's "
+            "providers, or pick a model listed as available in GET /api/v1/models.",
+            reason="not_configured",
+        )
     raise ProviderDown(
-        f"No provider route for {model.slug} is available right now.",
-        headers={"Retry-After": str(retry_after)},
+        f"Every provider route for {model.slug} is failing; they are paused for now.",
+        headers={"Retry-After": str(state.retry_after_s)},
+        reason="circuit_open",
     )
 
 
@@ -172,50 +166,45 @@ async def submit(
         )
 
     now = utcnow()
-    columns: dict[str, Any] = {  # repository.SUBMITTED_COLUMNS
-        "id": uuid7(),
-        "account_id": account.id,
-        "api_key_id": caller.key_id,
-        "model": model.slug,
-        "status": GenerationStatus.PENDING.value,
-        "is_test": caller.is_test,
-        "params": params,
-        "metadata": metadata,
-        "credits_estimate": estimate,
-        "price_snapshot": pricing.freeze(model.spec, override),
-        "idempotency_key": idempotency_key,
-        "request_hash": fingerprint,
-        "created_at": now,
-        "attempts": 0,
-        "run_after": now,
-        "cancel_requested": False,
-    }
-    admitted = await _admit(runtime, caller, columns, estimate)
+    generation = NewGeneration(
+        id=uuid7(),
+        account_id=account.id,
+        api_key_id=caller.key_id,
+        model=model.slug,
+        is_test=caller.is_test,
+        params=params,
+        metadata=metadata,
+        credits_estimate=estimate,
+        price_snapshot=pricing.freeze(model.spec, override),
+        idempotency_key=idempotency_key,
+        request_hash=fingerprint,
+        created_at=now,
+        run_after=now,
+    )
+    admitted = await _admit(runtime, caller, generation)
     if isinstance(admitted, Row):
         return Submitted(admitted.id, account.balance, replay=admitted)
     await runtime.notify_enqueued()
-    return Submitted(columns["id"], admitted, created=columns)
+    return Submitted(generation.id, admitted, created=generation)
 
 
-async def _admit(
-    runtime: Runtime, caller: Caller, columns: dict[str, Any], estimate: int
-) -> int | Row[Any]:
-    """The generation row, its hold and a concurrency slot: all or nothing. Returns the
-    balance after the hold or, when another request used the same Idempotency-Key first,
-    the original generation; raises the documented error when a limit refuses."""
+async def _admit(runtime: Runtime, caller: Caller, generation: NewGeneration) -> int | Row[Any]:
+    """The generation row, its hold and a concurrency slot: all or nothing (the ledger's
+    `hold`). Returns the balance after the hold or, when another request used the same
+    Idempotency-Key first, the original generation; raises the documented error when a
+    limit refuses."""
     account_id = caller.account.id
     limit = caller.limits.concurrent_jobs
-    key = columns["idempotency_key"]
-    admit = _admit_on_sqlite if runtime.db.is_sqlite else _admit_on_postgres
-    keys_before = columns["created_at"] - _replay_window(runtime)
+    key = generation.idempotency_key
+    admission = Admission(generation, limit, generation.created_at - _replay_window(runtime))
     for _ in range(ADMISSION_ATTEMPTS):
         try:
-            balance = await admit(runtime, columns, estimate, limit, keys_before)
+            balance = await runtime.ledger.hold(admission)
         except IntegrityError:
             # The (account, Idempotency-Key) unique index: a duplicate committed first.
             if key is None:
                 raise
-            replay = await _find_replay(runtime, caller, key, columns["request_hash"])
+            replay = await _find_replay(runtime, caller, key, generation.request_hash)
             if replay is None:
                 raise
             return replay
@@ -223,55 +212,17 @@ async def _admit(
             return balance
         if key is not None:
             # A duplicate may have taken the last slot or credits: it is the answer.
-            replay = await _find_replay(runtime, caller, key, columns["request_hash"])
+            replay = await _find_replay(runtime, caller, key, generation.request_hash)
             if replay is not None:
                 return replay
-        async with runtime.db.autocommit() as connection:
-            active, available = await accounts_repository.get_slots_and_balance(
-                connection, account_id
-            )
-        refusal = _refusal(active, available, limit, estimate)
+        active, available = await runtime.ledger.available(account_id)
+        refusal = _refusal(active, available, limit, generation.credits_estimate)
         if refusal is not None:
             raise refusal
         # Neither limit binds any more (jobs settled meanwhile): try again.
     raise ConcurrencyLimited(
         "The account's limits changed while this request was admitted; retry.", limit=limit
     )
-
-
-async def _admit_on_sqlite(
-    runtime: Runtime, columns: dict[str, Any], estimate: int, limit: int, keys_before: datetime
-) -> int | None:
-    """One short write transaction in one hand-off to the writer thread
-    (`repository.admit_on_sqlite`), rolled back when a limit refuses."""
-
-    def admit(connection: Connection) -> int:
-        balance = repository.admit_on_sqlite(connection, columns, estimate, limit, keys_before)
-        if balance is None:
-            raise _Refused()
-        return balance
-
-    try:
-        return await runtime.db.run_sqlite_write(admit)
-    except _Refused:
-        return None
-
-
-async def _admit_on_postgres(
-    runtime: Runtime, columns: dict[str, Any], estimate: int, limit: int, keys_before: datetime
-) -> int | None:
-    """One statement in autocommit (`repository.admit_in_one_statement`): one round trip,
-    and the account row is locked only while it runs."""
-    async with runtime.db.autocommit() as connection:
-        if columns["idempotency_key"] is not None:
-            await repository.expire_idempotency_key(
-                connection,
-                columns["account_id"],
-                columns["is_test"],
-                columns["idempotency_key"],
-                keys_before,
-            )
-        return await repository.admit_in_one_statement(connection, columns, estimate, limit)
 
 
 def _replay_window(runtime: Runtime) -> timedelta:
@@ -316,22 +267,20 @@ async def cancel(runtime: Runtime, account_id: str, generation_id: str) -> Gener
     """Pending or processing → canceled with a full refund, at once. A processing job's
     worker is told (in-process signal / NOTIFY / its next heartbeat) and stops the render
     and the upstream job; its own settlement then finds the job no longer leased."""
-    async with runtime.db.transaction() as session:
-        generation = await queue_repository.lock_generation(session, generation_id)
+
+    async def lock_cancelable(session: AsyncSession) -> Generation:
+        generation = await repository.lock_generation(session, generation_id)
         if generation is None or generation.account_id != account_id:
             raise GenerationNotFound()
         if generation.status not in ACTIVE_STATUSES:
             raise NotCancelable(
                 f"This generation is already {generation.status}.", status=generation.status
             )
-        was_processing = generation.status == GenerationStatus.PROCESSING
-        generation.cancel_requested = True
-        await finalize(session, generation, GenerationStatus.CANCELED)
-        if was_processing:
-            await notify_canceled(session, generation.id)
-    if was_processing:
-        runtime.notify_canceled(generation.id)
-    return generation
+        return generation
+
+    canceled = await commit_final_state(runtime, lock_cancelable, FinalState.canceled())
+    assert canceled is not None  # lock_cancelable raises rather than declining
+    return canceled
 
 
 async def wait_until_settled(

@@ -6,7 +6,7 @@ import json
 import re
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi.routing import APIRoute
 from starlette.requests import Request
@@ -15,6 +15,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from vivix.kit.errors import InvalidJson, PayloadTooLarge, UnsupportedMediaType
 from vivix.kit.ids import request_id as new_request_id
+
+if TYPE_CHECKING:
+    from vivix.runtime import Runtime
 
 _SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}$")
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -54,6 +57,12 @@ class PlainRoute(APIRoute):
             return response
 
         return handle
+
+
+def runtime_of(request: Request) -> Runtime:
+    """The process's `Runtime`, put on the app by its lifespan."""
+    runtime: Runtime = request.app.state.runtime
+    return runtime
 
 
 def context_of(request: Request) -> RequestContext:

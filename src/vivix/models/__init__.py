@@ -4,12 +4,19 @@ from vivix.models.account import Account
 from vivix.models.admin_audit_entry import AdminAuditEntry
 from vivix.models.api_key import ApiKey
 from vivix.models.base import Base
-from vivix.models.generation import ACTIVE_STATUSES, Generation, GenerationStatus
+from vivix.models.generation import (
+    ACTIVE_STATUSES,
+    NEW_GENERATION_COLUMNS,
+    Generation,
+    GenerationStatus,
+    NewGeneration,
+)
 from vivix.models.ledger_entry import LedgerEntry, LedgerKind
 from vivix.models.provider_circuit import ProviderCircuit
 
 __all__ = [
     "ACTIVE_STATUSES",
+    "NEW_GENERATION_COLUMNS",
     "Account",
     "AdminAuditEntry",
     "ApiKey",
@@ -18,5 +25,6 @@ __all__ = [
     "GenerationStatus",
     "LedgerEntry",
     "LedgerKind",
+    "NewGeneration",
     "ProviderCircuit",
 ]

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -78,3 +79,34 @@ class Generation(Base):
     outputs: Mapped[list[dict[str, Any]] | None] = mapped_column(JsonValue)
     # Set when retention deleted the outputs from storage (the row and its ledger stay).
     expired_at: Mapped[datetime | None]
+
+
+@dataclass(frozen=True, slots=True)
+class NewGeneration:
+    """The row a submit inserts (admission, `billing.ledger.Ledger.hold`); the columns not
+    named here start NULL (a JSON column given None would hold JSON `null` instead)."""
+
+    id: str
+    account_id: str
+    api_key_id: str
+    model: str
+    is_test: bool
+    params: dict[str, Any]
+    metadata: dict[str, str]
+    credits_estimate: int
+    idempotency_key: str | None
+    request_hash: str | None
+    created_at: datetime
+    run_after: datetime
+    status: str = GenerationStatus.PENDING.value
+    attempts: int = 0
+    cancel_requested: bool = False
+    # The price inputs in force at admission (`catalog.pricing.freeze`).
+    price_snapshot: dict[str, Any] | None = None
+
+    def row(self) -> dict[str, Any]:
+        """Column name → value, as the INSERT takes them."""
+        return {name: getattr(self, name) for name in NEW_GENERATION_COLUMNS}
+
+
+NEW_GENERATION_COLUMNS = tuple(NewGeneration.__dataclass_fields__)

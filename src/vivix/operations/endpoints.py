@@ -6,8 +6,7 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
-from vivix.accounts.endpoints import runtime_of
-from vivix.kit.http import json_response
+from vivix.kit.http import json_response, runtime_of
 from vivix.kit.metrics import CONTENT_TYPE, render
 from vivix.operations.metrics import shared_state_registry
 from vivix.operations.service import check_readiness

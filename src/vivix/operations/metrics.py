@@ -4,15 +4,18 @@ replica reports the same values (aggregate them with `max`, not `sum`)."""
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from vivix.kit.clock import utcnow
-from vivix.kit.runtime import Runtime
 from vivix.models.generation import ACTIVE_STATUSES
 from vivix.operations import repository
+
+if TYPE_CHECKING:
+    from vivix.runtime import Runtime
 
 
 class _Snapshot(Collector):

@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 from functools import cache
+from typing import TYPE_CHECKING
 
-from vivix.kit.runtime import Runtime
 from vivix.operations import repository
+
+if TYPE_CHECKING:
+    from vivix.runtime import Runtime
 
 CHECK_TIMEOUT_S = 3.0
 

@@ -104,30 +104,18 @@ async def find_generation(session: AsyncSession, generation_id: str) -> Generati
     return await session.get(Generation, generation_id, populate_existing=True)
 
 
-async def lock_generation(session: AsyncSession, generation_id: str) -> Generation | None:
-    return (
-        await session.execute(
-            select(Generation)
-            .where(Generation.id == generation_id)
-            .with_for_update()
-            .execution_options(populate_existing=True)
-        )
-    ).scalar_one_or_none()
-
-
-async def expired_lease_ids(session: AsyncSession, now: datetime, limit: int = 100) -> list[str]:
-    """Generations whose lease expired (their worker died), oldest first; read without
-    locks: each is locked and checked again in its own transaction."""
-    return list(
-        (
-            await session.execute(
-                select(Generation.id)
-                .where(Generation.status == PROCESSING, Generation.lease_expires_at < now)
-                .order_by(Generation.lease_expires_at)
-                .limit(limit)
-            )
-        ).scalars()
+async def expired_lease_ids(
+    session: AsyncSession, now: datetime, limit: int = 100
+) -> list[tuple[str, str | None]]:
+    """(id, lease owner) of generations whose lease expired (their worker died), oldest
+    first; read without locks: each is locked and checked again in its own transaction."""
+    rows = await session.execute(
+        select(Generation.id, Generation.lease_owner)
+        .where(Generation.status == PROCESSING, Generation.lease_expires_at < now)
+        .order_by(Generation.lease_expires_at)
+        .limit(limit)
     )
+    return [(row.id, row.lease_owner) for row in rows]
 
 
 async def lock_expired_lease(

@@ -21,20 +21,19 @@ import random
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import timedelta
-from typing import Any
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from vivix.generations.settlement import finalize
+from vivix.generations.finish import FinalState, LockGeneration, commit_final_state
 from vivix.kit.clock import utcnow
 from vivix.kit.ids import base62
-from vivix.kit.runtime import Runtime
+from vivix.kit.wakeup import PostgresListener
 from vivix.models import Generation, GenerationStatus
 from vivix.providers.guarded_fetch import GuardedFetcher
 from vivix.providers.registry import ProviderRegistry, build_registry
-from vivix.settings import WorkerSettings
 from vivix.worker import repository
 from vivix.worker.service import (
     PUBLIC_MESSAGES,
@@ -43,7 +42,9 @@ from vivix.worker.service import (
     is_intent_only,
     note_attempt_error,
 )
-from vivix.worker.wakeup import PostgresListener
+
+if TYPE_CHECKING:
+    from vivix.runtime import Runtime
 
 log = structlog.get_logger(__name__)
 
@@ -204,13 +205,11 @@ class Worker:
             self._wake.set()  # a slot is free
 
     async def _release_crashed(self, generation_id: str, error: str) -> None:
+        async def lock(session: AsyncSession) -> Generation | None:
+            return await repository.lock_leased_generation(session, generation_id, self.owner)
+
         try:
-            async with self.runtime.db.transaction() as session:
-                locked = await repository.lock_leased_generation(session, generation_id, self.owner)
-                if locked is None:
-                    return  # no longer ours: nothing to hand back
-                note_attempt_error(locked, self.owner, error)
-                abandoned = await retry_or_give_up(session, locked, self.runtime.settings.worker)
+            abandoned = await end_attempt(self.runtime, lock, self.owner, error)
         except Exception as exc:  # the database itself is failing: the lease will expire
             log.warning("crash_release_failed", generation_id=generation_id, error=repr(exc))
             return
@@ -285,33 +284,38 @@ def retry_delay(attempt: int, base_s: float, cap_s: float = 300.0) -> float:
     return ceiling * (0.5 + random.random() / 2)
 
 
-async def retry_or_give_up(
-    session: AsyncSession, generation: Generation, settings: WorkerSettings
+async def end_attempt(
+    runtime: Runtime, lock: LockGeneration, worker: str, error: str
 ) -> AbandonedJob | None:
-    """A locked generation whose attempt ended without a result: back to the queue after
-    a backoff, or — attempts used up, or canceled meanwhile — settled with a full refund.
-    Returns the upstream job to cancel when the generation ended with one."""
-    if generation.cancel_requested:
-        await finalize(session, generation, GenerationStatus.CANCELED)
-    elif generation.attempts >= settings.max_attempts:
-        await finalize(
-            session,
-            generation,
-            GenerationStatus.FAILED,
-            error_code="INTERNAL_ERROR",
-            error_message=PUBLIC_MESSAGES["INTERNAL_ERROR"],
-        )
-    else:
-        delay = retry_delay(generation.attempts, settings.retry_backoff_seconds)
-        generation.status = GenerationStatus.PENDING.value
-        generation.lease_owner = None
-        generation.lease_expires_at = None
-        generation.run_after = utcnow() + timedelta(seconds=delay)
+    """An attempt that ended without a result: its code raised, or its worker died (lease
+    expired). The error is kept on the generation and, in the same transaction, it goes
+    back to the queue after a jittered backoff. Attempts used up (or canceled meanwhile),
+    it ends instead — failed or canceled with a full refund, through `commit_final_state`
+    — and its upstream job is returned for cancelling. `lock` returns the row locked only
+    while it is the caller's to end (leased by the worker; lease still expired)."""
+    settings = runtime.settings.worker
+    async with runtime.db.transaction() as session:
+        generation = await lock(session)
+        if generation is None:
+            return None
+        note_attempt_error(generation, worker, error)
+        if generation.cancel_requested:
+            final = FinalState.canceled()
+        elif generation.attempts >= settings.max_attempts:
+            final = FinalState.failed("INTERNAL_ERROR", PUBLIC_MESSAGES["INTERNAL_ERROR"])
+        else:
+            delay = retry_delay(generation.attempts, settings.retry_backoff_seconds)
+            generation.status = GenerationStatus.PENDING.value
+            generation.lease_owner = None
+            generation.lease_expires_at = None
+            generation.run_after = utcnow() + timedelta(seconds=delay)
+            return None
+    # The note is committed; the ending is its own transaction (the lock checks again).
+    ended = await commit_final_state(runtime, lock, final)
+    handle = ended.upstream_handle if ended is not None else None
+    if ended is None or not handle or not ended.provider or is_intent_only(handle):
         return None
-    handle = generation.upstream_handle
-    if handle and generation.provider and not is_intent_only(handle):
-        return AbandonedJob(generation.id, generation.provider, dict(handle))
-    return None
+    return AbandonedJob(ended.id, ended.provider, dict(handle))
 
 
 async def reap_expired_leases(
@@ -325,19 +329,15 @@ async def reap_expired_leases(
     async with runtime.db.read() as session:
         expired = await repository.expired_lease_ids(session, now)
     reaped = 0
-    for generation_id in expired:
+    for generation_id, owner in expired:
+        error = (
+            f"lease expired: worker {owner} stopped renewing it "
+            "(it died or lost its database connection)"
+        )
         try:
-            async with runtime.db.transaction() as session:
-                generation = await repository.lock_expired_lease(session, generation_id, now)
-                if generation is None:
-                    continue  # renewed, settled or taken by another reaper meanwhile
-                note_attempt_error(
-                    generation,
-                    "reaper",
-                    f"lease expired: worker {generation.lease_owner} stopped renewing it "
-                    "(it died or lost its database connection)",
-                )
-                abandoned = await retry_or_give_up(session, generation, runtime.settings.worker)
+            abandoned = await end_attempt(
+                runtime, _lock_expired(generation_id, now), "reaper", error
+            )
         except Exception as exc:
             log.warning("reap_failed", generation_id=generation_id, error=repr(exc))
             continue
@@ -347,3 +347,10 @@ async def reap_expired_leases(
     if reaped:
         log.info("reaped_expired_leases", count=reaped)
     return reaped
+
+
+def _lock_expired(generation_id: str, now: datetime) -> LockGeneration:
+    async def lock(session: AsyncSession) -> Generation | None:
+        return await repository.lock_expired_lease(session, generation_id, now)
+
+    return lock

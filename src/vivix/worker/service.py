@@ -20,17 +20,17 @@ import random
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from vivix.accounts.repository import find_account
 from vivix.catalog import pricing
 from vivix.catalog.schemas import RouteSpec
-from vivix.generations.settlement import finalize
+from vivix.generations.finish import FinalState, commit_final_state
 from vivix.kit.clock import iso, parse_iso, utcnow
 from vivix.kit.logging import redact
-from vivix.kit.runtime import Runtime
 from vivix.models import Generation, GenerationStatus
 from vivix.providers.base import (
     ProviderAdapter,
@@ -48,6 +48,9 @@ from vivix.providers.media import NotMedia, inspect_media, with_detected_facts
 from vivix.providers.registry import LOCAL, ProviderRegistry
 from vivix.storage.service import extension_for
 from vivix.worker import repository
+
+if TYPE_CHECKING:
+    from vivix.runtime import Runtime
 
 log = structlog.get_logger(__name__)
 
@@ -346,11 +349,12 @@ class JobExecutor:
         keys: list[str] = []
         for index, output in enumerate(result.outputs):
             key = storage.new_key(generation.id, index, extension_for(output.content_type))
-            url = await storage.put(key, output.data, output.content_type)
+            await storage.put(key, output.data, output.content_type)
             keys.append(key)
             stored.append(
                 {
-                    "url": url,
+                    # The URL is built when read, from the public URL configured then.
+                    "key": key,
                     "content_type": output.content_type,
                     "bytes": len(output.data),
                     "width": output.width,
@@ -359,25 +363,25 @@ class JobExecutor:
                 }
             )
         charge = 0 if generation.is_test else await self._charge_for(generation, stored)
-        async with self.runtime.db.transaction() as session:
-            locked = await repository.lock_leased_generation(session, generation.id, self.owner)
-            if locked is not None:
-                if stored:
-                    await finalize(
-                        session, locked, GenerationStatus.COMPLETED, charge=charge, outputs=stored
-                    )
-                else:
-                    await finalize(
-                        session,
-                        locked,
-                        GenerationStatus.FAILED,
-                        error_code="PROVIDER_ERROR",
-                        error_message="The provider delivered no output.",
-                    )
-        if locked is None:
+        final = (
+            FinalState.completed(stored, charge)
+            if stored
+            else FinalState.failed("PROVIDER_ERROR", PUBLIC_MESSAGES["PROVIDER_ERROR"])
+        )
+        if await self._commit_final_state(generation, final) is None:
             for key in keys:  # lost the race (canceled/reaped): don't leave orphans behind
                 await storage.delete(key)
             raise LeaseLost()
+
+    async def _commit_final_state(
+        self, generation: Generation, final: FinalState
+    ) -> Generation | None:
+        """End the generation if this worker still holds its lease; None if it does not."""
+
+        async def lock_leased(session: AsyncSession) -> Generation | None:
+            return await repository.lock_leased_generation(session, generation.id, self.owner)
+
+        return await commit_final_state(self.runtime, lock_leased, final)
 
     async def _charge_for(self, generation: Generation, stored: list[dict[str, Any]]) -> int:
         model = self.runtime.catalog.get(generation.model)
@@ -396,18 +400,15 @@ class JobExecutor:
         )
 
     async def fail(self, generation: Generation, failure: Failure) -> None:
-        async with self.runtime.db.transaction() as session:
+        async def lock_and_note(session: AsyncSession) -> Generation | None:
             locked = await repository.lock_leased_generation(session, generation.id, self.owner)
-            if locked is None:
-                raise LeaseLost()
-            note_attempt_error(locked, self.owner, f"{failure.code}: {failure.detail}")
-            await finalize(
-                session,
-                locked,
-                GenerationStatus.FAILED,
-                error_code=failure.code,
-                error_message=failure.public_message,
-            )
+            if locked is not None:  # the detail is kept with the final state, for operators
+                note_attempt_error(locked, self.owner, f"{failure.code}: {failure.detail}")
+            return locked
+
+        final = FinalState.failed(failure.code, failure.public_message)
+        if await commit_final_state(self.runtime, lock_and_note, final) is None:
+            raise LeaseLost()
         log.info(
             "generation_failed",
             generation_id=generation.id,

@@ -1,7 +1,7 @@
 """idempotency keys per key mode, 64-bit credits, price snapshot at admission
 
 Revision ID: f001
-Revises: 0004
+Revises: 0005
 Create Date: 2026-12-06 03:00:00
 """
 
@@ -14,7 +14,7 @@ from alembic import op
 from sqlalchemy.dialects import postgresql
 
 revision: str = "f001"
-down_revision: str | None = "0004"
+down_revision: str | None = "0005"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

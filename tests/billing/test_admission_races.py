@@ -17,7 +17,7 @@ from tests.audit import assert_ledger_consistent, stored_counts
 from tests.factories import AccountWithKey, account_with_key
 from vivix.catalog import pricing
 from vivix.catalog.params import validate_params
-from vivix.kit.runtime import Runtime
+from vivix.runtime import Runtime
 
 IMAGE = {"model": "vivix-local-image", "prompt": "a lighthouse in a storm", "resolution": "1K"}
 BURST = 50

@@ -1,4 +1,6 @@
-"""The gate in front of every /api/v1 call: auth → rate limit → tier (API.md §2 order)."""
+"""The gate in front of every /api/v1 call: auth → billing cycle → rate limit → tier
+(API.md §2 order). Endpoints call `authorize` (or `pass_gate` with a caller row they read
+together with their own data) before any work."""
 
 from __future__ import annotations
 
@@ -17,18 +19,11 @@ from vivix.accounts.service import (
     key_hash_from_header,
     require_api_access,
 )
-from vivix.billing import service as billing
 from vivix.kit.clock import utcnow
 from vivix.kit.errors import RateLimited
-from vivix.kit.http import context_of
-from vivix.kit.runtime import Runtime
+from vivix.kit.http import context_of, runtime_of
 
-__all__ = ["Caller", "authorize", "pass_gate", "runtime_of"]
-
-
-def runtime_of(request: Request) -> Runtime:
-    runtime: Runtime = request.app.state.runtime
-    return runtime
+__all__ = ["Caller", "authorize", "pass_gate"]
 
 
 async def authorize(request: Request, connection: AsyncConnection) -> Caller:
@@ -45,10 +40,7 @@ async def pass_gate(request: Request, row: Row[Any] | None) -> Caller:
     ctx = context_of(request)
     caller = caller_from_row(row, runtime.settings)
     if caller.account.cycle_resets_at <= utcnow():
-        caller = replace(
-            caller,
-            account=await _roll_cycle(runtime, caller.account.id, caller.limits.monthly_credits),
-        )
+        caller = replace(caller, account=await _roll_cycle(request, caller))
     ctx.balance = caller.account.balance
     decision = await runtime.limiter.hit(caller.account.id, caller.limits.calls_per_minute)
     ctx.rate_limit = decision.limit
@@ -64,8 +56,11 @@ async def pass_gate(request: Request, row: Row[Any] | None) -> Caller:
     return caller
 
 
-async def _roll_cycle(runtime: Runtime, account_id: str, monthly_credits: int) -> AccountView:
+async def _roll_cycle(request: Request, caller: Caller) -> AccountView:
+    """The first call after a cycle boundary grants the new cycle (lazily, once)."""
+    runtime = runtime_of(request)
     async with runtime.db.transaction() as session:
-        account = await repository.lock_account(session, account_id)
-        billing.roll_cycles(session, account, monthly_credits)
+        await runtime.ledger.roll_cycles(session, caller.account.id, caller.limits.monthly_credits)
+        account = await repository.find_account(session, caller.account.id)
+        assert account is not None
         return AccountView.of(account)

@@ -1,32 +1,36 @@
-"""What the app and workers share at run time; built in the lifespan, never at import."""
+"""The composition root: what the app, the CLI and workers share at run time, built in the
+lifespan (or the command), never at import. Choices made once per process live here: the
+database dialect picks the ledger and the cross-process notifier."""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from vivix.billing.ledger import Ledger, open_ledger
 from vivix.catalog.service import Catalog
 from vivix.kit.db import Database
 from vivix.kit.logging import configure_logging
+from vivix.kit.wakeup import JobsNotifier
 from vivix.limits.service import RateLimiter
 from vivix.providers.circuits import CircuitBreakers
 from vivix.providers.guarded_fetch import Resolver
 from vivix.settings import Settings
 from vivix.storage.service import OutputStore
-from vivix.worker.wakeup import JobsNotifier
 
 
 @dataclass
 class Runtime:
     settings: Settings
     db: Database
+    ledger: Ledger
     catalog: Catalog
     limiter: RateLimiter
     secret: str
     storage: OutputStore
     circuits: CircuitBreakers
     # In-process signals, called after the transaction commits (embedded worker); other
-    # processes learn through PostgreSQL NOTIFY (see vivix.worker.wakeup) or polling.
+    # processes learn through PostgreSQL NOTIFY (see vivix.kit.wakeup) or polling.
     on_enqueued: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     on_canceled: list[Callable[[str], None]] = field(default_factory=list)
     # DNS for client-supplied URLs; None = the system resolver.
@@ -85,6 +89,7 @@ async def build_runtime(settings: Settings) -> Runtime:
     return Runtime(
         settings=settings,
         db=db,
+        ledger=open_ledger(db),
         jobs_notifier=None if db.is_sqlite else JobsNotifier(db),
         circuits=CircuitBreakers(db, settings.circuit),
         catalog=Catalog.load(settings.catalog_path),

@@ -13,8 +13,8 @@ from sqlalchemy import select, update
 
 from tests.audit import assert_ledger_consistent
 from tests.factories import AccountWithKey, account_with_key
-from vivix.kit.runtime import Runtime
 from vivix.models import Account, LedgerEntry
+from vivix.runtime import Runtime
 
 PRO_MONTHLY = 15000
 

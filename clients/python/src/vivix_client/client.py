@@ -1,0 +1,410 @@
+"""The synchronous client."""
+
+from __future__ import annotations
+
+import builtins
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+
+from vivix_client import _core, errors
+from vivix_client._core import Call, Calls
+from vivix_client.models import (
+    Catalog,
+    Credits,
+    Generation,
+    GenerationPage,
+    Model,
+    WebhookDelivery,
+    WebhookDeliveryPage,
+    WebhookEndpoint,
+)
+
+T = TypeVar("T")
+ProgressCallback = Callable[[Generation], None]
+
+
+class Vivix:
+    """A client of one Vivix server, for one API key.
+
+    >>> client = Vivix()  # VIVIX_API_KEY, VIVIX_BASE_URL from the environment
+    >>> gen = client.run("vivix-local-image", "a lighthouse at dusk")
+    >>> client.download(gen, "out/")
+
+    Failed calls are retried (`max_retries`, backoff with jitter, honouring Retry-After) on
+    429, 503 (unless no provider is configured) and 5xx answers and on connection errors,
+    when retrying is safe: reads, cancels and submits (each submit carries one
+    Idempotency-Key for all its attempts, so it is never charged twice).
+    """
+
+    def __init__(
+        self,
+        api_key: str | None = None,
+        *,
+        base_url: str | None = None,
+        timeout: float | httpx.Timeout | None = None,
+        max_retries: int = 3,
+        transport: httpx.BaseTransport | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self._config = _core.settings(api_key, base_url, timeout, max_retries)
+        self._http = httpx.Client(
+            base_url=self._config.base_url,
+            headers=_core.client_headers(self._config),
+            timeout=self._config.timeout,
+            transport=transport,
+        )
+        self._sleep = sleep
+        self._streams: bool | None = None  # False once the server proved it has no streams
+        self.webhooks = Webhooks(self)
+
+    @property
+    def base_url(self) -> str:
+        return self._config.base_url
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Vivix:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- generations ------------------------------------------------------------------
+
+    def generate(
+        self,
+        model: str,
+        prompt: str,
+        *,
+        metadata: dict[str, str] | None = None,
+        idempotency_key: str | None = None,
+        wait: float | None = None,
+        **params: Any,
+    ) -> Generation:
+        """Submit a generation; returns it pending (or, with `wait=N` seconds, in the state
+        it reached). `params` are the model's (aspect_ratio, resolution, seed, ...)."""
+        call = Calls.generate(
+            model,
+            prompt,
+            params,
+            metadata=metadata,
+            idempotency_key=idempotency_key,
+            wait_s=wait,
+            timeout=self._config.timeout,
+        )
+        return self._execute(call)
+
+    def get(self, generation_id: str) -> Generation:
+        """A generation by id (also how to reattach to one submitted earlier)."""
+        return self._execute(Calls.get(generation_id))
+
+    def cancel(self, generation_id: str) -> Generation:
+        return self._execute(Calls.cancel(generation_id))
+
+    def list(
+        self,
+        *,
+        status: str | None = None,
+        model: str | None = None,
+        created_after: str | None = None,
+        created_before: str | None = None,
+        metadata: dict[str, str] | None = None,
+        page_size: int | None = None,
+        limit: int | None = None,
+    ) -> Iterator[Generation]:
+        """Every matching generation, newest first, fetching pages as needed (at most
+        `limit` of them when given)."""
+        cursor: str | None = None
+        seen = 0
+        while True:
+            page = self.list_page(
+                cursor=cursor,
+                limit=page_size,
+                status=status,
+                model=model,
+                created_after=created_after,
+                created_before=created_before,
+                metadata=metadata,
+            )
+            for generation in page.data:
+                if limit is not None and seen >= limit:
+                    return
+                seen += 1
+                yield generation
+            if not page.has_more or not page.next_cursor:
+                return
+            cursor = page.next_cursor
+
+    def list_page(
+        self, *, cursor: str | None = None, limit: int | None = None, **filters: Any
+    ) -> GenerationPage:
+        call = Calls.list_page(
+            cursor=cursor,
+            limit=limit,
+            status=filters.get("status"),
+            model=filters.get("model"),
+            created_after=filters.get("created_after"),
+            created_before=filters.get("created_before"),
+            metadata=filters.get("metadata"),
+        )
+        return self._execute(call)
+
+    def events(self, generation_id: str) -> Iterator[Generation]:
+        """The generation's states as the server streams them (Server-Sent Events), ending
+        after the final one."""
+        request = self._http.build_request(
+            "GET",
+            f"/api/v1/generations/{generation_id}/events",
+            headers={"Accept": "text/event-stream"},
+            timeout=httpx.Timeout(self._config.timeout.connect, read=45.0),
+        )
+        try:
+            response = self._http.send(request, stream=True)
+        except httpx.TransportError as exc:
+            raise _core.wrap_transport_error(exc) from exc
+        try:
+            if response.status_code >= 400:
+                response.read()
+                _core.raise_for_error(response)
+            parser = _core.SSEParser()
+            for line in response.iter_lines():
+                for event in parser.feed(line):
+                    generation = _core.generation_of(event)
+                    if generation is not None:
+                        yield generation
+                        if generation.finished:
+                            return
+        except httpx.TransportError as exc:
+            raise _core.wrap_transport_error(exc) from exc
+        finally:
+            response.close()
+
+    def wait(
+        self,
+        generation_id: str,
+        *,
+        on_progress: ProgressCallback | None = None,
+        timeout: float = 900.0,
+        poll_interval: float = 1.0,
+        raise_on_failure: bool = True,
+    ) -> Generation:
+        """Until the generation is finished: through its event stream when the server
+        has one, else (or when the stream breaks) by polling. `on_progress` gets each
+        new state (status, queue position, progress)."""
+        deadline = time.monotonic() + timeout
+        last: Generation | None = None
+        if self._streams is not False:
+            try:
+                for generation in self.events(generation_id):
+                    last = _report(on_progress, last, generation)
+                    if generation.finished:
+                        return _finished(generation, raise_on_failure)
+                    if time.monotonic() > deadline:
+                        break
+            except _core.STREAM_UNSUPPORTED:
+                self._streams = False
+            except errors.APIConnectionError:
+                pass  # polling picks up where the stream stopped
+        delay = poll_interval
+        while True:
+            generation = self.get(generation_id)
+            last = _report(on_progress, last, generation)
+            if generation.finished:
+                return _finished(generation, raise_on_failure)
+            if time.monotonic() + delay > deadline:
+                raise errors.APITimeoutError(
+                    f"generation {generation_id} still {generation.status} after {timeout:g}s"
+                )
+            self._sleep(delay)
+            delay = min(delay * 1.5, 5.0)
+
+    def run(
+        self,
+        model: str,
+        prompt: str,
+        *,
+        on_progress: ProgressCallback | None = None,
+        timeout: float = 900.0,
+        metadata: dict[str, str] | None = None,
+        idempotency_key: str | None = None,
+        **params: Any,
+    ) -> Generation:
+        """Submit and wait: the completed generation, or GenerationFailed."""
+        submitted = self.generate(
+            model, prompt, metadata=metadata, idempotency_key=idempotency_key, **params
+        )
+        return self.wait(submitted.generation_id, on_progress=on_progress, timeout=timeout)
+
+    def download(
+        self, generation: Generation | str, directory: str | Path = "."
+    ) -> builtins.list[Path]:
+        """Saves every output file of a completed generation into `directory`, named
+        `<generation id>-<index>.<ext>`; returns the paths."""
+        if isinstance(generation, str):
+            generation = self.get(generation)
+        target = Path(directory)
+        target.mkdir(parents=True, exist_ok=True)
+        saved = []
+        for index, url in enumerate(_output_urls(generation)):
+            request = self._http.build_request("GET", url)
+            del request.headers["Authorization"]  # output URLs are public: never leak the key
+            response = self._send_with_retries(request, Call("GET", url, lambda r: r))
+            try:
+                if response.status_code >= 400:
+                    response.read()
+                    _core.raise_for_error(response)
+                content_type = response.headers.get("content-type")
+                path = target / _core.file_name(generation.generation_id, index, url, content_type)
+                partial = path.with_name(path.name + ".part")
+                with partial.open("wb") as handle:
+                    for chunk in response.iter_bytes():
+                        handle.write(chunk)
+                partial.replace(path)
+                saved.append(path)
+            finally:
+                response.close()
+        return saved
+
+    # -- catalog and wallet -----------------------------------------------------------
+
+    def models(self) -> builtins.list[Model]:
+        return self.catalog().models
+
+    def model(self, slug: str) -> Model:
+        return self._execute(Calls.model(slug))
+
+    def catalog(self) -> Catalog:
+        """Tier, balance, limits and every model this key may call."""
+        return self._execute(Calls.catalog())
+
+    def credits(self) -> Credits:
+        return self._execute(Calls.credits())
+
+    # -- plumbing ----------------------------------------------------------------------
+
+    def _execute(self, call: Call[T]) -> T:
+        request = _core.build_request(self._http, self._config, call)
+        response = self._send_with_retries(request, call, stream=False)
+        return call.parse(response)
+
+    def _send_with_retries(
+        self, request: httpx.Request, call: Call[Any], *, stream: bool = True
+    ) -> httpx.Response:
+        attempt = 0
+        while True:
+            try:
+                response = self._http.send(request, stream=stream)
+            except httpx.TransportError as exc:
+                delay = _core.retry_delay(self._config, call, attempt, transport_error=exc)
+                if delay is None:
+                    raise _core.wrap_transport_error(exc) from exc
+            else:
+                if response.status_code < 400:
+                    return response
+                if stream:
+                    response.read()
+                    response.close()
+                try:
+                    _core.raise_for_error(response)
+                except errors.APIError as error:
+                    delay = _core.retry_delay(self._config, call, attempt, error=error)
+                    if delay is None:
+                        raise
+            assert delay is not None
+            self._sleep(delay)
+            attempt += 1
+
+
+class Webhooks:
+    """Webhook endpoints of the account (API.md §5.1): `client.webhooks.create(url)`."""
+
+    def __init__(self, client: Vivix) -> None:
+        self._client = client
+
+    def list(self) -> builtins.list[WebhookEndpoint]:
+        return self._client._execute(Calls.webhooks_list())
+
+    def create(
+        self,
+        url: str,
+        *,
+        events: builtins.list[str] | None = None,
+        description: str | None = None,
+        include_studio: bool | None = None,
+    ) -> WebhookEndpoint:
+        """The new endpoint; its `secret` is shown this once: keep it."""
+        body = _webhook_body(url, events, description, include_studio)
+        return self._client._execute(Calls.webhook_create(body))
+
+    def update(self, endpoint_id: str, **changes: Any) -> WebhookEndpoint:
+        return self._client._execute(Calls.webhook_update(endpoint_id, changes))
+
+    def delete(self, endpoint_id: str) -> None:
+        self._client._execute(Calls.webhook_delete(endpoint_id))
+
+    def rotate_secret(
+        self, endpoint_id: str, *, expire_previous_now: bool = False
+    ) -> WebhookEndpoint:
+        return self._client._execute(Calls.webhook_rotate(endpoint_id, expire_previous_now))
+
+    def test(self, endpoint_id: str) -> WebhookDelivery:
+        return self._client._execute(Calls.webhook_test(endpoint_id))
+
+    def deliveries(
+        self, endpoint_id: str, *, status: str | None = None, generation_id: str | None = None
+    ) -> Iterator[WebhookDelivery]:
+        cursor: str | None = None
+        while True:
+            call = Calls.webhook_deliveries(endpoint_id, cursor, status, generation_id)
+            page: WebhookDeliveryPage = self._client._execute(call)
+            yield from page.data
+            if not page.has_more or not page.next_cursor:
+                return
+            cursor = page.next_cursor
+
+    def delivery(self, endpoint_id: str, delivery_id: str) -> WebhookDelivery:
+        return self._client._execute(Calls.webhook_delivery(endpoint_id, delivery_id))
+
+    def redeliver(self, endpoint_id: str, delivery_id: str) -> WebhookDelivery:
+        return self._client._execute(Calls.webhook_redeliver(endpoint_id, delivery_id))
+
+
+def _webhook_body(
+    url: str, events: list[str] | None, description: str | None, include_studio: bool | None
+) -> dict[str, Any]:
+    body: dict[str, Any] = {"url": url}
+    for name, value in (
+        ("events", events),
+        ("description", description),
+        ("include_studio", include_studio),
+    ):
+        if value is not None:
+            body[name] = value
+    return body
+
+
+def _report(
+    on_progress: ProgressCallback | None, last: Generation | None, generation: Generation
+) -> Generation:
+    if on_progress is not None and _core.changed(last, generation):
+        on_progress(generation)
+    return generation
+
+
+def _finished(generation: Generation, raise_on_failure: bool) -> Generation:
+    if raise_on_failure and not generation.succeeded:
+        raise errors.GenerationFailed(generation)
+    return generation
+
+
+def _output_urls(generation: Generation) -> list[str]:
+    if not generation.succeeded:
+        raise errors.VivixError(
+            f"generation {generation.generation_id} is {generation.status}: nothing to download"
+        )
+    return generation.output_urls or [o.url for o in generation.outputs]

@@ -1,0 +1,256 @@
+"""Every /api/v1 operation as the contract declares it: parameters, bodies, responses and
+the documented errors each one can answer (API.md §2-3). `document.py` turns this table
+into the OpenAPI document, the `docs/` reference is written from that document, and a test
+checks that the app serves exactly these operations."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel
+
+from vivix.openapi import shapes
+
+# Codes every authenticated /api/v1 call can answer, whatever it does.
+GATE_ERRORS = ("UNAUTHORIZED", "KEY_INVALID", "KEY_REVOKED", "TIER_LOCKED", "RATE_LIMIT")
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    where: str  # "query" | "path" | "header"
+    schema: dict[str, Any]
+    description: str
+    required: bool = False
+    style: str | None = None
+    explode: bool | None = None
+
+
+@dataclass(frozen=True)
+class Success:
+    status: int
+    body: type[BaseModel] | None
+    description: str
+    headers: tuple[str, ...] = ()  # names from document.RESPONSE_HEADERS
+    binary: bool = False  # a file's bytes, any content type
+
+
+@dataclass(frozen=True)
+class Operation:
+    method: str
+    path: str
+    operation_id: str
+    tag: str
+    summary: str
+    description: str
+    responses: tuple[Success, ...]
+    errors: tuple[str, ...]
+    params: tuple[Param, ...] = ()
+    body: type[BaseModel] | None = None
+    authenticated: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+GENERATION_ID = Param(
+    "generation_id",
+    "path",
+    {"type": "string"},
+    "The generation's id (a UUID; anything else is 404 GENERATION_NOT_FOUND).",
+    required=True,
+)
+IDEMPOTENCY_KEY = Param(
+    "Idempotency-Key",
+    "header",
+    {"type": "string", "minLength": 1, "maxLength": 255},
+    "Makes the submit safe to retry: a repeat with the same key and body within 24 h returns "
+    "the original generation (200, `Idempotent-Replayed: true`) without a new hold; the same "
+    "key with a different body is 409 IDEMPOTENCY_CONFLICT.",
+)
+PREFER = Param(
+    "Prefer",
+    "header",
+    {"type": "string", "examples": ["wait=30"]},
+    "`wait=N` (N ≤ 60): hold the response up to N seconds and return the generation in "
+    "whatever state it reached (then with `Preference-Applied`).",
+)
+
+OPERATIONS: tuple[Operation, ...] = (
+    Operation(
+        "post",
+        "/api/v1/generate",
+        "submitGeneration",
+        "generations",
+        "Submit a generation",
+        "Validates the params against the model's schema, holds `credits_estimate` and queues "
+        "the job. Checks, in order: auth → rate limit → tier → JSON and params (model "
+        "existence first) → allowlist → provider availability → concurrency → credits. A "
+        "rejected call changes nothing: no hold, no generation, no ledger entry.",
+        responses=(
+            Success(
+                201,
+                shapes.SubmitResponse,
+                "Queued (or, with `Prefer: wait`, the generation in the state it reached).",
+                ("Location", "Preference-Applied"),
+            ),
+            Success(
+                200,
+                shapes.Generation,
+                "A repeated Idempotency-Key with the same body: the original generation.",
+                ("Location", "Idempotent-Replayed"),
+            ),
+        ),
+        errors=(
+            *GATE_ERRORS,
+            "INVALID_JSON",
+            "PAYLOAD_TOO_LARGE",
+            "UNSUPPORTED_MEDIA_TYPE",
+            "INVALID_PARAMS",
+            "MODEL_NOT_FOUND",
+            "MODEL_NOT_ALLOWED",
+            "IDEMPOTENCY_CONFLICT",
+            "PROVIDER_DOWN",
+            "CONCURRENCY_LIMIT",
+            "INSUFFICIENT_CREDITS",
+        ),
+        params=(IDEMPOTENCY_KEY, PREFER),
+        body=shapes.GenerateRequest,
+    ),
+    Operation(
+        "get",
+        "/api/v1/generations/{generation_id}",
+        "getGeneration",
+        "generations",
+        "Read a generation",
+        "Always 200 for the owner, whatever the status (a failed generation too). Another "
+        "account's id is 404, exactly like an unknown one.",
+        responses=(Success(200, shapes.Generation, "The generation."),),
+        errors=(*GATE_ERRORS, "GENERATION_NOT_FOUND"),
+        params=(GENERATION_ID,),
+    ),
+    Operation(
+        "post",
+        "/api/v1/generations/{generation_id}/cancel",
+        "cancelGeneration",
+        "generations",
+        "Cancel a generation",
+        "Pending → canceled at once; processing → the upstream job is stopped, then canceled. "
+        "Either way the whole hold is released. A finished generation is 409 NOT_CANCELABLE.",
+        responses=(Success(200, shapes.Generation, "The canceled generation."),),
+        errors=(*GATE_ERRORS, "GENERATION_NOT_FOUND", "NOT_CANCELABLE"),
+        params=(GENERATION_ID,),
+    ),
+    Operation(
+        "get",
+        "/api/v1/generations",
+        "listGenerations",
+        "generations",
+        "List generations",
+        "The account's generations, newest first, a page at a time: pass `next_cursor` as "
+        "`cursor` until `has_more` is false.",
+        responses=(Success(200, shapes.GenerationPage, "One page."),),
+        errors=(*GATE_ERRORS, "INVALID_PARAMS"),
+        params=(
+            Param("cursor", "query", {"type": "string"}, "`next_cursor` of the previous page."),
+            Param(
+                "limit",
+                "query",
+                {"type": "integer", "minimum": 1, "maximum": 100, "default": 20},
+                "Page size.",
+            ),
+            Param(
+                "status",
+                "query",
+                {
+                    "type": "string",
+                    "enum": ["pending", "processing", "completed", "failed", "canceled"],
+                },
+                "Only generations in this status.",
+            ),
+            Param("model", "query", {"type": "string"}, "Only generations of this model."),
+            *(
+                Param(
+                    f"created_{side}",
+                    "query",
+                    {"type": "string", "format": "date-time"},
+                    f"Only generations created {side} this instant (ISO 8601).",
+                )
+                for side in ("after", "before")
+            ),
+            Param(
+                "metadata",
+                "query",
+                {"type": "object", "additionalProperties": {"type": "string"}},
+                "`metadata[key]=value`: only generations whose metadata has these values.",
+                style="deepObject",
+                explode=True,
+            ),
+        ),
+    ),
+    Operation(
+        "get",
+        "/api/v1/models",
+        "listModels",
+        "models",
+        "Models this key can call",
+        "The account's tier, wallet and limits, and every model in its allowlist with its "
+        "params, JSON Schema, credit band, an example request and whether it can run now.",
+        responses=(Success(200, shapes.Models, "The catalog for this key."),),
+        errors=GATE_ERRORS,
+    ),
+    Operation(
+        "get",
+        "/api/v1/models/{slug}",
+        "getModel",
+        "models",
+        "One model",
+        "One model of the allowlist. Unknown and not-allowed slugs are both 404 MODEL_NOT_FOUND.",
+        responses=(Success(200, shapes.Model, "The model."),),
+        errors=(*GATE_ERRORS, "MODEL_NOT_FOUND"),
+        params=(Param("slug", "path", {"type": "string"}, "The model's slug.", required=True),),
+    ),
+    Operation(
+        "get",
+        "/api/v1/credits",
+        "getCredits",
+        "credits",
+        "The wallet",
+        "Available and held credits, this cycle's spend and grant, and the account's limits.",
+        responses=(Success(200, shapes.Credits, "The wallet."),),
+        errors=GATE_ERRORS,
+    ),
+)
+
+
+FILE_KEY = Param(
+    "key",
+    "path",
+    {"type": "string"},
+    "The output's storage key, as it appears in an output URL (may contain `/`).",
+    required=True,
+)
+FILE_HEADERS = ("ETag", "Cache-Control", "Accept-Ranges", "Content-Range")
+FILE_RESPONSES = (
+    Success(200, None, "The file.", FILE_HEADERS, binary=True),
+    Success(206, None, "The requested byte range (`Range: bytes=…`).", FILE_HEADERS, binary=True),
+    Success(304, None, "Not modified (`If-None-Match` matched the ETag).", ("ETag",)),
+)
+FILE_OPERATIONS: tuple[Operation, ...] = tuple(
+    Operation(
+        method,
+        "/files/{key}",
+        operation_id,
+        "files",
+        summary,
+        "Output URLs are capability URLs: public, unguessable, fetchable without auth. "
+        "Single byte ranges (video seeking) and conditional requests are supported.",
+        responses=FILE_RESPONSES,
+        errors=("NOT_FOUND", "RANGE_NOT_SATISFIABLE"),
+        params=(FILE_KEY,),
+        authenticated=False,
+    )
+    for method, operation_id, summary in (
+        ("get", "getFile", "Download a rendered output"),
+        ("head", "headFile", "A rendered output's size and type"),
+    )
+)
