@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from functools import partial
 
-from vivix.providers.local import render
+from vivix.renderer import render
 
 PROMPT = "neon city at night, rain on the harbour"
 IMAGE_RUNS = {"1K": 5, "2K": 3, "4K": 2}

@@ -81,6 +81,12 @@ class ProviderSettings(BaseModel):
     # Per-request timeout; unset keeps the adapter's default (long for synchronous APIs).
     timeout_seconds: Annotated[float, Field(gt=0)] | None = None
     max_concurrency: Annotated[int, Field(ge=1)] = 8  # requests in flight per process
+    # Retries of one HTTP call (see providers.http for which calls may be retried).
+    retries: Annotated[int, Field(ge=0, le=10)] = 3
+    retry_backoff_seconds: Annotated[float, Field(ge=0)] = 0.5  # first wait, then doubling
+    max_retry_after_seconds: Annotated[float, Field(ge=0)] = 30.0  # cap on a Retry-After
+    # Replicate: hold the create up to N s (`Prefer: wait=N`, 1-60) for a synchronous answer.
+    prefer_wait_seconds: Annotated[int, Field(ge=1, le=60)] | None = None
 
 
 class FetchSettings(BaseModel):

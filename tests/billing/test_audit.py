@@ -23,8 +23,8 @@ from vivix.kit.clock import utcnow
 from vivix.models import Account, Generation, LedgerEntry
 from vivix.providers.base import OutputFile, RenderResult
 from vivix.providers.guarded_fetch import GuardedFetcher
-from vivix.providers.local.render import render_image
 from vivix.providers.registry import ProviderRegistry
+from vivix.renderer.render import render_image
 from vivix.runtime import Runtime
 from vivix.worker import repository as queue
 from vivix.worker.service import Failure, JobExecutor

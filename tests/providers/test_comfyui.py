@@ -29,6 +29,7 @@ from vivix.providers.base import (
 )
 from vivix.providers.comfyui import ComfyUiAdapter
 from vivix.providers.comfyui.adapter import builtin_template
+from vivix.settings import ProviderSettings
 
 FAKE_HOST = "http://comfyui.test:8188"
 
@@ -37,11 +38,12 @@ def comfy_adapter(fake: FakeComfyUi, **overrides: Any) -> ComfyUiAdapter:
     settings: dict[str, Any] = {
         "api_key": fake.api_key or "",
         "base_url": FAKE_HOST,
-        "transport": httpx.ASGITransport(app=fake.app),
-        "backoff_s": 0.001,
+        "retry_backoff_seconds": 0.001,
     }
     settings.update(overrides)
-    return ComfyUiAdapter(**settings)
+    return ComfyUiAdapter.standalone(
+        ProviderSettings(**settings), transport=httpx.ASGITransport(app=fake.app)
+    )
 
 
 def image_request(options: dict[str, Any] | None = None, **params: Any) -> RenderRequest:
@@ -113,7 +115,7 @@ def test_comfyui_adapter_implements_the_provider_protocol(fake: FakeComfyUi) -> 
 
 def test_comfyui_needs_a_base_url() -> None:
     with pytest.raises(ProviderFatalError, match="BASE_URL"):
-        ComfyUiAdapter(api_key="", base_url=None)
+        ComfyUiAdapter.standalone(ProviderSettings(api_key="", base_url=None))
 
 
 async def test_shipped_sdxl_workflow_renders_a_batch_of_three(
@@ -388,7 +390,7 @@ async def test_safety_checker_failure_is_a_content_rejection(
 
 async def test_429_on_submit_waits_for_retry_after_and_queues_once(fake: FakeComfyUi) -> None:
     # A backoff this long would blow the time limit: only Retry-After can make it pass.
-    adapter = comfy_adapter(fake, backoff_s=5.0)
+    adapter = comfy_adapter(fake, retry_backoff_seconds=5.0)
     delays: list[float] = []
     compute_delay = adapter._http._delay
 
@@ -442,7 +444,11 @@ async def test_unreachable_history_keeps_polling_the_same_run(
 
 async def test_unreachable_server_keeps_the_run_and_polls_again_later() -> None:
     # Nothing listens on port 1 of the loopback: every connection is refused.
-    adapter = ComfyUiAdapter(api_key="", base_url="http://127.0.0.1:1", retries=1, backoff_s=0.001)
+    adapter = ComfyUiAdapter.standalone(
+        ProviderSettings(
+            api_key="", base_url="http://127.0.0.1:1", retries=1, retry_backoff_seconds=0.001
+        )
+    )
 
     with pytest.raises(ProviderRetriableError, match="cannot connect") as caught:
         await adapter.poll({"prompt_id": "p-1"}, image_request())
@@ -465,8 +471,10 @@ async def test_500_on_submit_is_not_retried_because_it_may_have_been_queued(
 async def test_submit_read_timeout_is_retriable_and_never_queues_twice(fake: FakeComfyUi) -> None:
     fake.submit_delay_s = 0.5  # ComfyUI queues the run but answers after our timeout
     async with fake.serve() as base_url:
-        adapter = ComfyUiAdapter(
-            api_key="", base_url=base_url, backoff_s=0.001, timeout=httpx.Timeout(0.1)
+        adapter = ComfyUiAdapter.standalone(
+            ProviderSettings(
+                api_key="", base_url=base_url, retry_backoff_seconds=0.001, timeout_seconds=0.1
+            )
         )
         with pytest.raises(ProviderRetriableError, match="timed out"):
             await adapter.submit(image_request({"workflow_json": small_workflow()}))

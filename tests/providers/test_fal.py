@@ -25,6 +25,7 @@ from vivix.providers.base import (
     UpstreamHandle,
 )
 from vivix.providers.fal import FalAdapter
+from vivix.settings import ProviderSettings
 
 FAKE_HOST = "http://fal.test"
 IMAGE_MODEL = "fal-ai/bytedance/seedream/v4/text-to-image"
@@ -35,11 +36,12 @@ def fal_adapter(fake: FakeFal, **overrides: Any) -> FalAdapter:
     settings: dict[str, Any] = {
         "api_key": fake.api_key,
         "base_url": FAKE_HOST,
-        "transport": httpx.ASGITransport(app=fake.app),
-        "poll_backoff_s": 0.001,
+        "retry_backoff_seconds": 0.001,
     }
     settings.update(overrides)
-    return FalAdapter(**settings)
+    return FalAdapter.standalone(
+        ProviderSettings(**settings), transport=httpx.ASGITransport(app=fake.app)
+    )
 
 
 def image_request(options: dict[str, Any] | None = None, **params: Any) -> RenderRequest:
@@ -297,7 +299,7 @@ async def test_runner_error_is_retriable_with_a_new_submission(
 
 async def test_429_on_submit_waits_for_retry_after_and_submits_once(fake: FakeFal) -> None:
     # A backoff this long would blow the time limit: only Retry-After can make it pass.
-    adapter = fal_adapter(fake, poll_backoff_s=5.0)
+    adapter = fal_adapter(fake, retry_backoff_seconds=5.0)
     delays: list[float] = []
     compute_delay = adapter._http._delay
 
@@ -444,11 +446,13 @@ async def test_unreachable_output_file_is_downloaded_on_the_next_poll(
 async def test_submit_read_timeout_is_retriable_and_never_submits_twice(fake: FakeFal) -> None:
     fake.submit_delay_s = 0.5  # fal accepts the job but answers after our timeout
     async with fake.serve() as base_url:
-        adapter = FalAdapter(
-            api_key=fake.api_key,
-            base_url=base_url,
-            poll_backoff_s=0.001,
-            timeout=httpx.Timeout(0.1),
+        adapter = FalAdapter.standalone(
+            ProviderSettings(
+                api_key=fake.api_key,
+                base_url=base_url,
+                retry_backoff_seconds=0.001,
+                timeout_seconds=0.1,
+            )
         )
         with pytest.raises(ProviderRetriableError, match="timed out"):
             await adapter.submit(image_request())
@@ -462,7 +466,9 @@ async def test_job_runs_end_to_end_against_the_fake_on_a_real_socket(fake: FakeF
     fake.outputs = 2
     request = image_request(number_results=2)
     async with fake.serve() as base_url:
-        adapter = FalAdapter(api_key=fake.api_key, base_url=base_url, poll_backoff_s=0.001)
+        adapter = FalAdapter.standalone(
+            ProviderSettings(api_key=fake.api_key, base_url=base_url, retry_backoff_seconds=0.001)
+        )
         handle = await adapter.submit(request)
         result, _ = await poll_until_done(adapter, handle, request)
         await adapter.aclose()

@@ -18,9 +18,9 @@ import pytest
 from PIL import Image
 
 from vivix.providers.base import ProviderRetriableError, RenderCanceled, RenderRequest
-from vivix.providers.local import render
 from vivix.providers.local.adapter import LocalAdapter
-from vivix.providers.local.theme import read_theme
+from vivix.renderer import render
+from vivix.renderer.theme import read_theme
 
 PROMPT = "neon city at night"
 

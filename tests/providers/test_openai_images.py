@@ -25,6 +25,7 @@ from vivix.providers.base import (
     UpstreamHandle,
 )
 from vivix.providers.openai import OpenAiImagesAdapter
+from vivix.settings import ProviderSettings
 
 BASE_URL = "https://images.compat.test"
 PNG = bytes.fromhex(
@@ -38,11 +39,12 @@ def make_adapter(fake: FakeOpenAiImages, **overrides: Any) -> OpenAiImagesAdapte
     settings: dict[str, Any] = {
         "api_key": fake.api_key,
         "base_url": BASE_URL,
-        "transport": httpx.ASGITransport(app=fake.app),
-        "backoff_s": 0.001,
+        "retry_backoff_seconds": 0.001,
     }
     settings.update(overrides)
-    return OpenAiImagesAdapter(**settings)
+    return OpenAiImagesAdapter.standalone(
+        ProviderSettings(**settings), transport=httpx.ASGITransport(app=fake.app)
+    )
 
 
 @pytest.fixture
@@ -90,12 +92,12 @@ def persisted(handle: UpstreamHandle) -> UpstreamHandle:
 
 
 def test_the_adapter_implements_the_protocol_with_openais_public_url() -> None:
-    adapter = OpenAiImagesAdapter(
-        api_key="k", transport=httpx.MockTransport(lambda r: httpx.Response(500))
+    adapter = OpenAiImagesAdapter.standalone(
+        ProviderSettings(api_key="k"), transport=httpx.MockTransport(lambda r: httpx.Response(500))
     )
     assert isinstance(adapter, ProviderAdapter)
     assert adapter.name == "openai"
-    assert OpenAiImagesAdapter.DEFAULT_BASE_URL == "https://api.openai.com"
+    assert OpenAiImagesAdapter.default_base_url == "https://api.openai.com"
 
 
 async def test_gpt_image_outputs_are_decoded_from_base64(
@@ -366,11 +368,13 @@ async def test_persistent_unavailability_is_retriable(fake: FakeOpenAiImages) ->
 async def test_a_timed_out_submit_is_never_sent_twice(fake: FakeOpenAiImages) -> None:
     fake.submit_delay_s = 5.0
     async with serve_on_loopback(fake.app) as base_url:
-        adapter = OpenAiImagesAdapter(
-            api_key=fake.api_key,
-            base_url=base_url,
-            timeout=httpx.Timeout(0.3, connect=2.0),
-            backoff_s=0.001,
+        adapter = OpenAiImagesAdapter.standalone(
+            ProviderSettings(
+                api_key=fake.api_key,
+                base_url=base_url,
+                timeout_seconds=0.3,
+                retry_backoff_seconds=0.001,
+            )
         )
         try:
             with pytest.raises(ProviderRetriableError, match="timed out"):
@@ -386,8 +390,10 @@ async def test_served_url_outputs_are_fetched_from_the_fakes_own_address(
 ) -> None:
     async with serve_on_loopback(fake.app) as base_url:
         # Compatible servers document their base URL with /v1; both forms work.
-        adapter = OpenAiImagesAdapter(
-            api_key=fake.api_key, base_url=f"{base_url}/v1/", backoff_s=0.001
+        adapter = OpenAiImagesAdapter.standalone(
+            ProviderSettings(
+                api_key=fake.api_key, base_url=f"{base_url}/v1/", retry_backoff_seconds=0.001
+            )
         )
         try:
             request = image_request(upstream_model="dall-e-2", options={"response_format": "url"})

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import cast
 
 from tests.fakes.fal import FakeFal
 from vivix.providers.base import RenderRequest
 from vivix.providers.registry import KNOWN_PROVIDERS, build_registry, is_configured
+from vivix.providers.replicate.adapter import ReplicateAdapter
+from vivix.providers.upstream import UpstreamAdapter
 from vivix.settings import load_settings
 
 
@@ -67,3 +70,33 @@ async def test_the_configured_cap_limits_concurrent_calls_to_the_provider(
     assert len({h["request_id"] for h in handles}) == 5
     assert fal.submissions == 5
     assert fal.most_submits_at_once == 2
+
+
+async def test_configured_adapters_share_one_outbound_client_the_registry_closes(
+    tmp_path: Path,
+) -> None:
+    settings = load_settings(
+        data_dir=tmp_path,
+        providers={
+            "fal": {"api_key": "fal-key", "timeout_seconds": 7},
+            "replicate": {"api_key": "r8-key", "retries": 1, "prefer_wait_seconds": 5},
+            "comfyui": {"base_url": "http://comfy.internal:8188"},
+        },
+    )
+    registry = build_registry(settings)
+    adapters = [registry.get(name) for name in ("fal", "replicate", "comfyui")]
+    assert all(isinstance(adapter, UpstreamAdapter) for adapter in adapters)
+    fal, replicate, comfyui = (cast(UpstreamAdapter, adapter) for adapter in adapters)
+    clients = {id(adapter._http.client) for adapter in (fal, replicate, comfyui)}
+    assert len(clients) == 1
+    # Each adapter still has its own settings section: timeout, retries, base URL, auth.
+    assert fal._http.timeout.read == 7
+    assert replicate._http.retries == 1
+    assert isinstance(replicate, ReplicateAdapter)
+    assert replicate.prefer_wait_s == 5
+    assert comfyui.base_url == "http://comfy.internal:8188"
+    assert fal._http._auth_headers == {"Authorization": "Key fal-key"}
+    assert comfyui._http._auth_headers == {}
+    client = fal._http.client
+    await registry.aclose()
+    assert client.is_closed

@@ -25,6 +25,7 @@ from vivix.providers.base import (
     UpstreamHandle,
 )
 from vivix.providers.replicate import ReplicateAdapter
+from vivix.settings import ProviderSettings
 
 FAKE_HOST = "http://replicate.test"
 IMAGE_MODEL = "bytedance/seedream-4"
@@ -36,11 +37,12 @@ def replicate_adapter(fake: FakeReplicate, **overrides: Any) -> ReplicateAdapter
     settings: dict[str, Any] = {
         "api_key": fake.api_token,
         "base_url": FAKE_HOST,
-        "transport": httpx.ASGITransport(app=fake.app),
-        "poll_backoff_s": 0.001,
+        "retry_backoff_seconds": 0.001,
     }
     settings.update(overrides)
-    return ReplicateAdapter(**settings)
+    return ReplicateAdapter.standalone(
+        ProviderSettings(**settings), transport=httpx.ASGITransport(app=fake.app)
+    )
 
 
 def image_request(
@@ -161,7 +163,7 @@ async def test_sync_mode_answer_that_is_already_done_needs_no_poll_request(
     fake: FakeReplicate,
 ) -> None:
     fake.polls_before_done = 0
-    adapter = replicate_adapter(fake, prefer_wait_s=5)
+    adapter = replicate_adapter(fake, prefer_wait_seconds=5)
     request = image_request()
 
     handle = await adapter.submit(request)
@@ -212,7 +214,7 @@ async def test_a_held_create_that_is_still_running_is_polled_as_usual(
 async def test_prefer_wait_zero_on_a_route_turns_the_adapters_default_off(
     fake: FakeReplicate,
 ) -> None:
-    adapter = replicate_adapter(fake, prefer_wait_s=10)
+    adapter = replicate_adapter(fake, prefer_wait_seconds=10)
     await adapter.submit(image_request({"prefer_wait": 0}))
     await adapter.aclose()
 
@@ -349,7 +351,7 @@ async def test_prediction_failing_for_an_unknown_reason_is_retriable(
 
 async def test_429_on_create_waits_for_retry_after_and_creates_once(fake: FakeReplicate) -> None:
     # A backoff this long would blow the time limit: only Retry-After can make it pass.
-    adapter = replicate_adapter(fake, poll_backoff_s=5.0)
+    adapter = replicate_adapter(fake, retry_backoff_seconds=5.0)
     delays: list[float] = []
     compute_delay = adapter._http._delay
 
@@ -481,11 +483,13 @@ async def test_create_read_timeout_is_retriable_and_never_creates_twice(
 ) -> None:
     fake.create_delay_s = 0.5  # Replicate accepts the prediction but answers after our timeout
     async with fake.serve() as base_url:
-        adapter = ReplicateAdapter(
-            api_key=fake.api_token,
-            base_url=base_url,
-            poll_backoff_s=0.001,
-            timeout=httpx.Timeout(0.1),
+        adapter = ReplicateAdapter.standalone(
+            ProviderSettings(
+                api_key=fake.api_token,
+                base_url=base_url,
+                retry_backoff_seconds=0.001,
+                timeout_seconds=0.1,
+            )
         )
         with pytest.raises(ProviderRetriableError, match="timed out"):
             await adapter.submit(image_request())
@@ -501,7 +505,9 @@ async def test_prediction_runs_end_to_end_against_the_fake_on_a_real_socket(
     fake.outputs = 2
     request = image_request(number_results=2)
     async with fake.serve() as base_url:
-        adapter = ReplicateAdapter(api_key=fake.api_token, base_url=base_url, poll_backoff_s=0.001)
+        adapter = ReplicateAdapter.standalone(
+            ProviderSettings(api_key=fake.api_token, base_url=base_url, retry_backoff_seconds=0.001)
+        )
         handle = await adapter.submit(request)
         result, _ = await poll_until_done(adapter, handle, request)
         await adapter.aclose()

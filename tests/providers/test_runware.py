@@ -28,6 +28,7 @@ from vivix.providers.base import (
 )
 from vivix.providers.runware import RunwareAdapter
 from vivix.providers.runware.adapter import api_root, pixel_size
+from vivix.settings import ProviderSettings
 
 FAKE_HOST = "http://runware.test"
 FLUX_DEV = "runware:101@1"
@@ -37,11 +38,12 @@ def runware_adapter(fake: FakeRunware, **overrides: Any) -> RunwareAdapter:
     settings: dict[str, Any] = {
         "api_key": fake.api_key,
         "base_url": FAKE_HOST,
-        "transport": httpx.ASGITransport(app=fake.app),
-        "backoff_s": 0.001,
+        "retry_backoff_seconds": 0.001,
     }
     settings.update(overrides)
-    return RunwareAdapter(**settings)
+    return RunwareAdapter.standalone(
+        ProviderSettings(**settings), transport=httpx.ASGITransport(app=fake.app)
+    )
 
 
 def image_request(options: dict[str, Any] | None = None, **params: Any) -> RenderRequest:
@@ -83,7 +85,7 @@ def test_runware_adapter_implements_the_provider_protocol(fake: FakeRunware) -> 
     adapter = runware_adapter(fake)
     assert isinstance(adapter, ProviderAdapter)
     assert adapter.name == "runware"
-    assert RunwareAdapter.DEFAULT_BASE_URL == "https://api.runware.ai"
+    assert RunwareAdapter.default_base_url == "https://api.runware.ai"
 
 
 async def test_three_images_are_polled_with_get_response_and_downloaded(
@@ -332,7 +334,7 @@ async def test_every_output_flagged_nsfw_is_a_content_rejection(
 
 async def test_429_on_submit_waits_for_retry_after_and_submits_once(fake: FakeRunware) -> None:
     # A backoff this long would blow the time limit: only Retry-After can make it pass.
-    adapter = runware_adapter(fake, backoff_s=5.0)
+    adapter = runware_adapter(fake, retry_backoff_seconds=5.0)
     delays: list[float] = []
     compute_delay = adapter._http._delay
 
@@ -409,8 +411,13 @@ async def test_500_on_submit_is_not_retried_because_it_may_have_been_accepted(
 async def test_submit_read_timeout_is_retriable_and_never_submits_twice(fake: FakeRunware) -> None:
     fake.submit_delay_s = 0.5  # Runware accepts the task but answers after our timeout
     async with fake.serve() as base_url:
-        adapter = RunwareAdapter(
-            api_key=fake.api_key, base_url=base_url, backoff_s=0.001, timeout=httpx.Timeout(0.1)
+        adapter = RunwareAdapter.standalone(
+            ProviderSettings(
+                api_key=fake.api_key,
+                base_url=base_url,
+                retry_backoff_seconds=0.001,
+                timeout_seconds=0.1,
+            )
         )
         with pytest.raises(ProviderRetriableError, match="timed out"):
             await adapter.submit(image_request())

@@ -28,6 +28,7 @@ from vivix.providers.base import (
     UpstreamHandle,
 )
 from vivix.providers.xai import XaiAdapter
+from vivix.settings import ProviderSettings
 
 BASE_URL = "https://api.x.test"
 PNG = bytes.fromhex(
@@ -41,11 +42,12 @@ def make_adapter(fake: FakeXai, **overrides: Any) -> XaiAdapter:
     settings: dict[str, Any] = {
         "api_key": fake.api_key,
         "base_url": BASE_URL,
-        "transport": httpx.ASGITransport(app=fake.app),
-        "backoff_s": 0.001,
+        "retry_backoff_seconds": 0.001,
     }
     settings.update(overrides)
-    return XaiAdapter(**settings)
+    return XaiAdapter.standalone(
+        ProviderSettings(**settings), transport=httpx.ASGITransport(app=fake.app)
+    )
 
 
 @pytest.fixture
@@ -127,10 +129,12 @@ async def poll_until_done(
 
 
 def test_the_adapter_implements_the_protocol_with_xais_public_url() -> None:
-    adapter = XaiAdapter(api_key="k", transport=httpx.MockTransport(lambda r: httpx.Response(500)))
+    adapter = XaiAdapter.standalone(
+        ProviderSettings(api_key="k"), transport=httpx.MockTransport(lambda r: httpx.Response(500))
+    )
     assert isinstance(adapter, ProviderAdapter)
     assert adapter.name == "xai"
-    assert XaiAdapter.DEFAULT_BASE_URL == "https://api.x.ai"
+    assert XaiAdapter.default_base_url == "https://api.x.ai"
 
 
 # -- images -------------------------------------------------------------------------------
@@ -370,11 +374,13 @@ async def test_persistent_unavailability_is_retriable(fake: FakeXai) -> None:
 async def test_a_timed_out_submit_is_never_sent_twice(fake: FakeXai) -> None:
     fake.submit_delay_s = 5.0
     async with serve_on_loopback(fake.app) as base_url:
-        adapter = XaiAdapter(
-            api_key=fake.api_key,
-            base_url=base_url,
-            timeout=httpx.Timeout(0.3, connect=2.0),
-            backoff_s=0.001,
+        adapter = XaiAdapter.standalone(
+            ProviderSettings(
+                api_key=fake.api_key,
+                base_url=base_url,
+                timeout_seconds=0.3,
+                retry_backoff_seconds=0.001,
+            )
         )
         try:
             with pytest.raises(ProviderRetriableError, match="timed out"):
@@ -387,7 +393,11 @@ async def test_a_timed_out_submit_is_never_sent_twice(fake: FakeXai) -> None:
 
 async def test_served_outputs_are_fetched_from_the_fakes_own_address(fake: FakeXai) -> None:
     async with serve_on_loopback(fake.app) as base_url:
-        adapter = XaiAdapter(api_key=fake.api_key, base_url=f"{base_url}/v1", backoff_s=0.001)
+        adapter = XaiAdapter.standalone(
+            ProviderSettings(
+                api_key=fake.api_key, base_url=f"{base_url}/v1", retry_backoff_seconds=0.001
+            )
+        )
         try:
             request = image_request(number_results=2)
             result = await adapter.poll(await adapter.submit(request), request)

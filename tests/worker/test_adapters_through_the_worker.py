@@ -38,6 +38,7 @@ from vivix.providers.replicate.adapter import ReplicateAdapter
 from vivix.providers.runware.adapter import RunwareAdapter
 from vivix.providers.xai.adapter import XaiAdapter
 from vivix.runtime import Runtime
+from vivix.settings import ProviderSettings
 from vivix.worker.runner import Worker
 
 CREDITS = 1000
@@ -74,9 +75,11 @@ def _fal() -> Upstream:
 
     return Upstream(
         "fal", "image", "fal-ai/flux/schnell", fake,
-        lambda: FalAdapter(
-            api_key=fake.api_key, base_url="http://fal.test",
-            transport=httpx.ASGITransport(app=fake.app), poll_backoff_s=0.01,
+        lambda: FalAdapter.standalone(
+            ProviderSettings(
+                api_key=fake.api_key, base_url="http://fal.test", retry_backoff_seconds=0.01
+            ),
+            transport=httpx.ASGITransport(app=fake.app),
         ),
         lambda: setattr(fake, "polls_before_done", NEVER), finish, lambda: fake.cancels,
     )  # fmt: skip
@@ -91,9 +94,11 @@ def _replicate() -> Upstream:
 
     return Upstream(
         "replicate", "image", "black-forest-labs/flux-schnell", fake,
-        lambda: ReplicateAdapter(
-            api_key=fake.api_token, base_url="http://replicate.test",
-            transport=httpx.ASGITransport(app=fake.app), poll_backoff_s=0.01,
+        lambda: ReplicateAdapter.standalone(
+            ProviderSettings(
+                api_key=fake.api_token, base_url="http://replicate.test", retry_backoff_seconds=0.01
+            ),
+            transport=httpx.ASGITransport(app=fake.app),
         ),
         lambda: setattr(fake, "polls_before_done", NEVER), finish, lambda: fake.cancels,
     )  # fmt: skip
@@ -103,9 +108,11 @@ def _xai() -> Upstream:
     fake = FakeXai()
     return Upstream(
         "xai", "video", "grok-imagine-video", fake,
-        lambda: XaiAdapter(
-            api_key=fake.api_key, base_url="http://xai.test",
-            transport=httpx.ASGITransport(app=fake.app), backoff_s=0.01,
+        lambda: XaiAdapter.standalone(
+            ProviderSettings(
+                api_key=fake.api_key, base_url="http://xai.test", retry_backoff_seconds=0.01
+            ),
+            transport=httpx.ASGITransport(app=fake.app),
         ),
         lambda: setattr(fake, "video_polls_before_done", None),
         lambda: setattr(fake, "video_polls_before_done", 0),
@@ -117,9 +124,11 @@ def _openai() -> Upstream:
     fake = FakeOpenAiImages()
     return Upstream(
         "openai", "image", "gpt-image-1", fake,
-        lambda: OpenAiImagesAdapter(
-            api_key=fake.api_key, base_url="http://openai.test",
-            transport=httpx.ASGITransport(app=fake.app), backoff_s=0.01,
+        lambda: OpenAiImagesAdapter.standalone(
+            ProviderSettings(
+                api_key=fake.api_key, base_url="http://openai.test", retry_backoff_seconds=0.01
+            ),
+            transport=httpx.ASGITransport(app=fake.app),
         ),
         lambda: setattr(fake, "submit_delay_s", 3600.0),  # the one synchronous call hangs
         fake.delay.release,
@@ -137,9 +146,11 @@ def _runware() -> Upstream:
 
     return Upstream(
         "runware", "image", "runware:100@1", fake,
-        lambda: RunwareAdapter(
-            api_key=fake.api_key, base_url="http://runware.test",
-            transport=httpx.ASGITransport(app=fake.app), backoff_s=0.01,
+        lambda: RunwareAdapter.standalone(
+            ProviderSettings(
+                api_key=fake.api_key, base_url="http://runware.test", retry_backoff_seconds=0.01
+            ),
+            transport=httpx.ASGITransport(app=fake.app),
         ),
         lambda: setattr(fake, "polls_before_done", NEVER), finish,
         None,  # Runware documents no task cancel
@@ -155,9 +166,11 @@ def _comfyui() -> Upstream:
 
     return Upstream(
         "comfyui", "image", "sdxl-base-1.0", fake,
-        lambda: ComfyUiAdapter(
-            api_key="", base_url="http://comfyui.test",
-            transport=httpx.ASGITransport(app=fake.app), backoff_s=0.01,
+        lambda: ComfyUiAdapter.standalone(
+            ProviderSettings(
+                api_key="", base_url="http://comfyui.test", retry_backoff_seconds=0.01
+            ),
+            transport=httpx.ASGITransport(app=fake.app),
         ),
         lambda: setattr(fake, "polls_running", NEVER), finish,
         lambda: len(fake.deleted) + len(fake.interrupts),  # /queue delete or /interrupt

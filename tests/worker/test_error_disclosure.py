@@ -24,6 +24,7 @@ from vivix.admin import service as admin
 from vivix.providers.fal.adapter import FalAdapter
 from vivix.providers.registry import ProviderRegistry
 from vivix.runtime import Runtime
+from vivix.settings import ProviderSettings
 from vivix.worker.runner import Worker
 
 FAL_KEY = "fal-key-5ecr3t-0a1b2c3d4e5f"
@@ -75,11 +76,9 @@ async def start_worker(runtime: Runtime, adapter: FalAdapter) -> Worker:
 
 @pytest.fixture
 async def worker(runtime: Runtime, fal: FakeFal) -> AsyncIterator[Worker]:
-    adapter = FalAdapter(
-        api_key=FAL_KEY,
-        base_url="http://fal.test",
+    adapter = FalAdapter.standalone(
+        ProviderSettings(api_key=FAL_KEY, base_url="http://fal.test", retry_backoff_seconds=0.01),
         transport=httpx.ASGITransport(app=fal.app),
-        poll_backoff_s=0.01,
     )
     running = await start_worker(runtime, adapter)
     try:
@@ -136,7 +135,9 @@ async def test_internal_error_text_stays_with_operators(
     runtime: Runtime, client: httpx.AsyncClient
 ) -> None:
     # Nothing listens on port 9 of this machine: every call fails to connect.
-    adapter = FalAdapter(api_key=FAL_KEY, base_url="http://127.0.0.1:9", poll_backoff_s=0.01)
+    adapter = FalAdapter.standalone(
+        ProviderSettings(api_key=FAL_KEY, base_url="http://127.0.0.1:9", retry_backoff_seconds=0.01)
+    )
     worker = await start_worker(runtime, adapter)
     try:
         body = await run_one(runtime, client)

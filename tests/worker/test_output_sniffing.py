@@ -24,6 +24,7 @@ from vivix.models import Generation
 from vivix.providers.fal.adapter import FalAdapter
 from vivix.providers.registry import ProviderRegistry
 from vivix.runtime import Runtime
+from vivix.settings import ProviderSettings
 from vivix.worker.runner import Worker
 
 CATALOG = """
@@ -82,11 +83,11 @@ def fal() -> FakeFal:
 
 @pytest.fixture
 async def worker(runtime: Runtime, fal: FakeFal) -> AsyncIterator[Worker]:
-    adapter = FalAdapter(
-        api_key=fal.api_key,
-        base_url="http://fal.test",
+    adapter = FalAdapter.standalone(
+        ProviderSettings(
+            api_key=fal.api_key, base_url="http://fal.test", retry_backoff_seconds=0.01
+        ),
         transport=httpx.ASGITransport(app=fal.app),
-        poll_backoff_s=0.01,
     )
     registry = ProviderRegistry({"fal": adapter})
     running = Worker(runtime, concurrency=2, registry=registry)

@@ -26,6 +26,7 @@ from vivix.providers.local.adapter import LocalAdapter
 from vivix.providers.registry import ProviderRegistry
 from vivix.providers.replicate.adapter import ReplicateAdapter
 from vivix.runtime import Runtime
+from vivix.settings import ProviderSettings
 from vivix.worker.runner import Worker
 
 SLOW_MODEL = """
@@ -92,17 +93,19 @@ def fake_registry(fal: FakeFal, replicate: FakeReplicate, tmp_path: Path) -> Pro
     return ProviderRegistry(
         {
             "local": LocalAdapter(tmp_path / "scratch", processes=1),
-            "fal": FalAdapter(
-                api_key="fal-test-key",
-                base_url="http://fal.test",
+            "fal": FalAdapter.standalone(
+                ProviderSettings(
+                    api_key="fal-test-key", base_url="http://fal.test", retry_backoff_seconds=0.01
+                ),
                 transport=httpx.ASGITransport(app=fal.app),
-                poll_backoff_s=0.01,
             ),
-            "replicate": ReplicateAdapter(
-                api_key="r8_test_token",
-                base_url="http://replicate.test",
+            "replicate": ReplicateAdapter.standalone(
+                ProviderSettings(
+                    api_key="r8_test_token",
+                    base_url="http://replicate.test",
+                    retry_backoff_seconds=0.01,
+                ),
                 transport=httpx.ASGITransport(app=replicate.app),
-                poll_backoff_s=0.01,
             ),
         }
     )

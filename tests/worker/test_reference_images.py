@@ -28,6 +28,7 @@ from tests.worker.helpers import wait_for_status
 from vivix.providers.fal.adapter import FalAdapter
 from vivix.providers.registry import ProviderRegistry
 from vivix.runtime import Runtime
+from vivix.settings import ProviderSettings
 from vivix.worker.runner import Worker
 
 PUBLIC_HOST = "images.example.com"  # stands in for a public image host; really 127.0.0.2
@@ -140,11 +141,11 @@ async def fal_worker(resolving_runtime: Runtime, tmp_path: Path) -> AsyncIterato
     fal = FakeFal(outputs=1, polls_before_done=1)
     registry = ProviderRegistry(
         {
-            "fal": FalAdapter(
-                api_key="fal-test-key",
-                base_url="http://fal.test",
+            "fal": FalAdapter.standalone(
+                ProviderSettings(
+                    api_key="fal-test-key", base_url="http://fal.test", retry_backoff_seconds=0.01
+                ),
                 transport=httpx.ASGITransport(app=fal.app),
-                poll_backoff_s=0.01,
             )
         }
     )

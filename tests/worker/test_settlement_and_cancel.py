@@ -22,9 +22,9 @@ from vivix.kit.errors import NotCancelable
 from vivix.models import Generation, LedgerEntry
 from vivix.providers.base import OutputFile, RenderResult
 from vivix.providers.guarded_fetch import GuardedFetcher
-from vivix.providers.local import render
 from vivix.providers.local.adapter import LocalAdapter
 from vivix.providers.registry import ProviderRegistry
+from vivix.renderer import render
 from vivix.runtime import Runtime
 from vivix.worker import repository
 from vivix.worker.runner import Worker, reap_expired_leases

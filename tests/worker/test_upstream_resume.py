@@ -27,6 +27,7 @@ from vivix.providers.fal.adapter import FalAdapter
 from vivix.providers.registry import ProviderRegistry
 from vivix.providers.replicate.adapter import ReplicateAdapter
 from vivix.runtime import Runtime
+from vivix.settings import ProviderSettings
 from vivix.worker.runner import Worker, reap_expired_leases
 
 NEVER = 10**9
@@ -62,17 +63,19 @@ def replicate() -> FakeReplicate:
 async def registry(fal: FakeFal, replicate: FakeReplicate) -> AsyncIterator[ProviderRegistry]:
     adapters = ProviderRegistry(
         {
-            "fal": FalAdapter(
-                api_key=fal.api_key,
-                base_url="http://fal.test",
+            "fal": FalAdapter.standalone(
+                ProviderSettings(
+                    api_key=fal.api_key, base_url="http://fal.test", retry_backoff_seconds=0.01
+                ),
                 transport=httpx.ASGITransport(app=fal.app),
-                poll_backoff_s=0.01,
             ),
-            "replicate": ReplicateAdapter(
-                api_key=replicate.api_token,
-                base_url="http://replicate.test",
+            "replicate": ReplicateAdapter.standalone(
+                ProviderSettings(
+                    api_key=replicate.api_token,
+                    base_url="http://replicate.test",
+                    retry_backoff_seconds=0.01,
+                ),
                 transport=httpx.ASGITransport(app=replicate.app),
-                poll_backoff_s=0.01,
             ),
         }
     )

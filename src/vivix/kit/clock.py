@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import time as _time
 from datetime import UTC, datetime
+from typing import Protocol
 
 
 def utcnow() -> datetime:
@@ -41,3 +44,30 @@ def add_months(value: datetime, months: int) -> datetime:
 
 def _leap(year: int) -> bool:
     return year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)
+
+
+class Clock(Protocol):
+    """What components that wait or stamp times take instead of the module functions, so
+    a test can run them without real waits."""
+
+    def now(self) -> datetime: ...
+
+    def time(self) -> float:
+        """Seconds since the epoch (HTTP dates)."""
+        ...
+
+    async def sleep(self, seconds: float) -> None: ...
+
+
+class SystemClock:
+    def now(self) -> datetime:
+        return utcnow()
+
+    def time(self) -> float:
+        return _time.time()
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
+
+SYSTEM_CLOCK = SystemClock()

@@ -39,6 +39,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 
+# Re-exported: what a local render raises when it is stopped on request.
+from vivix.renderer import RenderCanceled as RenderCanceled
+
 UpstreamHandle = dict[str, Any]
 
 
@@ -119,10 +122,6 @@ class ProviderRejectedError(ProviderError):
 
 class ProviderFatalError(ProviderError):
     pass
-
-
-class RenderCanceled(Exception):
-    """Raised by a local render that noticed `should_stop()`."""
 
 
 @runtime_checkable

@@ -1,6 +1,7 @@
-"""Outbound HTTP for provider adapters: one httpx client per provider with explicit
-timeouts, connection limits, a cap on concurrent requests, and retries with backoff that
-honour `Retry-After`.
+"""Outbound HTTP for provider adapters: per provider a base URL, credentials, explicit
+timeouts, a cap on concurrent requests and retries with backoff that honour
+`Retry-After`, over an httpx client (the process's shared one, `outbound_client`, or its
+own).
 
 Retries are safe only when the request can't have taken effect upstream twice: GETs and
 other idempotent calls retry on connection errors, timeouts, 429 and 5xx; a submit
@@ -34,6 +35,7 @@ from urllib.parse import unquote_to_bytes, urlsplit
 
 import httpx
 
+from vivix.kit.clock import SYSTEM_CLOCK, Clock
 from vivix.providers.base import ProviderError, ProviderFatalError, ProviderRetriableError
 from vivix.providers.guarded_fetch import EgressGuard, PinnedRequest, UrlRefused
 
@@ -52,7 +54,22 @@ GENERIC_CONTENT_TYPES = frozenset({"", "application/octet-stream", "binary/octet
 ErrorClassifier = Callable[[httpx.Response], ProviderError | None]
 
 
-def parse_retry_after(value: str | None) -> float | None:
+def outbound_client(
+    transport: httpx.AsyncBaseTransport | None = None, max_connections: int = 20
+) -> httpx.AsyncClient:
+    """An httpx client as ProviderHttp needs it (redirects are `download`'s business)."""
+    return httpx.AsyncClient(
+        timeout=DEFAULT_TIMEOUT,
+        limits=httpx.Limits(
+            max_connections=max_connections, max_keepalive_connections=max_connections
+        ),
+        transport=transport,
+        follow_redirects=False,  # `download` follows them itself, by our credential rule
+        headers={"User-Agent": "Vivix/1.0"},
+    )
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
     """Seconds from a Retry-After header (delta-seconds or an HTTP date)."""
     if not value:
         return None
@@ -65,7 +82,7 @@ def parse_retry_after(value: str | None) -> float | None:
         moment = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
         return None
-    return max(0.0, moment.timestamp() - time.time())
+    return max(0.0, moment.timestamp() - (time.time() if now is None else now))
 
 
 def same_origin(url: str, other: str) -> bool:
@@ -90,24 +107,40 @@ class ProviderHttp:
         transport: httpx.AsyncBaseTransport | None = None,
         classify_error: ErrorClassifier | None = None,
         egress: EgressGuard | None = None,
+        client: httpx.AsyncClient | None = None,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
+        """`client`: a shared client (the caller closes it); without one, ProviderHttp
+        makes and closes its own (with `transport` and `max_connections`)."""
         self.provider = provider
         self.egress = egress or EgressGuard()
         self.base_url = base_url.rstrip("/")
         self._auth_headers = dict(headers or {})
+        self.timeout = timeout
         self.retries = retries
         self.backoff_s = backoff_s
         self.max_retry_after_s = max_retry_after_s
         self.classify_error = classify_error
+        self.clock = clock
         self._slots = asyncio.Semaphore(max_concurrent_requests)
-        self.client = httpx.AsyncClient(
-            timeout=timeout,
-            limits=httpx.Limits(
-                max_connections=max_connections, max_keepalive_connections=max_connections
-            ),
-            transport=transport,
-            follow_redirects=False,  # `download` follows them itself, by our credential rule
-            headers={"User-Agent": "Vivix/1.0"},
+        self._owns_client = client is None
+        self.client = client or outbound_client(transport, max_connections)
+
+    def at(self, base_url: str) -> ProviderHttp:
+        """The same credentials, retry rules and (shared) client for another root of the
+        same provider (fal's Platform API next to its queue)."""
+        return ProviderHttp(
+            self.provider,
+            base_url,
+            headers=self._auth_headers,
+            timeout=self.timeout,
+            retries=self.retries,
+            backoff_s=self.backoff_s,
+            max_retry_after_s=self.max_retry_after_s,
+            classify_error=self.classify_error,
+            egress=self.egress,
+            client=self.client,
+            clock=self.clock,
         )
 
     def url(self, path: str) -> str:
@@ -165,7 +198,7 @@ class ProviderHttp:
             headers=headers,
             content=content,
             files=files,
-            timeout=httpx.USE_CLIENT_DEFAULT if request_timeout is None else request_timeout,
+            timeout=self.timeout if request_timeout is None else request_timeout,
         )
 
     async def _send(
@@ -184,11 +217,12 @@ class ProviderHttp:
         caller reads and closes it (outside the request slot, so a long download doesn't
         hold up status checks; the connection pool still bounds them)."""
         sent_headers = {**(self._auth_headers if credentials else {}), **(headers or {})}
+        body.setdefault("timeout", self.timeout)  # the client may be shared: say ours
         last_error = "no attempt made"
         retry_after: float | None = None
         for attempt in range(self.retries + 1):
             if attempt:
-                await asyncio.sleep(self._delay(attempt, retry_after))
+                await self.clock.sleep(self._delay(attempt, retry_after))
             outgoing = self.client.build_request(method, url, headers=sent_headers, **body)
             try:
                 async with self._slots:
@@ -212,7 +246,7 @@ class ProviderHttp:
                 response = await _buffered(response, ERROR_BODY_BYTES)
             if classify_error is not None and (final := classify_error(response)) is not None:
                 raise final
-            retry_after = parse_retry_after(response.headers.get("retry-after"))
+            retry_after = parse_retry_after(response.headers.get("retry-after"), self.clock.time())
             last_error = (
                 f"{self.provider} answered HTTP {response.status_code}: {_snippet(response)}"
             )
@@ -237,7 +271,7 @@ class ProviderHttp:
         last_error = "no attempt made"
         for attempt in range(self.retries + 1):
             if attempt:
-                await asyncio.sleep(self._delay(attempt, None))
+                await self.clock.sleep(self._delay(attempt, None))
             try:
                 return await self._download_once(url, max_bytes)
             except _BodyCutOff as exc:
@@ -309,7 +343,8 @@ class ProviderHttp:
         return bytes(data)
 
     async def aclose(self) -> None:
-        await self.client.aclose()
+        if self._owns_client:
+            await self.client.aclose()
 
 
 class _BodyCutOff(Exception):

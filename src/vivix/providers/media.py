@@ -199,3 +199,16 @@ def probe(output: OutputFile) -> OutputFile:
         except Exception:
             return output
     return output
+
+
+def sniff_image_type(data: bytes) -> str | None:
+    """The media type of PNG, JPEG, WebP or GIF bytes, from their signature."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "image/png"
+    if data.startswith(b"\xff\xd8\xff"):
+        return "image/jpeg"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    if data[:6] in (b"GIF87a", b"GIF89a"):
+        return "image/gif"
+    return None

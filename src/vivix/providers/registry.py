@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import httpx
 
+from vivix.kit.clock import SYSTEM_CLOCK, Clock
 from vivix.providers.base import ProviderAdapter
+from vivix.providers.guarded_fetch import EgressGuard
+from vivix.providers.http import outbound_client
+from vivix.providers.upstream import AdapterSetup, UpstreamAdapter
 from vivix.settings import Settings
 
 LOCAL = "local"
 # Providers that need only a base URL (self-hosted); the rest need an API key.
 SELF_HOSTED = frozenset({"comfyui"})
 KNOWN_PROVIDERS = frozenset({LOCAL, "xai", "fal", "replicate", "runware", "openai", *SELF_HOSTED})
+# Connections of the shared outbound client (each provider is capped by its max_concurrency).
+SHARED_CONNECTIONS = 100
 
 
 def is_configured(name: str, settings: Settings) -> bool:
@@ -25,10 +29,14 @@ def is_configured(name: str, settings: Settings) -> bool:
 
 
 class ProviderRegistry:
-    """The adapters of one process, by provider name (only configured providers)."""
+    """The adapters of one process, by provider name (only configured providers), and the
+    outbound HTTP client they share."""
 
-    def __init__(self, adapters: dict[str, ProviderAdapter]) -> None:
+    def __init__(
+        self, adapters: dict[str, ProviderAdapter], client: httpx.AsyncClient | None = None
+    ) -> None:
         self._adapters = adapters
+        self._client = client
 
     def get(self, name: str) -> ProviderAdapter | None:
         return self._adapters.get(name)
@@ -39,38 +47,48 @@ class ProviderRegistry:
     async def aclose(self) -> None:
         for adapter in self._adapters.values():
             await adapter.aclose()
+        if self._client is not None:
+            await self._client.aclose()
 
 
-# Upstream adapters by provider name, imported only when the provider is configured.
-ADAPTERS = {
-    "fal": "vivix.providers.fal.adapter:FalAdapter",
-    "replicate": "vivix.providers.replicate.adapter:ReplicateAdapter",
-    "xai": "vivix.providers.xai.adapter:XaiAdapter",
-    "openai": "vivix.providers.openai.adapter:OpenAiImagesAdapter",
-    "runware": "vivix.providers.runware.adapter:RunwareAdapter",
-    "comfyui": "vivix.providers.comfyui.adapter:ComfyUiAdapter",
-}
+def upstream_adapters() -> dict[str, type[UpstreamAdapter]]:
+    """Every upstream adapter class by provider name (imported on first use: the API
+    process only asks `is_configured`)."""
+    from vivix.providers.comfyui.adapter import ComfyUiAdapter
+    from vivix.providers.fal.adapter import FalAdapter
+    from vivix.providers.openai.adapter import OpenAiImagesAdapter
+    from vivix.providers.replicate.adapter import ReplicateAdapter
+    from vivix.providers.runware.adapter import RunwareAdapter
+    from vivix.providers.xai.adapter import XaiAdapter
+
+    classes: tuple[type[UpstreamAdapter], ...] = (
+        FalAdapter,
+        ReplicateAdapter,
+        XaiAdapter,
+        OpenAiImagesAdapter,
+        RunwareAdapter,
+        ComfyUiAdapter,
+    )
+    return {adapter.name: adapter for adapter in classes}
 
 
-def build_registry(settings: Settings) -> ProviderRegistry:
-    """The local renderer plus an adapter for every configured upstream provider."""
-    import importlib
-
+def build_registry(settings: Settings, clock: Clock = SYSTEM_CLOCK) -> ProviderRegistry:
+    """The local renderer plus an adapter for every configured upstream provider, all
+    upstream ones on one outbound HTTP client."""
     from vivix.providers.local.adapter import LocalAdapter
 
     adapters: dict[str, ProviderAdapter] = {
         LOCAL: LocalAdapter(settings.data_dir / "scratch", settings.worker.render_processes)
     }
-    for name, target in ADAPTERS.items():
-        if not is_configured(name, settings):
-            continue
-        module_name, class_name = target.split(":")
-        adapter_class = getattr(importlib.import_module(module_name), class_name)
-        provider = settings.provider(name)
-        options: dict[str, Any] = {"max_concurrent_requests": provider.max_concurrency}
-        if provider.timeout_seconds is not None:
-            options["timeout"] = httpx.Timeout(provider.timeout_seconds, connect=10.0)
-        adapters[name] = adapter_class(
-            api_key=provider.api_key or "", base_url=provider.base_url, **options
-        )
-    return ProviderRegistry(adapters)
+    configured = [
+        adapter for name, adapter in upstream_adapters().items() if is_configured(name, settings)
+    ]
+    if not configured:
+        return ProviderRegistry(adapters)
+    client = outbound_client(max_connections=SHARED_CONNECTIONS)
+    # Output downloads follow the reference-image policy, trusted internal hosts included.
+    egress = EgressGuard(allow_private_hosts=frozenset(settings.fetch.allow_private_hosts))
+    for adapter_class in configured:
+        setup = AdapterSetup(settings.provider(adapter_class.name), client, clock, egress=egress)
+        adapters[adapter_class.name] = adapter_class(setup)
+    return ProviderRegistry(adapters, client)

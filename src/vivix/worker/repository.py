@@ -12,7 +12,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, literal, select, update
+from sqlalchemy import ColumnElement, func, literal, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from vivix.models import Generation, GenerationStatus
@@ -56,16 +56,7 @@ async def extend_lease(
     session: AsyncSession, generation_id: str, owner: str, expires_at: datetime
 ) -> bool:
     """Renew the lease; False means it is no longer ours (reaped or canceled)."""
-    result = await session.execute(
-        update(Generation)
-        .where(
-            Generation.id == generation_id,
-            Generation.lease_owner == owner,
-            Generation.status == PROCESSING,
-        )
-        .values(lease_expires_at=expires_at)
-    )
-    return (result.rowcount or 0) == 1  # type: ignore[attr-defined]
+    return await update_if_leased(session, generation_id, owner, lease_expires_at=expires_at)
 
 
 async def update_if_leased(
@@ -86,18 +77,8 @@ async def update_if_leased(
 async def lock_leased_generation(
     session: AsyncSession, generation_id: str, owner: str
 ) -> Generation | None:
-    return (
-        await session.execute(
-            select(Generation)
-            .where(
-                Generation.id == generation_id,
-                Generation.lease_owner == owner,
-                Generation.status == PROCESSING,
-            )
-            .with_for_update()
-            .execution_options(populate_existing=True)
-        )
-    ).scalar_one_or_none()
+    """The generation locked, if it is still processing under `owner`'s lease."""
+    return await _lock_processing(session, generation_id, Generation.lease_owner == owner)
 
 
 async def find_generation(session: AsyncSession, generation_id: str) -> Generation | None:
@@ -121,17 +102,26 @@ async def expired_lease_ids(
 async def lock_expired_lease(
     session: AsyncSession, generation_id: str, now: datetime
 ) -> Generation | None:
-    """The generation, locked, if its lease is still expired; None when it was renewed,
-    settled, or is locked by someone else right now (skipped, not waited for)."""
+    """The generation locked, if it is still processing under a lease expired by `now`;
+    None when it was renewed or settled, or is locked by another reaper right now
+    (skipped, not waited for)."""
+    return await _lock_processing(
+        session, generation_id, Generation.lease_expires_at < now, skip_locked=True
+    )
+
+
+async def _lock_processing(
+    session: AsyncSession,
+    generation_id: str,
+    condition: ColumnElement[bool],
+    *,
+    skip_locked: bool = False,
+) -> Generation | None:
     return (
         await session.execute(
             select(Generation)
-            .where(
-                Generation.id == generation_id,
-                Generation.status == PROCESSING,
-                Generation.lease_expires_at < now,
-            )
-            .with_for_update(skip_locked=True)
+            .where(Generation.id == generation_id, Generation.status == PROCESSING, condition)
+            .with_for_update(skip_locked=skip_locked)
             .execution_options(populate_existing=True)
         )
     ).scalar_one_or_none()

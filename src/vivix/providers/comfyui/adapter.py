@@ -103,13 +103,12 @@ from vivix.providers.base import (
     UpstreamHandle,
 )
 from vivix.providers.http import (
-    DEFAULT_TIMEOUT,
-    ProviderHttp,
     json_object_or_empty,
     parse_retry_after,
 )
-from vivix.providers.media import probe
+from vivix.providers.media import probe, sniff_image_type
 from vivix.providers.runware.adapter import pixel_size
+from vivix.providers.upstream import AdapterSetup, UpstreamAdapter
 
 log = structlog.get_logger(__name__)
 
@@ -235,40 +234,15 @@ class WorkflowTemplate:
         return graph
 
 
-class ComfyUiAdapter:
+class ComfyUiAdapter(UpstreamAdapter):
     """One ComfyUI server (or a proxy in front of several). One instance per process,
     shared by all jobs. `api_key` may be "": ComfyUI has no auth; when set it goes as a
     Bearer token, for deployments behind an authenticating proxy."""
 
     name = "comfyui"
 
-    def __init__(
-        self,
-        *,
-        api_key: str,
-        base_url: str | None = None,
-        transport: httpx.AsyncBaseTransport | None = None,
-        backoff_s: float = 0.5,
-        timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
-        retries: int = 3,
-        max_retry_after_s: float = 30.0,
-        max_concurrent_requests: int = 8,
-    ) -> None:
-        if not base_url:
-            raise ProviderFatalError(
-                "comfyui is self-hosted: set VIVIX_PROVIDERS__COMFYUI__BASE_URL to its address"
-            )
-        self._http = ProviderHttp(
-            self.name,
-            base_url,
-            headers={"Authorization": f"Bearer {api_key}"} if api_key else None,
-            timeout=timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout),
-            retries=retries,
-            backoff_s=backoff_s,
-            max_retry_after_s=max_retry_after_s,
-            max_concurrent_requests=max_concurrent_requests,
-            transport=transport,
-        )
+    def __init__(self, setup: AdapterSetup) -> None:
+        super().__init__(setup)
         # ComfyUI routes websocket events by client id; we only poll, one id per process.
         self._client_id = uuid.uuid4().hex
         self._file_templates: dict[str, tuple[tuple[int, int], WorkflowTemplate]] = {}
@@ -353,9 +327,6 @@ class ComfyUiAdapter:
         except ProviderError as exc:
             log.warning("comfyui_cancel_failed", prompt_id=prompt_id, error=exc.message)
 
-    async def aclose(self) -> None:
-        await self._http.aclose()
-
     # -- templates and references ------------------------------------------------------
 
     async def _template(self, options: ComfyUiRouteOptions) -> WorkflowTemplate:
@@ -399,7 +370,7 @@ class ComfyUiAdapter:
             if ref is None or ref.data is None:
                 # ComfyUI loads references from its input folder: only the bytes can go there.
                 raise ProviderRejectedError(f"reference image {index + 1} could not be fetched")
-            content_type = ref.content_type or _sniff_image_type(ref.data) or "image/png"
+            content_type = ref.content_type or sniff_image_type(ref.data) or "image/png"
             extension = (mimetypes.guess_extension(content_type) or ".png").lstrip(".")
             filename = f"vivix-{request.generation_id}-{index + 1}.{extension}"
             response = await self._http.request(
@@ -458,7 +429,7 @@ class ComfyUiAdapter:
         query = urlencode({"filename": ref.filename, "subfolder": ref.subfolder, "type": ref.type})
         # `download` wants an absolute URL; /view is on the server itself, key included.
         data, content_type = await self._http.download(self._http.url(f"/view?{query}"))
-        sniffed = _sniff_image_type(data)
+        sniffed = sniff_image_type(data)
         if sniffed:
             content_type = sniffed
         elif content_type in GENERIC_CONTENT_TYPES:
@@ -657,16 +628,6 @@ def _positive_int(options: dict[str, Any], key: str, default: int, *, minimum: i
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ProviderFatalError(f"comfyui route option {key} must be an integer >= {minimum}")
     return value
-
-
-def _sniff_image_type(data: bytes) -> str | None:
-    if data.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "image/png"
-    if data.startswith(b"\xff\xd8\xff"):
-        return "image/jpeg"
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "image/webp"
-    return None
 
 
 def _mentions(text: str, markers: tuple[str, ...]) -> bool:

@@ -58,8 +58,6 @@ from vivix.providers.base import (
     UpstreamHandle,
 )
 from vivix.providers.http import (
-    DEFAULT_TIMEOUT,
-    ProviderHttp,
     json_object_or_empty,
     known_content_type,
 )
@@ -71,6 +69,7 @@ from vivix.providers.route_options import (
     InputConventions,
     build_input,
 )
+from vivix.providers.upstream import AdapterSetup, UpstreamAdapter
 
 log = structlog.get_logger(__name__)
 
@@ -113,7 +112,7 @@ CONTENT_MARKERS = (
 )
 
 
-class FalAdapter:
+class FalAdapter(UpstreamAdapter):
     """fal.ai queue adapter. One instance per process, shared by all jobs.
 
     `poll_backoff_s` is the first backoff between retried HTTP calls (doubling, jittered);
@@ -123,35 +122,17 @@ class FalAdapter:
     """
 
     name = "fal"
+    default_base_url = DEFAULT_BASE_URL
+    auth_scheme = "Key"
 
-    def __init__(
-        self,
-        *,
-        api_key: str,
-        base_url: str | None = None,
-        transport: httpx.AsyncBaseTransport | None = None,
-        poll_backoff_s: float = 0.5,
-        timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
-        retries: int = 3,
-        max_concurrent_requests: int = 8,
-        max_retry_after_s: float = 30.0,
-        platform_url: str | None = None,
-    ) -> None:
-        self.base_url = (base_url or DEFAULT_BASE_URL).rstrip("/")
-        options: dict[str, Any] = {
-            "headers": {"Authorization": f"Key {api_key}"},
-            "timeout": timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout),
-            "max_concurrent_requests": max_concurrent_requests,
-            "retries": retries,
-            "backoff_s": poll_backoff_s,
-            "max_retry_after_s": max_retry_after_s,
-            "transport": transport,
-        }
-        self._http = ProviderHttp(self.name, self.base_url, **options)
-        # With a base URL of its own (a proxy, a test double) the Platform API is expected
-        # under it, at `/v1`; otherwise it is fal's.
-        platform = platform_url or (f"{self.base_url}/v1" if base_url else DEFAULT_PLATFORM_URL)
-        self._platform = ProviderHttp(self.name, platform, **options)
+    def __init__(self, setup: AdapterSetup) -> None:
+        super().__init__(setup)
+        # fal's Platform API (its request history): fal's own, or `<base_url>/v1` when the
+        # base URL is configured (a proxy, a test double).
+        configured = setup.settings.base_url
+        self._platform = self._http.at(
+            f"{self.base_url}/v1" if configured else DEFAULT_PLATFORM_URL
+        )
 
     async def submit(self, request: RenderRequest) -> UpstreamHandle:
         model = request.upstream_model.strip("/")
@@ -237,10 +218,6 @@ class FalAdapter:
                 request_id=handle.get("request_id"),
                 status=response.status_code,
             )
-
-    async def aclose(self) -> None:
-        await self._http.aclose()
-        await self._platform.aclose()
 
     def _urls(self, handle: UpstreamHandle) -> dict[str, str]:
         request_id = handle.get("request_id")

@@ -28,7 +28,7 @@ from vivix.providers.base import (
     RenderResult,
     UpstreamHandle,
 )
-from vivix.providers.local import render
+from vivix.renderer import render
 
 IMAGE_TYPES = {"png": "image/png", "jpeg": "image/jpeg"}
 AUDIO_TYPES = {"mp3": "audio/mpeg", "wav": "audio/wav"}

@@ -60,13 +60,14 @@ from vivix.providers.base import (
     UpstreamHandle,
 )
 from vivix.providers.http import ProviderHttp, parse_retry_after
-from vivix.providers.media import probe
+from vivix.providers.media import probe, sniff_image_type
 from vivix.providers.route_options import (
     option_choice,
     option_string_list,
     option_string_map,
     option_table,
 )
+from vivix.providers.upstream import UpstreamAdapter, strip_api_path
 
 DEFAULT_BASE_URL = "https://api.openai.com"
 # GPT image models take up to a couple of minutes for high quality, several images.
@@ -154,37 +155,17 @@ def default_size_map(upstream_model: str) -> dict[str, str]:
     return dict(GPT_IMAGE_SIZES)
 
 
-class OpenAiImagesAdapter:
+class OpenAiImagesAdapter(UpstreamAdapter):
     """The OpenAI Images API (or a compatible server at `base_url`). One instance per
     process, shared by all jobs."""
 
     name = "openai"
-    DEFAULT_BASE_URL = DEFAULT_BASE_URL
+    default_base_url = DEFAULT_BASE_URL
+    default_timeout = DEFAULT_TIMEOUT
+    api_path = "/v1"
 
-    def __init__(
-        self,
-        *,
-        api_key: str,
-        base_url: str | None = None,
-        transport: httpx.AsyncBaseTransport | None = None,
-        timeout: httpx.Timeout = DEFAULT_TIMEOUT,
-        retries: int = 3,
-        backoff_s: float = 0.5,
-        max_retry_after_s: float = 30.0,
-        max_concurrent_requests: int = 8,
-    ) -> None:
-        self._http = ProviderHttp(
-            self.name,
-            api_root(base_url or DEFAULT_BASE_URL),
-            headers={"Authorization": f"Bearer {api_key}"},
-            timeout=timeout,
-            retries=retries,
-            backoff_s=backoff_s,
-            max_retry_after_s=max_retry_after_s,
-            max_concurrent_requests=max_concurrent_requests,
-            transport=transport,
-            classify_error=billing_refusal,
-        )
+    def classify_error(self, response: httpx.Response) -> ProviderError | None:
+        return billing_refusal(response)
 
     async def find(self, request: RenderRequest) -> UpstreamHandle | None:
         # One synchronous call without a job id: a lost answer can't be found again.
@@ -228,9 +209,6 @@ class OpenAiImagesAdapter:
 
     async def cancel(self, handle: UpstreamHandle) -> None:
         return None  # a synchronous call: by the time there is a handle, it is over
-
-    async def aclose(self) -> None:
-        await self._http.aclose()
 
 
 def image_request_body(request: RenderRequest, options: OpenAiRouteOptions) -> dict[str, Any]:
@@ -441,19 +419,6 @@ def image_type(data: bytes, declared: str | None, fallback: str) -> str:
     return fallback
 
 
-def sniff_image_type(data: bytes) -> str | None:
-    if data.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "image/png"
-    if data.startswith(b"\xff\xd8\xff"):
-        return "image/jpeg"
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "image/webp"
-    if data[:6] in (b"GIF87a", b"GIF89a"):
-        return "image/gif"
-    return None
-
-
 def api_root(base_url: str) -> str:
     """Accept the base URL with or without the `/v1` suffix compatible servers document."""
-    root = base_url.rstrip("/")
-    return root[: -len("/v1")] if root.endswith("/v1") else root
+    return strip_api_path(base_url, "/v1")

@@ -59,8 +59,6 @@ from vivix.providers.base import (
     UpstreamHandle,
 )
 from vivix.providers.http import (
-    DEFAULT_TIMEOUT,
-    ProviderHttp,
     json_object_or_empty,
     known_content_type,
 )
@@ -70,6 +68,7 @@ from vivix.providers.route_options import (
     InputConventions,
     build_input,
 )
+from vivix.providers.upstream import AdapterSetup, UpstreamAdapter
 
 log = structlog.get_logger(__name__)
 
@@ -120,7 +119,7 @@ INPUT_MARKERS = (
 )
 
 
-class ReplicateAdapter:
+class ReplicateAdapter(UpstreamAdapter):
     """Replicate predictions adapter. One instance per process, shared by all jobs.
 
     `poll_backoff_s` is the first backoff between retried HTTP calls (doubling, jittered);
@@ -130,35 +129,12 @@ class ReplicateAdapter:
     """
 
     name = "replicate"
+    default_base_url = DEFAULT_BASE_URL
 
-    def __init__(
-        self,
-        *,
-        api_key: str,
-        base_url: str | None = None,
-        transport: httpx.AsyncBaseTransport | None = None,
-        poll_backoff_s: float = 0.5,
-        timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
-        retries: int = 3,
-        max_concurrent_requests: int = 8,
-        max_retry_after_s: float = 30.0,
-        prefer_wait_s: int | None = None,
-    ) -> None:
-        self.base_url = (base_url or DEFAULT_BASE_URL).rstrip("/")
-        self.prefer_wait_s = min(prefer_wait_s, MAX_PREFER_WAIT_S) if prefer_wait_s else None
-        client_timeout = timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout)
-        self._timeout = client_timeout
-        self._http = ProviderHttp(
-            self.name,
-            self.base_url,
-            headers={"Authorization": f"Bearer {api_key}"},
-            timeout=client_timeout,
-            max_concurrent_requests=max_concurrent_requests,
-            retries=retries,
-            backoff_s=poll_backoff_s,
-            max_retry_after_s=max_retry_after_s,
-            transport=transport,
-        )
+    def __init__(self, setup: AdapterSetup) -> None:
+        super().__init__(setup)
+        self.prefer_wait_s = setup.settings.prefer_wait_seconds
+        self._timeout = self._http.timeout
 
     async def submit(self, request: RenderRequest) -> UpstreamHandle:
         path, body = prediction_request(
@@ -262,9 +238,6 @@ class ReplicateAdapter:
                 prediction_id=handle.get("prediction_id"),
                 status=response.status_code,
             )
-
-    async def aclose(self) -> None:
-        await self._http.aclose()
 
     def _get_url(self, handle: UpstreamHandle) -> str:
         prediction_id = handle.get("prediction_id")

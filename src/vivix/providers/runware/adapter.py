@@ -71,12 +71,12 @@ from vivix.providers.base import (
     UpstreamHandle,
 )
 from vivix.providers.http import (
-    ProviderHttp,
     decode_data_uri,
     json_object_or_empty,
     parse_retry_after,
 )
-from vivix.providers.media import probe
+from vivix.providers.media import probe, sniff_image_type
+from vivix.providers.upstream import UpstreamAdapter, strip_api_path
 
 DEFAULT_BASE_URL = "https://api.runware.ai"
 API_PATH = "/v1"
@@ -245,38 +245,16 @@ class RunwareRouteOptions:
         )
 
 
-class RunwareAdapter:
+class RunwareAdapter(UpstreamAdapter):
     """Runware over REST with async delivery. One instance per process, shared by all
     jobs. A submit is retried only when Runware provably did not take it (connect error,
     429, 503 - ProviderHttp's rule); a `getResponse` poll is idempotent and retried on any
     transient failure."""
 
     name = "runware"
-    DEFAULT_BASE_URL = DEFAULT_BASE_URL
-
-    def __init__(
-        self,
-        *,
-        api_key: str,
-        base_url: str | None = None,
-        transport: httpx.AsyncBaseTransport | None = None,
-        backoff_s: float = 0.5,
-        timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
-        retries: int = 3,
-        max_retry_after_s: float = 30.0,
-        max_concurrent_requests: int = 8,
-    ) -> None:
-        self._http = ProviderHttp(
-            self.name,
-            api_root(base_url or DEFAULT_BASE_URL),
-            headers={"Authorization": f"Bearer {api_key}"},
-            timeout=timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout),
-            retries=retries,
-            backoff_s=backoff_s,
-            max_retry_after_s=max_retry_after_s,
-            max_concurrent_requests=max_concurrent_requests,
-            transport=transport,
-        )
+    default_base_url = DEFAULT_BASE_URL
+    default_timeout = DEFAULT_TIMEOUT
+    api_path = API_PATH
 
     async def submit(self, request: RenderRequest) -> UpstreamHandle:
         kind = TASK_KINDS.get(request.category)
@@ -362,9 +340,6 @@ class RunwareAdapter:
     async def cancel(self, handle: UpstreamHandle) -> None:
         # Runware documents no way to stop a task: nothing to ask for.
         return None
-
-    async def aclose(self) -> None:
-        await self._http.aclose()
 
     async def _download(self, items: list[dict[str, Any]], kind: TaskKind) -> list[OutputFile]:
         kept = [item for item in items if item.get("NSFWContent") is not True]
@@ -496,8 +471,7 @@ def classify_error(
 
 def api_root(base_url: str) -> str:
     """Accept the base URL with or without the documented `/v1` suffix."""
-    root = base_url.rstrip("/")
-    return root[: -len(API_PATH)] if root.endswith(API_PATH) else root
+    return strip_api_path(base_url, API_PATH)
 
 
 def _put_references(
@@ -532,7 +506,7 @@ def _frames(sources: list[str], key: str) -> list[dict[str, str]]:
 
 def _reference_source(ref: ReferenceImage, form: str) -> str:
     if form == "data_uri" and ref.data is not None:
-        content_type = ref.content_type or _sniff_image_type(ref.data) or "image/png"
+        content_type = ref.content_type or sniff_image_type(ref.data) or "image/png"
         return f"data:{content_type};base64,{base64.b64encode(ref.data).decode()}"
     return ref.url
 
@@ -587,22 +561,12 @@ def _inline_file(item: dict[str, Any], kind: TaskKind) -> tuple[bytes, str]:
 
 
 def _content_type(data: bytes, declared: str, kind: TaskKind) -> str:
-    sniffed = _sniff_image_type(data)
+    sniffed = sniff_image_type(data)
     if sniffed:
         return sniffed  # the bytes decide: CDNs often say application/octet-stream
     if declared and declared not in ("application/octet-stream", "binary/octet-stream"):
         return declared
     return "video/mp4" if kind.task_type == "videoInference" else "image/jpeg"
-
-
-def _sniff_image_type(data: bytes) -> str | None:
-    if data.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "image/png"
-    if data.startswith(b"\xff\xd8\xff"):
-        return "image/jpeg"
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "image/webp"
-    return None
 
 
 def _parse_sizes(value: Any) -> dict[str, tuple[int, int]]:

@@ -52,16 +52,14 @@ from vivix.providers.base import (
     RenderResult,
     UpstreamHandle,
 )
-from vivix.providers.http import ProviderHttp, parse_retry_after
-from vivix.providers.media import probe
+from vivix.providers.http import parse_retry_after
+from vivix.providers.media import probe, sniff_image_type
 from vivix.providers.openai.adapter import (
-    api_root,
     collect_images,
     error_detail,
     json_object,
     mentions_any,
     read_image_items,
-    sniff_image_type,
 )
 from vivix.providers.route_options import (
     option_choice,
@@ -69,6 +67,7 @@ from vivix.providers.route_options import (
     option_string_map,
     option_table,
 )
+from vivix.providers.upstream import UpstreamAdapter
 
 DEFAULT_BASE_URL = "https://api.x.ai"
 # Image calls block until every image is rendered (2k, n=4 takes a while).
@@ -154,35 +153,13 @@ class XaiRouteOptions:
         )
 
 
-class XaiAdapter:
+class XaiAdapter(UpstreamAdapter):
     """Grok Imagine on xAI. One instance per process, shared by all jobs."""
 
     name = "xai"
-    DEFAULT_BASE_URL = DEFAULT_BASE_URL
-
-    def __init__(
-        self,
-        *,
-        api_key: str,
-        base_url: str | None = None,
-        transport: httpx.AsyncBaseTransport | None = None,
-        timeout: httpx.Timeout = DEFAULT_TIMEOUT,
-        retries: int = 3,
-        backoff_s: float = 0.5,
-        max_retry_after_s: float = 30.0,
-        max_concurrent_requests: int = 8,
-    ) -> None:
-        self._http = ProviderHttp(
-            self.name,
-            api_root(base_url or DEFAULT_BASE_URL),
-            headers={"Authorization": f"Bearer {api_key}"},
-            timeout=timeout,
-            retries=retries,
-            backoff_s=backoff_s,
-            max_retry_after_s=max_retry_after_s,
-            max_concurrent_requests=max_concurrent_requests,
-            transport=transport,
-        )
+    default_base_url = DEFAULT_BASE_URL
+    default_timeout = DEFAULT_TIMEOUT
+    api_path = "/v1"
 
     async def submit(self, request: RenderRequest) -> UpstreamHandle:
         options = XaiRouteOptions.parse(request.options, request.category)
@@ -205,9 +182,6 @@ class XaiAdapter:
     async def cancel(self, handle: UpstreamHandle) -> None:
         # xAI documents no way to stop an image call or a video job: nothing to ask for.
         return None
-
-    async def aclose(self) -> None:
-        await self._http.aclose()
 
     # -- images ------------------------------------------------------------------------
 

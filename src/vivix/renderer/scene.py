@@ -17,7 +17,7 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image
 
-from vivix.providers.local.palette import RGB, Palette, mix
+from vivix.renderer.palette import RGB, Palette, mix
 
 F32 = NDArray[np.float32]
 BAND_PIXELS = 1 << 21

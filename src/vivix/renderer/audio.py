@@ -17,8 +17,8 @@ import av
 import numpy as np
 from numpy.typing import NDArray
 
-from vivix.providers.base import RenderCanceled
-from vivix.providers.local.theme import Theme
+from vivix.renderer import RenderCanceled
+from vivix.renderer.theme import Theme
 
 SAMPLE_RATE = 44_100
 F32 = NDArray[np.float32]

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from vivix.providers.local.theme import Theme
+from vivix.renderer.theme import Theme
 
 RGB = tuple[float, float, float]
 LCH = tuple[float, float, float]  # OKLCH lightness 0..1, chroma ~0..0.3, hue in degrees

@@ -20,18 +20,18 @@ import av
 import numpy as np
 from PIL import Image
 
-from vivix.providers.base import RenderCanceled
-from vivix.providers.local.audio import (
+from vivix.renderer import RenderCanceled
+from vivix.renderer.audio import (
     SAMPLE_RATE,
     audio_frames,
     encode_mp3,
     encode_wav,
     synthesize,
 )
-from vivix.providers.local.composition import compose_scene
-from vivix.providers.local.palette import palette_for
-from vivix.providers.local.scene import Scene
-from vivix.providers.local.theme import read_theme
+from vivix.renderer.composition import compose_scene
+from vivix.renderer.palette import palette_for
+from vivix.renderer.scene import Scene
+from vivix.renderer.theme import read_theme
 
 ASPECT_RATIOS: dict[str, Fraction] = {
     "1:1": Fraction(1, 1),
@@ -68,15 +68,17 @@ def _ratio(aspect_ratio: str) -> Fraction:
         ) from None
 
 
+def _side(sides: dict[str, int], kind: str, resolution: str) -> int:
+    if resolution not in sides:
+        raise ValueError(f"unknown {kind} resolution {resolution!r}; expected one of {list(sides)}")
+    return sides[resolution]
+
+
 def image_size(aspect_ratio: str, resolution: str) -> tuple[int, int]:
     """(width, height) with the long side 1024/2048/4096 and the other side rounded half to
     even (Python's `round` on an exact Fraction), e.g. 4:5 at 1K is (819, 1024)."""
     ratio = _ratio(aspect_ratio)
-    if resolution not in IMAGE_LONG_SIDE:
-        raise ValueError(
-            f"unknown image resolution {resolution!r}; expected one of {list(IMAGE_LONG_SIDE)}"
-        )
-    long = IMAGE_LONG_SIDE[resolution]
+    long = _side(IMAGE_LONG_SIDE, "image", resolution)
     if ratio >= 1:
         return long, round(long / ratio)
     return round(long * ratio), long
@@ -86,11 +88,7 @@ def video_size(aspect_ratio: str, resolution: str) -> tuple[int, int]:
     """(width, height) with the short side 720/1080/2160 and the long side rounded half to
     even to an even number of pixels (H.264 4:2:0 needs even sides)."""
     ratio = _ratio(aspect_ratio)
-    if resolution not in VIDEO_SHORT_SIDE:
-        raise ValueError(
-            f"unknown video resolution {resolution!r}; expected one of {list(VIDEO_SHORT_SIDE)}"
-        )
-    short = VIDEO_SHORT_SIDE[resolution]
+    short = _side(VIDEO_SHORT_SIDE, "video", resolution)
     if ratio >= 1:
         return 2 * round(short * ratio / 2), short
     return short, 2 * round(short / ratio / 2)

@@ -10,8 +10,8 @@ import math
 
 import numpy as np
 
-from vivix.providers.local.palette import RGB, Palette, mix, oklch
-from vivix.providers.local.scene import (
+from vivix.renderer.palette import RGB, Palette, mix, oklch
+from vivix.renderer.scene import (
     F32,
     Bubble,
     BubblesLayer,
@@ -36,7 +36,7 @@ from vivix.providers.local.scene import (
     ridge_profile,
     skyline_profile,
 )
-from vivix.providers.local.theme import Theme
+from vivix.renderer.theme import Theme
 
 LAND = ("mountains", "hills", "forest", "city")
 LAYERS_PER_LAND = {"mountains": 2, "hills": 2, "forest": 3, "city": 2}
