@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import copy
 import email.utils
 import mimetypes
 import random
@@ -127,21 +128,12 @@ class ProviderHttp:
         self.client = client or outbound_client(transport, max_connections)
 
     def at(self, base_url: str) -> ProviderHttp:
-        """The same credentials, retry rules and (shared) client for another root of the
-        same provider (fal's Platform API next to its queue)."""
-        return ProviderHttp(
-            self.provider,
-            base_url,
-            headers=self._auth_headers,
-            timeout=self.timeout,
-            retries=self.retries,
-            backoff_s=self.backoff_s,
-            max_retry_after_s=self.max_retry_after_s,
-            classify_error=self.classify_error,
-            egress=self.egress,
-            client=self.client,
-            clock=self.clock,
-        )
+        """The same credentials, retry rules, request slots and (shared, never closed here)
+        client for another root of the same provider (fal's Platform API next to its queue)."""
+        sibling = copy.copy(self)
+        sibling.base_url = base_url.rstrip("/")
+        sibling._owns_client = False
+        return sibling
 
     def url(self, path: str) -> str:
         return (
