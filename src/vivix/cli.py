@@ -36,6 +36,7 @@ models_app = typer.Typer(help="Per-account model allowlists.", **_PLAIN_HELP)
 pricing_app = typer.Typer(help="Per-account price overrides.", **_PLAIN_HELP)
 catalog_app = typer.Typer(help="The model catalog.", **_PLAIN_HELP)
 users_app = typer.Typer(help="Studio users (people who sign in with a browser).", **_PLAIN_HELP)
+generations_app = typer.Typer(help="Generations, as operators see them.", **_PLAIN_HELP)
 app.add_typer(accounts_app, name="accounts")
 app.add_typer(keys_app, name="keys")
 app.add_typer(credits_app, name="credits")
@@ -43,6 +44,7 @@ app.add_typer(models_app, name="models")
 app.add_typer(pricing_app, name="pricing")
 app.add_typer(catalog_app, name="catalog")
 app.add_typer(users_app, name="users")
+app.add_typer(generations_app, name="generations")
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 T = TypeVar("T")
@@ -588,6 +590,58 @@ def audit_log(
         ),
     )
     _emit(page, as_json, render)
+
+
+@app.command()
+def audit(as_json: JsonFlag = False) -> None:
+    """Check the money: balances = ledger, nothing negative, every final generation
+    settled exactly once, holds = open generations, nothing charged above its estimate.
+    Exits 1 listing every offending row."""
+
+    def render(report: dict[str, Any]) -> None:
+        checked = report["checked"]
+        scope = f"{checked['accounts']} accounts, {checked['generations']} generations"
+        if report["ok"]:
+            _print(f"[green]ok[/green]: {scope}, every check holds")
+            return
+        for problem in report["problems"]:  # one line each: long ids must not be cut
+            where = " ".join(
+                f"{key}={problem[key]}"
+                for key in ("account", "account_id", "generation_id", "status")
+                if problem.get(key)
+            )
+            _consoles.out.print(
+                f"{problem['check']}: {problem['detail']} ({where})", soft_wrap=True
+            )
+        _error(f"[red]{len(report['problems'])} problem(s)[/red] in {scope}")
+
+    report = _run(as_json, lambda rt: _admin().audit(rt))
+    _emit(report, as_json, render)
+    if not report["ok"]:
+        raise typer.Exit(1)
+
+
+@generations_app.command("show")
+def generations_show(generation_id: str, as_json: JsonFlag = False) -> None:
+    """One generation with its engine state, last error and every attempt's error."""
+
+    def render(data: dict[str, Any]) -> None:
+        table = _table(show_header=False, box=None)
+        for key in (
+            "generation_id", "status", "model", "account_id", "provider", "attempts",
+            "error_code", "error_message", "last_error", "lease_owner", "run_after",
+        ):  # fmt: skip
+            table.add_row(f"[bold]{key}[/bold]", str(data.get(key)))
+        _print(table)
+        if data["attempt_errors"]:
+            attempts = _table("attempt", "at", "worker", "error")
+            for entry in data["attempt_errors"]:
+                attempts.add_row(
+                    str(entry["attempt"]), entry["at"], entry["worker"], entry["error"]
+                )
+            _print(attempts)
+
+    _emit(_run(as_json, lambda rt: _admin().show_generation(rt, generation_id)), as_json, render)
 
 
 @catalog_app.command("list")

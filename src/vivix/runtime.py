@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from vivix.billing.ledger import Ledger, open_ledger
 from vivix.catalog.service import Catalog
 from vivix.kit.db import Database
+from vivix.kit.logging import configure_logging
 from vivix.kit.wakeup import JobsNotifier
 from vivix.limits.service import RateLimiter
 from vivix.providers.circuits import CircuitBreakers
@@ -69,6 +70,15 @@ def load_or_create_secret(settings: Settings) -> str:
 
 
 async def build_runtime(settings: Settings) -> Runtime:
+    secret = load_or_create_secret(settings)
+    configure_logging(
+        settings.log_level,
+        secrets=[
+            secret,
+            settings.admin_token,
+            *(provider.api_key for provider in settings.providers.values()),
+        ],
+    )
     db = Database(
         settings.resolved_database_url,
         pool_size=settings.db.pool_size,
@@ -88,7 +98,7 @@ async def build_runtime(settings: Settings) -> Runtime:
             fallback_divisor=settings.redis.fallback_divisor,
             socket_timeout_s=settings.redis.socket_timeout_s,
         ),
-        secret=load_or_create_secret(settings),
+        secret=secret,
         storage=OutputStore.from_url(
             settings.resolved_storage_url,
             public_base_url=settings.resolved_public_url,

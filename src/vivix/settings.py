@@ -13,6 +13,8 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from vivix.kit.bounds import MAX_CALLS_PER_MINUTE, MAX_CONCURRENT_JOBS, MAX_CREDIT_AMOUNT
+
 
 class Tier(StrEnum):
     FREE = "free"
@@ -23,9 +25,9 @@ class Tier(StrEnum):
 
 class TierDefaults(BaseModel):
     api_access: bool
-    calls_per_minute: Annotated[int, Field(ge=1)]
-    concurrent_jobs: Annotated[int, Field(ge=1)]
-    monthly_credits: Annotated[int, Field(ge=0)]
+    calls_per_minute: Annotated[int, Field(ge=1, le=MAX_CALLS_PER_MINUTE)]
+    concurrent_jobs: Annotated[int, Field(ge=1, le=MAX_CONCURRENT_JOBS)]
+    monthly_credits: Annotated[int, Field(ge=0, le=MAX_CREDIT_AMOUNT)]
 
 
 def _default_tiers() -> dict[Tier, TierDefaults]:

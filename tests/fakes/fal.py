@@ -14,6 +14,11 @@ Protocol it follows (fal docs, "Queue API"):
   `client_cancelled` after a cancel).
 - `PUT .../requests/{id}/cancel` → 202 `CANCELLATION_REQUESTED`, 400 `ALREADY_COMPLETED`,
   404 `NOT_FOUND`.
+- The Platform API's request history (docs "Platform APIs" → requests/by-endpoint), at
+  `/v1/models/requests/by-endpoint` (api.fal.ai's path; ASGITransport answers any host):
+  `?endpoint_id=` (required) `&start=&end=` (ISO 8601) `&limit=` (≤100) `&cursor=`
+  `&expand=payloads` → `{"items": [{"request_id", "endpoint_id", "started_at", "status",
+  "json_input"?}], "has_more", "next_cursor"}`, newest first.
 - A wrong key → 401 `{"detail": "No user found for Key ID and Secret"}`.
 
 Output files are served (without auth, like fal's CDN) from `/files/...`.
@@ -28,6 +33,7 @@ from collections import defaultdict, deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 import uvicorn
@@ -40,7 +46,7 @@ from tests.fakes.media import mp3_bytes, mp4_bytes, png_bytes
 
 OutputKind = Literal["image", "video", "audio"]
 Failure = Literal["validation", "content", "internal", "nsfw"]
-Endpoint = Literal["submit", "status", "result", "cancel", "files"]
+Endpoint = Literal["submit", "status", "result", "cancel", "files", "history"]
 
 
 @dataclass
@@ -60,6 +66,7 @@ class FalJob:
     outputs: int
     failure: Failure | None
     polls_before_done: int
+    submitted_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     polls: int = 0
     done: bool = False
     canceled: bool = False
@@ -71,7 +78,8 @@ class FakeFal:
     `output_kind`, `outputs` (images per job), `polls_before_done` (status checks that
     answer IN_QUEUE/IN_PROGRESS before COMPLETED; huge = never finishes), `failure`,
     `submit_delay_s` (answer the submit late, after accepting it). `inject()` queues
-    HTTP faults (e.g. 429 with Retry-After, 503) in front of an endpoint.
+    HTTP faults (e.g. 429 with Retry-After, 503) in front of an endpoint; `inject_file()`
+    replaces the next downloaded files' bytes.
 
     `submit_gate`: when set, each submit waits for that event before it is answered.
 
@@ -91,12 +99,15 @@ class FakeFal:
         outputs: int = 1,
         polls_before_done: int = 1,
         known_models: set[str] | None = None,
+        kinds_by_model: dict[str, OutputKind] | None = None,
     ) -> None:
         self.api_key = api_key
         self.output_kind: OutputKind = output_kind
         self.outputs = outputs
         self.polls_before_done = polls_before_done
         self.known_models = known_models
+        # What each model produces (a video model answers video); others: `output_kind`.
+        self.kinds_by_model = dict(kinds_by_model or {})
         self.failure: Failure | None = None
         self.submit_delay_s = 0.0
         self.submit_gate: asyncio.Event | None = None
@@ -108,18 +119,27 @@ class FakeFal:
         self.submit_attempts = 0
         self.cancels = 0
         self.result_requests = 0
+        self.history_requests = 0
         self.received: list[dict[str, Any]] = []
         self.received_models: list[str] = []
         self._faults: dict[str, deque[InjectedFault]] = defaultdict(deque)
+        self._file_replacements: deque[tuple[bytes, str]] = deque()
         self.app = Starlette(
             routes=[
                 Route("/files/{name}", self._file, methods=["GET"]),
+                Route("/v1/models/requests/by-endpoint", self._history, methods=["GET"]),
                 Route("/{app_id:path}/requests/{request_id}/status", self._status, methods=["GET"]),
                 Route("/{app_id:path}/requests/{request_id}/cancel", self._cancel, methods=["PUT"]),
                 Route("/{app_id:path}/requests/{request_id}", self._result, methods=["GET"]),
                 Route("/{model:path}", self._submit, methods=["POST"]),
             ]
         )
+
+    def inject_file(self, data: bytes, content_type: str, *, times: int = 1) -> None:
+        """Answer the next `times` file downloads with 200 and these bytes instead of the
+        output (a CDN serving an error page, a wrong file, markup labelled as an image)."""
+        for _ in range(times):
+            self._file_replacements.append((data, content_type))
 
     def inject(
         self,
@@ -189,8 +209,10 @@ class FakeFal:
             model=model,
             app_id=app_id_of(model),
             input=body,
-            kind=self.output_kind,
-            outputs=self.outputs if self.output_kind == "image" else 1,
+            kind=self.kinds_by_model.get(model, self.output_kind),
+            outputs=self.outputs
+            if self.kinds_by_model.get(model, self.output_kind) == "image"
+            else 1,
             failure=self.failure,
             polls_before_done=self.polls_before_done,
         )
@@ -203,6 +225,47 @@ class FakeFal:
         urls = self._urls(request, job)
         return JSONResponse(
             {"status": "IN_QUEUE", "request_id": request_id, **urls, "queue_position": 0}
+        )
+
+    async def _history(self, request: Request) -> Response:
+        if (refused := self._unauthorized(request)) is not None:
+            return refused
+        if (fault := self._fault("history")) is not None:
+            return fault
+        query = request.query_params
+        endpoint = query.get("endpoint_id")
+        if not endpoint:
+            return JSONResponse({"detail": "endpoint_id is required"}, status_code=422)
+        self.history_requests += 1
+        listed = sorted(
+            (job for job in self.jobs.values() if job.model == endpoint),
+            key=lambda job: job.submitted_at,
+            reverse=True,
+        )
+        if start := query.get("start"):
+            listed = [j for j in listed if j.submitted_at >= _instant(start)]
+        if end := query.get("end"):
+            listed = [j for j in listed if j.submitted_at < _instant(end)]
+        offset = int(query.get("cursor") or 0)
+        limit = min(100, int(query.get("limit") or 50))
+        page = listed[offset : offset + limit]
+        more = offset + limit < len(listed)
+        payloads = query.get("expand") == "payloads"
+        return JSONResponse(
+            {
+                "items": [
+                    {
+                        "request_id": job.request_id,
+                        "endpoint_id": job.model,
+                        "started_at": job.submitted_at.isoformat().replace("+00:00", "Z"),
+                        "status": "success" if job.done and not job.failure else "pending",
+                        **({"json_input": job.input} if payloads else {}),
+                    }
+                    for job in page
+                ],
+                "has_more": more,
+                "next_cursor": str(offset + limit) if more else None,
+            }
         )
 
     async def _status(self, request: Request) -> Response:
@@ -333,6 +396,9 @@ class FakeFal:
     async def _file(self, request: Request) -> Response:
         if (fault := self._fault("files")) is not None:
             return fault
+        if self._file_replacements:
+            data, content_type = self._file_replacements.popleft()
+            return Response(data, media_type=content_type)
         stored = self.files.get(request.path_params["name"])
         if stored is None:
             return Response(status_code=404)
@@ -420,6 +486,10 @@ class FakeFal:
                 "file_size": len(data),
             }
         }
+
+
+def _instant(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
 def app_id_of(model: str) -> str:

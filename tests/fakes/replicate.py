@@ -13,6 +13,9 @@ Protocol it follows (Replicate HTTP API reference):
   `failed` (free-text `error`).
 - `POST /v1/predictions/{id}/cancel` → 200 with the prediction, now `canceled` (a finished
   one is returned unchanged); unknown ids → 404.
+- `GET /v1/predictions[?created_after=&created_before=]` → `{"previous", "next",
+  "results"}`: the account's predictions (input included), newest first, 100 a page,
+  `next` the URL of the following page (null on the last).
 - Errors are problem details (`application/problem+json`): 401 `Unauthenticated`, 404,
   422 `Input validation failed` with `invalid_fields`, 429 throttled with Retry-After.
 
@@ -40,7 +43,7 @@ from tests.fakes.media import mp3_bytes, mp4_bytes, png_bytes
 
 OutputKind = Literal["image", "video", "audio"]
 Failure = Literal["input", "content", "internal", "invalid_on_create"]
-Endpoint = Literal["create", "get", "cancel", "files"]
+Endpoint = Literal["create", "get", "list", "cancel", "files"]
 TERMINAL = frozenset({"succeeded", "failed", "canceled", "aborted"})
 FAILURE_ERRORS = {
     "input": "Invalid input: image_input[0] could not be downloaded (HTTP 404)",
@@ -90,6 +93,7 @@ class FakeReplicate:
 
     image_size = (64, 48)
     video_size = (64, 36)
+    PAGE_SIZE = 100  # predictions per page of the list, as on Replicate
 
     def __init__(
         self,
@@ -99,12 +103,15 @@ class FakeReplicate:
         outputs: int = 1,
         polls_before_done: int = 1,
         known_models: set[str] | None = None,
+        kinds_by_model: dict[str, OutputKind] | None = None,
     ) -> None:
         self.api_token = api_token
         self.output_kind: OutputKind = output_kind
         self.outputs = outputs
         self.polls_before_done = polls_before_done
         self.known_models = known_models
+        # What each model produces (a video model answers video); others: `output_kind`.
+        self.kinds_by_model = dict(kinds_by_model or {})
         self.failure: Failure | None = None
         self.create_delay_s = 0.0
         self.data_removed = False
@@ -113,6 +120,7 @@ class FakeReplicate:
         self.submissions = 0
         self.submit_attempts = 0
         self.cancels = 0
+        self.list_requests = 0
         self.received: list[dict[str, Any]] = []
         self.received_paths: list[str] = []
         self.prefer_headers: list[str | None] = []
@@ -124,6 +132,7 @@ class FakeReplicate:
                     "/v1/models/{owner}/{name}/predictions", self._create_official, methods=["POST"]
                 ),
                 Route("/v1/predictions", self._create_version, methods=["POST"]),
+                Route("/v1/predictions", self._list, methods=["GET"]),
                 Route("/v1/predictions/{id}", self._get, methods=["GET"]),
                 Route("/v1/predictions/{id}/cancel", self._cancel, methods=["POST"]),
             ]
@@ -215,8 +224,10 @@ class FakeReplicate:
             model=model,
             version=version or "hidden",
             input=body["input"],
-            kind=self.output_kind,
-            outputs=self.outputs if self.output_kind == "image" else 1,
+            kind=self.kinds_by_model.get(model, self.output_kind),
+            outputs=self.outputs
+            if self.kinds_by_model.get(model, self.output_kind) == "image"
+            else 1,
             failure=self.failure,
             polls_before_done=self.polls_before_done,
             created_at=_now(),
@@ -232,6 +243,35 @@ class FakeReplicate:
         if self.create_delay_s:
             await asyncio.sleep(self.create_delay_s)  # accepted, but the answer comes late
         return JSONResponse(self._json(request, prediction), status_code=201)
+
+    async def _list(self, request: Request) -> Response:
+        """`GET /v1/predictions`: every prediction, newest first, `PAGE_SIZE` a page with a
+        `next` URL (a cursor); `created_after` / `created_before` (ISO 8601) filter."""
+        if (refused := self._unauthorized(request)) is not None:
+            return refused
+        if (fault := self._fault("list")) is not None:
+            return fault
+        query = request.query_params
+        after, before = query.get("created_after"), query.get("created_before")
+        listed = sorted(self.predictions.values(), key=lambda p: p.created_at, reverse=True)
+        if after:
+            listed = [p for p in listed if _instant(p.created_at) >= _instant(after)]
+        if before:
+            listed = [p for p in listed if _instant(p.created_at) < _instant(before)]
+        start = int(query.get("cursor") or 0)
+        page = listed[start : start + self.PAGE_SIZE]
+        more = start + self.PAGE_SIZE < len(listed)
+        self.list_requests += 1
+        next_url = None
+        if more:
+            next_url = str(request.url.include_query_params(cursor=start + self.PAGE_SIZE))
+        return JSONResponse(
+            {
+                "previous": None,
+                "next": next_url,
+                "results": [self._json(request, p) for p in page],
+            }
+        )
 
     async def _get(self, request: Request) -> Response:
         if (refused := self._unauthorized(request)) is not None:
@@ -353,6 +393,10 @@ def _problem(status: int, title: str, detail: str, **extra: Any) -> JSONResponse
         status_code=status,
         media_type="application/problem+json",
     )
+
+
+def _instant(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
 def _now() -> str:

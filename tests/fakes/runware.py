@@ -27,8 +27,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import time
 import uuid
-from collections import defaultdict, deque
+from collections import Counter, defaultdict, deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -63,6 +64,8 @@ class RunwareTask:
     failure: Failure | None
     polls_before_done: int
     stagger: bool
+    seconds_before_done: float | None = None
+    started: float = field(default_factory=time.monotonic)
     polls: int = 0
     forgotten: bool = False
     items: list[dict[str, Any]] = field(default_factory=list)
@@ -70,13 +73,14 @@ class RunwareTask:
 
 class FakeRunware:
     """In-memory Runware. Scenario knobs (read at submit time, per task): `polls_before_done`
-    (getResponse answers `processing` that many times; huge = never finishes), `stagger`
+    (getResponse answers `processing` that many times; huge = never finishes) or
+    `seconds_before_done` (the task renders that long, whatever the polls), `stagger`
     (then one more result per poll), `failure`, `submit_delay_s` (answer the submit late,
     after accepting it), `known_models`. `inject()` queues HTTP faults (e.g. 429 with
     Retry-After, 503) in front of an endpoint; `forget()` drops tasks.
 
-    Observations: `submissions` (accepted inference tasks), `submit_attempts`, `received`
-    (accepted task objects), `auth_modes` ("header" | "task" per request), `poll_counts`.
+    Observations: `submissions` (accepted inference tasks) and `submissions_by_prompt`,
+    `submit_attempts`, `received` (accepted task objects), `auth_modes` ("header" | "task" per request), `poll_counts`.
     """
 
     image_size = (64, 48)
@@ -85,6 +89,8 @@ class FakeRunware:
     def __init__(self, api_key: str = "rw-test-key", *, polls_before_done: int = 1) -> None:
         self.api_key = api_key
         self.polls_before_done = polls_before_done
+        # When set, a task renders for this long (wall clock) instead of for a poll count.
+        self.seconds_before_done: float | None = None
         self.stagger = False
         self.failure: Failure | None = None
         self.submit_delay_s = 0.0
@@ -92,6 +98,7 @@ class FakeRunware:
         self.tasks: dict[str, RunwareTask] = {}
         self.files: dict[str, tuple[bytes, str]] = {}
         self.submissions = 0
+        self.submissions_by_prompt: Counter[str] = Counter()
         self.submit_attempts = 0
         self.received: list[dict[str, Any]] = []
         self.auth_modes: list[str] = []
@@ -234,9 +241,11 @@ class FakeRunware:
             failure=self.failure,
             polls_before_done=self.polls_before_done,
             stagger=self.stagger,
+            seconds_before_done=self.seconds_before_done,
         )
         self.tasks[task_uuid] = job
         self.submissions += 1
+        self.submissions_by_prompt[str(task.get("positivePrompt"))] += 1
         self.received.append(task)
         if task.get("deliveryMethod", "sync") == "async":
             return 200, [{"taskType": task_type, "taskUUID": task_uuid}], []
@@ -264,7 +273,10 @@ class FakeRunware:
             )
         job.polls += 1
         done_polls = job.polls - job.polls_before_done
-        if done_polls <= 0:
+        if job.seconds_before_done is not None:
+            rendered = time.monotonic() - job.started >= job.seconds_before_done
+            finished = job.results if rendered else 0
+        elif done_polls <= 0:
             finished = 0
         elif job.stagger:
             finished = min(done_polls, job.results)

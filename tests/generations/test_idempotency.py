@@ -13,6 +13,7 @@ from sqlalchemy import func, select, update
 from tests.audit import assert_ledger_consistent, generation_count, ledger_entry_count
 from tests.factories import AccountWithKey, account_with_key
 from vivix.admin import service as admin
+from vivix.catalog.service import Catalog
 from vivix.models import Generation, LedgerEntry
 from vivix.runtime import Runtime
 
@@ -253,3 +254,105 @@ async def test_a_replay_shows_the_originals_place_in_the_queue(
     assert again.json()["generation_id"] == original.json()["generation_id"]
     assert again.json()["status"] == "pending"
     assert again.json()["queue_position"] == 3
+
+
+async def test_a_key_first_used_with_a_test_key_is_not_replayed_to_a_live_key(
+    runtime: Runtime, client: httpx.AsyncClient
+) -> None:
+    live = await account_with_key(runtime)
+    test_key = (await admin.create_key(runtime, live.name, test=True))["key"]
+    test = AccountWithKey(live.id, live.name, test_key)
+
+    free = await submit(client, test, IMAGE, "order-7")
+    assert free.status_code == 201
+    assert free.json()["credits_estimate"] == 0
+    paid = await submit(client, live, IMAGE, "order-7")
+    # The live caller gets its own (charged) generation, not the free test render.
+    assert paid.status_code == 201, paid.text
+    assert "idempotent-replayed" not in paid.headers
+    assert paid.json()["generation_id"] != free.json()["generation_id"]
+    assert paid.json()["credits_estimate"] == 4
+    assert paid.headers["x-credits-balance"] == "14996"
+    # Each mode replays its own.
+    assert (await submit(client, test, IMAGE, "order-7")).json()["generation_id"] == free.json()[
+        "generation_id"
+    ]
+    assert (await submit(client, live, IMAGE, "order-7")).json()["generation_id"] == paid.json()[
+        "generation_id"
+    ]
+    await assert_ledger_consistent(runtime)
+
+
+async def test_a_key_first_used_with_a_live_key_is_not_replayed_to_a_test_key(
+    runtime: Runtime, client: httpx.AsyncClient
+) -> None:
+    live = await account_with_key(runtime)
+    test = AccountWithKey(
+        live.id, live.name, (await admin.create_key(runtime, live.name, test=True))["key"]
+    )
+    paid = await submit(client, live, IMAGE, "order-8")
+    assert paid.status_code == 201
+    free = await submit(client, test, IMAGE, "order-8")
+    assert free.status_code == 201, free.text
+    assert free.json()["generation_id"] != paid.json()["generation_id"]
+    assert free.json()["credits_estimate"] == 0
+    # A different body under the same key in the other mode is no conflict either.
+    other = await submit(client, test, {**IMAGE, "prompt": "another"}, "order-8b")
+    assert other.status_code == 201
+    assert (await submit(client, live, {**IMAGE, "prompt": "x"}, "order-8b")).status_code == 201
+    assert await holds_of(runtime, live.id) == 2
+    await assert_ledger_consistent(runtime)
+
+
+SEEDREAM_WITH_REFERENCE = {
+    "model": "seedream-4",
+    "prompt": "a teapot like this one",
+    "reference_images": ["https://images.example.com/teapot.png"],
+}
+
+
+async def test_a_replay_does_not_resolve_reference_images_again(
+    runtime: Runtime, client: httpx.AsyncClient
+) -> None:
+    runtime.settings.providers["fal"] = runtime.settings.provider("fal").model_copy(
+        update={"api_key": "fal-key"}
+    )
+    acct = await account_with_key(runtime)
+    lookups: list[str] = []
+
+    async def public_dns(host: str, port: int, /) -> list[str]:
+        lookups.append(host)
+        return ["93.184.215.14"]
+
+    runtime.resolver = public_dns
+    first = await submit(client, acct, SEEDREAM_WITH_REFERENCE, "with-ref")
+    assert first.status_code == 201, first.text
+    assert lookups == ["images.example.com"]
+
+    async def dns_now_private(host: str, port: int, /) -> list[str]:
+        lookups.append(host)
+        return ["10.0.0.7"]
+
+    runtime.resolver = dns_now_private  # the answer changed since: the original still stands
+    again = await submit(client, acct, SEEDREAM_WITH_REFERENCE, "with-ref")
+    assert again.status_code == 200, again.text
+    assert again.json()["generation_id"] == first.json()["generation_id"]
+    assert lookups == ["images.example.com"]  # no lookup before the original was found
+
+
+async def test_a_replay_survives_catalog_and_allowlist_changes(
+    runtime: Runtime, client: httpx.AsyncClient
+) -> None:
+    acct = await account_with_key(runtime)
+    first = await submit(client, acct, IMAGE, "before-the-change")
+    assert first.status_code == 201
+    await admin.set_models(runtime, acct.name, ["vivix-local-image"], allow=False)
+    again = await submit(client, acct, IMAGE, "before-the-change")
+    assert again.status_code == 200, again.text
+    assert again.json()["generation_id"] == first.json()["generation_id"]
+    # Without the key the same body is refused now: the replay skipped a real check.
+    assert (await submit(client, acct, IMAGE, None)).json()["error"] == "MODEL_NOT_ALLOWED"
+    runtime.catalog = Catalog([m.spec for m in runtime.catalog.all() if m.slug != IMAGE["model"]])
+    gone = await submit(client, acct, IMAGE, "before-the-change")
+    assert gone.status_code == 200, gone.text
+    assert gone.json()["generation_id"] == first.json()["generation_id"]

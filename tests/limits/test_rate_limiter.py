@@ -13,9 +13,15 @@ import httpx
 import pytest
 from structlog.testing import capture_logs
 
-from tests.audit import assert_ledger_consistent, generation_count, ledger_entry_count
+from tests.audit import (
+    assert_ledger_consistent,
+    generation_count,
+    ledger_entry_count,
+    stored_counts,
+)
 from tests.conftest import IN_CI, REDIS_URL
 from tests.factories import account_with_key
+from tests.tcp_proxy import TcpProxy
 from vivix.limits.service import RateDecision, RateLimiter
 from vivix.runtime import Runtime
 
@@ -76,59 +82,12 @@ async def limiters() -> AsyncIterator[list[RateLimiter]]:
             await limiter.close()
 
 
-class RedisOutage:
+def redis_outage(redis_url: str) -> TcpProxy:
     """A TCP relay to the real Redis that the test can cut and restore: Redis goes away and
     comes back on the same address, as in a restart or a network partition."""
-
-    def __init__(self, target_host: str, target_port: int) -> None:
-        self.target = (target_host, target_port)
-        self.port = 0
-        self._server: asyncio.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
-        self._relays: set[asyncio.Task[None]] = set()
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    async def restore(self) -> None:
-        self._server = await asyncio.start_server(self._relay, "127.0.0.1", self.port)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    async def cut(self) -> None:
-        """Stop listening and drop every open connection."""
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-            self._server = None
-        for writer in self._writers:
-            writer.close()
-        await asyncio.gather(*self._relays, return_exceptions=True)
-
-    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._relays.add(task)
-        upstream_reader, upstream_writer = await asyncio.open_connection(*self.target)
-        self._writers |= {writer, upstream_writer}
-        try:
-            await asyncio.gather(
-                self._pipe(reader, upstream_writer), self._pipe(upstream_reader, writer)
-            )
-        finally:
-            self._writers -= {writer, upstream_writer}
-            self._relays.discard(task)
-
-    @staticmethod
-    async def _pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
-        try:
-            while data := await source.read(65536):
-                sink.write(data)
-                await sink.drain()
-        except ConnectionError:
-            pass
-        finally:
-            sink.close()
+    host_port = redis_url.split("://", 1)[1].split("/", 1)[0]
+    host, _, port = host_port.rpartition(":")
+    return TcpProxy(host or "127.0.0.1", int(port or 6379))
 
 
 # --- in-process (memory) counting -------------------------------------------------------
@@ -290,12 +249,12 @@ async def test_degraded_limit_never_drops_to_zero_or_opens_up(
 async def test_limiter_returns_to_redis_when_it_comes_back(
     redis_url: str, key_prefix: str, limiters: list[RateLimiter]
 ) -> None:
-    host_port = redis_url.split("://", 1)[1].split("/", 1)[0]
-    host, _, port = host_port.rpartition(":")
-    outage = RedisOutage(host or "127.0.0.1", int(port or 6379))
-    await outage.restore()
+    outage = redis_outage(redis_url)
+    await outage.start()
     try:
-        through_relay = RateLimiter(outage.url, fallback_divisor=4, key_prefix=key_prefix)
+        through_relay = RateLimiter(
+            f"redis://{outage.url_host}/0", fallback_divisor=4, key_prefix=key_prefix
+        )
         direct = RateLimiter(  # another, unaffected process
             redis_url, key_prefix=key_prefix, socket_timeout_s=SHARED_TIMEOUT_S
         )
@@ -316,7 +275,7 @@ async def test_limiter_returns_to_redis_when_it_comes_back(
         # ...and the other process counts on from there.
         assert (await direct.hit("acct-a", 20)).remaining == 15
     finally:
-        await outage.cut()
+        await outage.close()
 
 
 # --- the API: every call counts, over the limit is 429 RATE_LIMIT -------------------------
@@ -399,3 +358,48 @@ async def test_redis_outage_serves_api_calls_under_the_reduced_limit(
     assert [r.headers["x-ratelimit-limit"] for r in responses] == ["2", "2", "2"]
     assert responses[2].json()["error"] == "RATE_LIMIT"
     assert DEGRADED_WARNING in [e["event"] for e in logs]
+
+
+async def test_with_redis_cut_off_submits_keep_working_under_the_reduced_limit(
+    runtime: Runtime, client: httpx.AsyncClient, redis_url: str, key_prefix: str
+) -> None:
+    """Redis goes away mid-traffic (connections reset, new ones refused): submits go on
+    under calls_per_minute / fallback_divisor in this process, the outage is logged once,
+    and credits are untouched by it — they never depend on Redis."""
+    outage = redis_outage(redis_url)
+    await outage.start()
+    await runtime.limiter.close()
+    runtime.limiter = RateLimiter(
+        f"redis://{outage.url_host}/0",
+        fallback_divisor=4,
+        key_prefix=key_prefix,
+        socket_timeout_s=SHARED_TIMEOUT_S,
+    )
+    acct = await account_with_key(runtime, calls_per_minute=40, concurrent_jobs=100, credits=500)
+    body = {"model": "vivix-local-image", "prompt": "through an outage"}  # 2 credits each
+    try:
+        before = [
+            await client.post("/api/v1/generate", json=body, headers=acct.headers) for _ in range(3)
+        ]
+        assert [r.status_code for r in before] == [201] * 3
+        assert {r.headers["x-ratelimit-limit"] for r in before} == {"40"}
+
+        await outage.cut()
+        with capture_logs() as logs:
+            during = [
+                await client.post("/api/v1/generate", json=body, headers=acct.headers)
+                for _ in range(12)
+            ]
+        # 40 / 4 = 10 calls in this process's own window, then 429: degraded, never open.
+        assert [r.status_code for r in during] == [201] * 10 + [429] * 2
+        assert {r.headers["x-ratelimit-limit"] for r in during} == {"10"}
+        assert during[-1].json()["error"] == "RATE_LIMIT"
+        assert [e["event"] for e in logs].count(DEGRADED_WARNING) == 1
+        assert [int(r.headers["x-credits-balance"]) for r in during[:10]] == [
+            500 - 2 * n for n in range(4, 14)
+        ]
+    finally:
+        await outage.close()
+    # Read from the tables: this process's window is used up.
+    assert await stored_counts(runtime, acct.id) == (500 - 2 * 13, 2 * 13, 13, 13)
+    await assert_ledger_consistent(runtime)

@@ -24,6 +24,7 @@ from vivix.providers.base import (
     ProviderFatalError,
     ProviderRetriableError,
 )
+from vivix.providers.guarded_fetch import EgressGuard
 from vivix.providers.http import (
     MAX_REDIRECTS,
     ProviderHttp,
@@ -94,6 +95,9 @@ class FakeUpstream:
             "api": f"{API}/file.png",
             "http-downgrade": "http://api.provider.test/file.png",
             "ftp": "ftp://files.provider.test/file.png",
+            "metadata": "http://169.254.169.254/latest/meta-data/",
+            "cdn-then-private": f"{CDN}/to/private-name",
+            "private-name": "https://assets.internal.test/file.png",
         }
         return RedirectResponse(targets[request.path_params["where"]], status_code=307)
 
@@ -113,8 +117,20 @@ async def http(upstream: FakeUpstream) -> AsyncIterator[ProviderHttp]:
     await client.aclose()
 
 
+PUBLIC_ADDRESS = "93.184.215.14"
+
+
+async def public_dns(host: str, port: int, /) -> list[str]:
+    """Stands in for the internet's DNS: every CDN name is a public address."""
+    return [PUBLIC_ADDRESS]
+
+
 def make_http(transport: httpx.AsyncBaseTransport, **overrides: object) -> ProviderHttp:
-    settings: dict[str, object] = {"headers": {"Authorization": KEY}, "backoff_s": 0.001}
+    settings: dict[str, object] = {
+        "headers": {"Authorization": KEY},
+        "backoff_s": 0.001,
+        "egress": EgressGuard(resolver=public_dns),
+    }
     settings.update(overrides)
     return ProviderHttp("acme", API, transport=transport, **settings)  # type: ignore[arg-type]
 
@@ -192,6 +208,53 @@ async def test_a_redirect_to_a_non_http_scheme_is_refused(
         await http.download(f"{API}/to/ftp")
 
     assert len(upstream.seen) == 1
+
+
+async def test_off_origin_downloads_connect_to_the_checked_address_under_their_name() -> None:
+    sent: list[httpx.Request] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        return httpx.Response(200, content=PNG, headers={"content-type": "image/png"})
+
+    http = make_http(httpx.MockTransport(answer))
+    try:
+        assert (await http.download(f"{CDN}/file.png?sig=1"))[0] == PNG
+        assert (await http.download(f"{API}/file.png"))[0] == PNG
+    finally:
+        await http.aclose()
+    cdn, api = sent
+    # The CDN: pinned to the address the guard checked, its name in Host and TLS SNI.
+    assert (cdn.url.host, cdn.url.path, cdn.url.query) == (PUBLIC_ADDRESS, "/file.png", b"sig=1")
+    assert cdn.headers["host"] == "cdn.elsewhere.test"
+    assert cdn.extensions["sni_hostname"] == "cdn.elsewhere.test"
+    assert "authorization" not in cdn.headers
+    # The provider's own (configured) origin is used as is, with its credentials.
+    assert (api.url.host, api.headers["authorization"]) == ("api.provider.test", KEY)
+
+
+@pytest.mark.parametrize(
+    "start",
+    [f"{API}/to/metadata", f"{API}/to/cdn-then-private", "http://10.0.0.8/file.png"],
+    ids=["redirect-to-metadata", "second-hop-to-a-private-name", "private-cdn"],
+)
+async def test_an_output_off_the_origin_at_a_private_address_is_refused(
+    upstream: FakeUpstream, start: str
+) -> None:
+    async def split_dns(host: str, port: int, /) -> list[str]:
+        return ["10.20.30.40"] if host.endswith(".internal.test") else [PUBLIC_ADDRESS]
+
+    http = make_http(
+        httpx.ASGITransport(app=upstream.app()), egress=EgressGuard(resolver=split_dns)
+    )
+    try:
+        with pytest.raises(ProviderRetriableError, match="address was refused") as refused:
+            await http.download(start)
+    finally:
+        await http.aclose()
+    assert refused.value.resubmit is False
+    # Only the hops before the refused one were requested.
+    assert all(seen.host in ("api.provider.test", "cdn.elsewhere.test") for seen in upstream.seen)
 
 
 def test_origins_compare_scheme_host_and_port() -> None:

@@ -43,7 +43,7 @@ from vivix.worker.runner import Worker
 
 CREDITS = 1000
 NEVER = 10**9
-SHORT_DEADLINE_S = 4
+SHORT_DEADLINE_S = 8  # room for claim, intent and submit on a loaded 2-core machine
 
 
 @dataclass
@@ -190,7 +190,7 @@ RESUMABLE = [name for name, make in UPSTREAMS.items() if make().resumable]
 
 def catalog_toml() -> str:
     """Two models per provider, one route each: `<provider>` and `<provider>-short`,
-    whose deadline (4 s) passes while the job is polled even on a loaded machine."""
+    whose deadline (8 s) passes while the job is polled even on a loaded machine."""
     models = []
     for name, make in UPSTREAMS.items():
         upstream = make()
@@ -406,3 +406,73 @@ async def test_a_worker_stopped_mid_job_hands_it_over_and_the_next_resumes_it_pa
         assert url.startswith("http://testserver/files/")
         assert (await scenario.client.get(url)).status_code == 200
     await assert_ledger_consistent(scenario.runtime)
+
+
+# Where the provider takes an id of ours, or lets us find our request again.
+FINDABLE = ["fal", "replicate", "runware", "comfyui"]
+
+
+def _answer_late(upstream: Upstream) -> None:
+    """Submits are accepted upstream at once but answered only after an hour: the worker
+    is stopped while its submit is still in flight, before it could store a handle."""
+    fake = upstream.fake
+    if upstream.provider == "replicate":
+        fake.create_delay_s = 3600.0
+    else:
+        fake.submit_delay_s = 3600.0
+
+
+def _answer_promptly(upstream: Upstream) -> None:
+    fake = upstream.fake
+    if upstream.provider == "replicate":
+        fake.create_delay_s = 0.0
+    else:
+        fake.submit_delay_s = 0.0
+
+
+@pytest.mark.parametrize("upstream", FINDABLE, indirect=True)
+async def test_a_worker_lost_between_the_providers_submit_and_storing_its_id_pays_once(
+    scenario: Scenario,
+) -> None:
+    upstream = scenario.upstream
+    upstream.hang()
+    _answer_late(upstream)
+    first = scenario.worker()
+    await first.start()
+    try:
+        generation_id = await scenario.submit(upstream.provider)
+
+        async def accepted_upstream() -> bool:
+            return upstream.submissions() >= 1
+
+        await scenario.until(accepted_upstream, "the submit never reached the provider")
+        assert not await scenario.handle_stored(generation_id) or await _intent_only(
+            scenario, generation_id
+        )
+    finally:
+        await first.stop(grace_s=0)  # gone mid-submit: only our intent is stored
+    assert await _intent_only(scenario, generation_id)
+    _answer_promptly(upstream)
+    upstream.finish()
+
+    second = scenario.worker()
+    await second.start()
+    try:
+        body = await wait_for_status(scenario.client, generation_id, scenario.headers)
+    finally:
+        await second.stop(grace_s=0)
+
+    assert body["status"] == "completed", body
+    assert upstream.submissions() == 1, "found the job our request key made, not paid twice"
+    assert body["credits_used"] == 20
+    await assert_ledger_consistent(scenario.runtime)
+
+
+async def _intent_only(scenario: Scenario, generation_id: str) -> bool:
+    async with scenario.runtime.db.read() as session:
+        handle = (
+            await session.execute(
+                select(Generation.upstream_handle).where(Generation.id == generation_id)
+            )
+        ).scalar_one()
+    return isinstance(handle, dict) and set(handle) == {"request_key", "requested_at"}

@@ -75,12 +75,18 @@ def settings_overrides(tmp_path: Path) -> dict[str, object]:
 
 @pytest.fixture
 def fal() -> FakeFal:
-    return FakeFal(outputs=2, polls_before_done=1)
+    return FakeFal(
+        outputs=2,
+        polls_before_done=1,
+        kinds_by_model={"fal-ai/wan/v2.7/text-to-video": "video"},
+    )
 
 
 @pytest.fixture
 def replicate() -> FakeReplicate:
-    return FakeReplicate(outputs=2, polls_before_done=1)
+    return FakeReplicate(
+        outputs=2, polls_before_done=1, kinds_by_model={"wan-video/wan-2.7-t2v": "video"}
+    )
 
 
 def fake_registry(fal: FakeFal, replicate: FakeReplicate, tmp_path: Path) -> ProviderRegistry:

@@ -108,7 +108,13 @@ async def test_a_renderer_that_always_fails_ends_failed_with_the_hold_released(
     body = await wait_for_status(client, generation_id, acct.headers)
     assert body["status"] == "failed"
     assert body["error"] == "PROVIDER_ERROR"
-    assert "7:3" in body["message"] or "aspect" in body["message"]
+    # Customers get the stable message; the renderer's own words are for operators.
+    assert (
+        body["message"] == "The provider refused the input of this generation; nothing was charged."
+    )
+    shown = await admin.show_generation(runtime, generation_id)
+    assert "7:3" in shown["last_error"]
+    assert [entry["error"] for entry in shown["attempt_errors"]] == [shown["last_error"]]
     assert body["credits_used"] == 0
     assert body["completed_at"].endswith("Z")
     credits = (await client.get("/api/v1/credits", headers=acct.headers)).json()
@@ -208,8 +214,16 @@ async def test_a_job_interrupted_more_than_max_attempts_fails_and_is_refunded(
     body = (await client.get(f"/api/v1/generations/{generation_id}", headers=acct.headers)).json()
     assert body["status"] == "failed"
     assert body["error"] == "INTERNAL_ERROR"
+    assert "interrupted" not in body["message"]
     assert body["credits_used"] == 0
     assert await ledger_kinds(runtime, generation_id) == ["hold", "release"]
+    from vivix.admin import service as admin
+
+    history = (await admin.show_generation(runtime, generation_id))["attempt_errors"]
+    assert [(e["attempt"], e["worker"]) for e in history] == [
+        (attempt, "reaper") for attempt in range(1, runtime.settings.worker.max_attempts + 1)
+    ]
+    assert all(f"crashing-{e['attempt']}" in e["error"] for e in history)
     await assert_ledger_consistent(runtime)
 
 
@@ -337,3 +351,47 @@ async def test_cancel_of_a_completed_generation_is_not_cancelable(
         "request_id": None,
         "status": "completed",
     }
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{"factor": "0.1"}, {"rows": [{"credits": 1}]}],
+    ids=["factor", "replacement-rows"],
+)
+async def test_a_price_override_set_mid_render_does_not_change_the_charge(
+    runtime: Runtime,
+    client: httpx.AsyncClient,
+    local_registry: ProviderRegistry,
+    change: dict[str, object],
+) -> None:
+    from vivix.admin import service as admin
+
+    acct = await account_with_key(runtime, credits=100)
+    await admin.set_models(runtime, acct.name, ["broken-local-image"], allow=True)
+    response = await client.post(
+        "/api/v1/generate",
+        json={"model": "broken-local-image", "prompt": "priced at submit"},
+        headers=acct.headers,
+    )
+    assert response.json()["credits_estimate"] == 10
+    claimed = await claim(runtime, "worker-a")
+    # The operator lowers the price while the job renders: it was admitted at 10.
+    await admin.set_price_override(runtime, acct.name, "broken-local-image", **change)  # type: ignore[arg-type]
+    png = render.render_image("priced", width=64, height=64, seed=1)
+    result = RenderResult([OutputFile(png, "image/png", width=64, height=64)])
+    await JobExecutor(runtime, local_registry, "worker-a", GuardedFetcher()).complete(
+        claimed, result
+    )
+    body = (await client.get(f"/api/v1/generations/{claimed.id}", headers=acct.headers)).json()
+    assert body["status"] == "completed"
+    assert body["credits_used"] == 10
+    credits = (await client.get("/api/v1/credits", headers=acct.headers)).json()
+    assert (credits["balance"], credits["held"]) == (90, 0)
+    # A submit after the change is priced with it.
+    later = await client.post(
+        "/api/v1/generate",
+        json={"model": "broken-local-image", "prompt": "priced after"},
+        headers=acct.headers,
+    )
+    assert later.json()["credits_estimate"] == 1
+    await assert_ledger_consistent(runtime)

@@ -197,9 +197,8 @@ async def test_a_killed_worker_resumes_the_same_upstream_job_without_a_second_su
         first = workers.start()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 30
-        while (
-            fal.submissions == 0
-            or (await generation_row(runtime, generation_id)).upstream_handle is None
+        while fal.submissions == 0 or "request_id" not in (
+            (await generation_row(runtime, generation_id)).upstream_handle or {}
         ):
             assert loop.time() < deadline, "the first worker never submitted upstream"
             await asyncio.sleep(0.1)

@@ -13,6 +13,7 @@ from sqlalchemy import Row
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from vivix.accounts import repository
+from vivix.kit.bounds import MAX_CALLS_PER_MINUTE, MAX_CONCURRENT_JOBS, MAX_CREDIT_AMOUNT
 from vivix.kit.clock import add_months, utcnow
 from vivix.kit.errors import (
     AccountSuspended,
@@ -160,6 +161,11 @@ def require_api_access(account: HasLimitOverrides, settings: Settings) -> None:
         raise TierLocked(f"The {account.tier} plan does not include API access.", tier=account.tier)
 
 
+def check_credit_amount(field: str, value: int, *, minimum: int) -> None:
+    if not minimum <= value <= MAX_CREDIT_AMOUNT:
+        raise AdminInvalid(field, f"must be a whole number from {minimum} to {MAX_CREDIT_AMOUNT}")
+
+
 def check_account_name(name: str) -> str:
     if not _ACCOUNT_NAME.match(name):
         raise AdminInvalid(
@@ -187,8 +193,8 @@ async def create_account(
     `opening_grant`) with the tier's default model allowlist."""
     check_account_name(name)
     tier = parse_tier(tier)
-    if opening_credits is not None and opening_credits < 0:
-        raise AdminInvalid("credits", "must be zero or more")
+    if opening_credits is not None:
+        check_credit_amount("credits", opening_credits, minimum=0)
     if await repository.find_account(session, name) is not None:
         raise AdminConflict(f"An account named {name!r} already exists.")
     now = utcnow()
@@ -278,17 +284,16 @@ async def update_account(
     account = await repository.lock_account(session, account.id)
     if tier is not None:
         account.tier = parse_tier(tier)
-    for field, value in (
-        ("calls_per_minute", calls_per_minute),
-        ("concurrent_jobs", concurrent_jobs),
+    for field, value, bound in (
+        ("calls_per_minute", calls_per_minute, MAX_CALLS_PER_MINUTE),
+        ("concurrent_jobs", concurrent_jobs, MAX_CONCURRENT_JOBS),
     ):
         if value is not None:
-            if value < 1:
-                raise AdminInvalid(field, "must be at least 1")
+            if not 1 <= value <= bound:
+                raise AdminInvalid(field, f"must be a whole number from 1 to {bound}")
             setattr(account, field, value)
     if monthly_credits is not None:
-        if monthly_credits < 0:
-            raise AdminInvalid("monthly_credits", "must be zero or more")
+        check_credit_amount("monthly_credits", monthly_credits, minimum=0)
         account.monthly_credits = monthly_credits
     account.updated_at = utcnow()
     await session.flush()

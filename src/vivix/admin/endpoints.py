@@ -160,6 +160,18 @@ async def clear_price(request: Request, account: str, slug: str) -> Response:
     )
 
 
+@router.get("/audit")
+async def audit(request: Request) -> Response:
+    """The money audit: 200 with `ok: true`, or 409 listing every offending row."""
+    report = await service.audit(runtime_of(request))
+    return json_response(report, 200 if report["ok"] else 409)
+
+
+@router.get("/generations/{generation_id}")
+async def show_generation(request: Request, generation_id: str) -> Response:
+    return json_response(await service.show_generation(runtime_of(request), generation_id))
+
+
 @router.get("/catalog")
 async def catalog(request: Request) -> Response:
     return json_response({"data": await service.catalog_list(runtime_of(request))})

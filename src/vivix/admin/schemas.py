@@ -4,6 +4,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from vivix.kit.bounds import MAX_CALLS_PER_MINUTE, MAX_CONCURRENT_JOBS, MAX_CREDIT_AMOUNT
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -12,14 +14,14 @@ class _Strict(BaseModel):
 class AccountCreate(_Strict):
     name: str
     tier: str = "pro"
-    credits: int | None = Field(default=None, ge=0)
+    credits: int | None = Field(default=None, ge=0, le=MAX_CREDIT_AMOUNT)
 
 
 class AccountUpdate(_Strict):
     tier: str | None = None
-    calls_per_minute: int | None = Field(default=None, ge=1)
-    concurrent_jobs: int | None = Field(default=None, ge=1)
-    monthly_credits: int | None = Field(default=None, ge=0)
+    calls_per_minute: int | None = Field(default=None, ge=1, le=MAX_CALLS_PER_MINUTE)
+    concurrent_jobs: int | None = Field(default=None, ge=1, le=MAX_CONCURRENT_JOBS)
+    monthly_credits: int | None = Field(default=None, ge=0, le=MAX_CREDIT_AMOUNT)
 
 
 class KeyCreate(_Strict):
@@ -28,7 +30,7 @@ class KeyCreate(_Strict):
 
 
 class CreditGrant(_Strict):
-    amount: int = Field(ge=1)
+    amount: int = Field(ge=1, le=MAX_CREDIT_AMOUNT)
     reason: str | None = Field(default=None, max_length=500)
 
 

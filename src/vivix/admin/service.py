@@ -17,10 +17,13 @@ from vivix.accounts import repository as accounts_repository
 from vivix.accounts import service as accounts
 from vivix.admin import repository
 from vivix.billing import repository as billing_repository
+from vivix.billing.audit import audit_money
 from vivix.catalog import pricing
 from vivix.catalog.schemas import PricingRow
+from vivix.generations import repository as generations_repository
+from vivix.generations.schemas import generation_out
 from vivix.kit.clock import iso, utcnow
-from vivix.kit.errors import AdminInvalid
+from vivix.kit.errors import AdminInvalid, AdminNotFound
 from vivix.kit.ids import uuid7
 from vivix.kit.pagination import decode_cursor, encode_cursor
 from vivix.models import Account, AdminAuditEntry, ApiKey, User
@@ -496,6 +499,41 @@ async def list_audit_log(
         "data": [audit_entry_out(r) for r in rows],
         "next_cursor": encode_cursor(rows[-1].id) if has_more else None,
         "has_more": has_more,
+    }
+
+
+async def audit(runtime: Runtime) -> dict[str, Any]:
+    """The money audit (`billing.audit`): `ok` and every offending row."""
+    async with runtime.db.read() as session:
+        report = await audit_money(session)
+    return report.as_dict()
+
+
+async def show_generation(runtime: Runtime, generation_id: str) -> dict[str, Any]:
+    """One generation as operators see it: what the customer sees plus the engine's
+    state, the operator-only error detail and every attempt's error."""
+    async with runtime.db.read() as session:
+        generation = await generations_repository.get_generation(session, generation_id)
+    if generation is None:
+        raise AdminNotFound(f"No generation with id {generation_id!r}.")
+    return {
+        **generation_out(generation, output_url=runtime.storage.url_for),
+        "account_id": generation.account_id,
+        "api_key_id": generation.api_key_id,
+        "test": generation.is_test,
+        "error_code": generation.error_code,
+        "error_message": generation.error_message,
+        "last_error": generation.last_error,
+        "attempts": generation.attempts,
+        "attempt_errors": generation.attempt_errors or [],
+        "provider": generation.provider,
+        "route_index": generation.route_index,
+        "upstream_handle": generation.upstream_handle,
+        "lease_owner": generation.lease_owner,
+        "lease_expires_at": iso(generation.lease_expires_at),
+        "run_after": iso(generation.run_after),
+        "started_at": iso(generation.started_at),
+        "price_snapshot": generation.price_snapshot,
     }
 
 

@@ -29,8 +29,8 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     Connection,
-    Integer,
     String,
     bindparam,
     func,
@@ -43,6 +43,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from vivix.kit.bounds import MAX_BALANCE, MAX_CREDIT_AMOUNT
 from vivix.kit.clock import add_months, utcnow
 from vivix.kit.db import Database
 from vivix.kit.errors import AdminInvalid
@@ -116,14 +117,15 @@ _MOVE = (
     update(_ACCOUNTS)
     .where(
         _ACCOUNTS.c.id == bindparam("account_id"),
-        _ACCOUNTS.c.balance + bindparam("d_balance", type_=Integer) >= 0,
+        _ACCOUNTS.c.balance + bindparam("d_balance", type_=BigInteger) >= 0,
     )
     .values(
-        balance=_ACCOUNTS.c.balance + bindparam("d_balance", type_=Integer),
-        held=_ACCOUNTS.c.held + bindparam("d_held", type_=Integer),
-        active_jobs=_ACCOUNTS.c.active_jobs + bindparam("d_active_jobs", type_=Integer),
-        spent_this_cycle=_ACCOUNTS.c.spent_this_cycle + bindparam("d_spent", type_=Integer),
-        granted_this_cycle=_ACCOUNTS.c.granted_this_cycle + bindparam("d_granted", type_=Integer),
+        balance=_ACCOUNTS.c.balance + bindparam("d_balance", type_=BigInteger),
+        held=_ACCOUNTS.c.held + bindparam("d_held", type_=BigInteger),
+        active_jobs=_ACCOUNTS.c.active_jobs + bindparam("d_active_jobs", type_=BigInteger),
+        spent_this_cycle=_ACCOUNTS.c.spent_this_cycle + bindparam("d_spent", type_=BigInteger),
+        granted_this_cycle=_ACCOUNTS.c.granted_this_cycle
+        + bindparam("d_granted", type_=BigInteger),
     )
     .returning(_ACCOUNTS.c.balance)
 )
@@ -134,12 +136,12 @@ _TAKE_SLOT_AND_HOLD = (
     update(_ACCOUNTS)
     .where(
         _ACCOUNTS.c.id == bindparam("account_id"),
-        _ACCOUNTS.c.balance >= bindparam("amount", type_=Integer),
-        _ACCOUNTS.c.active_jobs < bindparam("concurrent_limit", type_=Integer),
+        _ACCOUNTS.c.balance >= bindparam("amount", type_=BigInteger),
+        _ACCOUNTS.c.active_jobs < bindparam("concurrent_limit", type_=BigInteger),
     )
     .values(
-        balance=_ACCOUNTS.c.balance - bindparam("amount", type_=Integer),
-        held=_ACCOUNTS.c.held + bindparam("amount", type_=Integer),
+        balance=_ACCOUNTS.c.balance - bindparam("amount", type_=BigInteger),
+        held=_ACCOUNTS.c.held + bindparam("amount", type_=BigInteger),
         active_jobs=_ACCOUNTS.c.active_jobs + 1,
     )
     .returning(_ACCOUNTS.c.balance)
@@ -151,12 +153,16 @@ _EXPIRE_IDEMPOTENCY_KEY = (
     update(_GENERATIONS)
     .where(
         _GENERATIONS.c.account_id == bindparam("b_account_id"),
+        _GENERATIONS.c.is_test == bindparam("b_is_test"),
         _GENERATIONS.c.idempotency_key == bindparam("b_idempotency_key"),
         _GENERATIONS.c.created_at < bindparam("older_than"),
     )
     .values(idempotency_key=None)
 )
 _SLOTS_AND_BALANCE = select(_ACCOUNTS.c.active_jobs, _ACCOUNTS.c.balance).where(
+    _ACCOUNTS.c.id == bindparam("account_id")
+)
+_WALLET = select(_ACCOUNTS.c.balance, _ACCOUNTS.c.held).where(
     _ACCOUNTS.c.id == bindparam("account_id")
 )
 _LOCK_CYCLE = (
@@ -169,6 +175,7 @@ _LOCK_CYCLE = (
 def _expiry_params(admission: Admission) -> dict[str, Any]:
     return {
         "b_account_id": admission.generation.account_id,
+        "b_is_test": admission.generation.is_test,
         "b_idempotency_key": admission.generation.idempotency_key,
         "older_than": admission.idempotency_keys_before,
     }
@@ -253,8 +260,11 @@ class Ledger(ABC):
         self, session: AsyncSession, account_id: str, amount: int, reason: str | None
     ) -> None:
         """An operator's one-off grant; counts toward this cycle's granted credits."""
-        if amount <= 0:
-            raise AdminInvalid("amount", "must be a positive whole number of credits")
+        if not 1 <= amount <= MAX_CREDIT_AMOUNT:
+            raise AdminInvalid(
+                "amount", f"must be a positive whole number of credits, at most {MAX_CREDIT_AMOUNT}"
+            )
+        await _check_wallet_room(session, account_id, amount)
         await self._move(
             session,
             Movement(
@@ -269,8 +279,11 @@ class Ledger(ABC):
         self, session: AsyncSession, account_id: str, amount: int, reason: str
     ) -> None:
         """A signed correction; it may not take the balance below zero."""
-        if amount == 0:
-            raise AdminInvalid("amount", "must not be zero")
+        if amount == 0 or abs(amount) > MAX_CREDIT_AMOUNT:
+            raise AdminInvalid(
+                "amount", f"must be a non-zero whole number of credits, at most {MAX_CREDIT_AMOUNT}"
+            )
+        await _check_wallet_room(session, account_id, amount)
         moved = await self._move(
             session, Movement(account_id, ((LedgerKind.ADJUSTMENT, amount),), reason=reason)
         )
@@ -395,7 +408,7 @@ def _postgres_admission() -> Any:
             )
         ).select_from(account),
     ).cte("generation")
-    amount = bindparam("amount", type_=Integer)
+    amount = bindparam("amount", type_=BigInteger)
     hold = (
         insert(_LEDGER)
         .from_select(
@@ -421,7 +434,7 @@ def _postgres_move() -> Any:
     account = _MOVE.cte("account")
     entries = (
         func.unnest(
-            bindparam("kinds", type_=ARRAY(String)), bindparam("amounts", type_=ARRAY(Integer))
+            bindparam("kinds", type_=ARRAY(String)), bindparam("amounts", type_=ARRAY(BigInteger))
         )
         .table_valued("kind", "amount")
         .render_derived(name="entry", with_types=False)
@@ -490,6 +503,18 @@ class PostgresLedger(Ledger):
 def open_ledger(db: Database) -> Ledger:
     """The ledger for this database's dialect: chosen once, where the database is opened."""
     return SqliteLedger(db) if db.is_sqlite else PostgresLedger(db)
+
+
+async def _check_wallet_room(session: AsyncSession, account_id: str, amount: int) -> None:
+    """A wallet holds at most MAX_BALANCE credits (available + held): every ledger sum
+    then stays far inside 64 bits."""
+    wallet = (await session.execute(_WALLET, {"account_id": account_id})).one()
+    room = MAX_BALANCE - wallet.balance - wallet.held
+    if amount > room:
+        raise AdminInvalid(
+            "amount",
+            f"a wallet holds at most {MAX_BALANCE} credits; at most {max(0, room)} can be added",
+        )
 
 
 def _months_between(anchor: datetime, moment: datetime) -> int:

@@ -3,10 +3,10 @@ from __future__ import annotations
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import Row, func, select
+from sqlalchemy import Row, case, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from vivix.models import Generation, LedgerEntry, LedgerKind
+from vivix.models import Account, Generation, LedgerEntry, LedgerKind
 
 
 async def ledger_sum(session: AsyncSession, account_id: str) -> int:
@@ -114,3 +114,79 @@ async def ledger_in_order(
         .limit(limit)
     )
     return list((await session.execute(query)).all())
+
+
+# --- the money audit (`billing.audit`): whole-table reads, never on the request path ----
+
+
+async def balances_against_ledger(session: AsyncSession) -> list[Row[Any]]:
+    """Every account: id, name, balance, held, active_jobs and the sum of its entries."""
+    ledger = (
+        select(LedgerEntry.account_id, func.sum(LedgerEntry.amount).label("total"))
+        .group_by(LedgerEntry.account_id)
+        .subquery()
+    )
+    return list(
+        (
+            await session.execute(
+                select(
+                    Account.id,
+                    Account.name,
+                    Account.balance,
+                    Account.held,
+                    Account.active_jobs,
+                    func.coalesce(ledger.c.total, 0).label("ledger_total"),
+                )
+                .outerjoin(ledger, ledger.c.account_id == Account.id)
+                .order_by(Account.id)
+            )
+        ).all()
+    )
+
+
+def _sum_of(kind: LedgerKind) -> Any:
+    return func.coalesce(func.sum(case((LedgerEntry.kind == kind.value, LedgerEntry.amount))), 0)
+
+
+def _count_of(kind: LedgerKind) -> Any:
+    return func.count(case((LedgerEntry.kind == kind.value, 1)))
+
+
+async def generations_with_their_entries(session: AsyncSession) -> list[Row[Any]]:
+    """Every generation with its money: status, estimate, credits_used and, from its
+    ledger entries, the count and sum of each kind (hold, release, capture)."""
+    return list(
+        (
+            await session.execute(
+                select(
+                    Generation.id,
+                    Generation.account_id,
+                    Generation.status,
+                    Generation.credits_estimate,
+                    Generation.credits_used,
+                    _count_of(LedgerKind.HOLD).label("holds"),
+                    _sum_of(LedgerKind.HOLD).label("held"),
+                    _count_of(LedgerKind.RELEASE).label("releases"),
+                    _sum_of(LedgerKind.RELEASE).label("released"),
+                    _count_of(LedgerKind.CAPTURE).label("captures"),
+                    _sum_of(LedgerKind.CAPTURE).label("captured"),
+                )
+                .outerjoin(LedgerEntry, LedgerEntry.generation_id == Generation.id)
+                .group_by(Generation.id)
+                .order_by(Generation.id)
+            )
+        ).all()
+    )
+
+
+async def entries_without_a_generation(session: AsyncSession) -> list[Any]:
+    """Ledger entries naming a generation that does not exist."""
+    return list(
+        (
+            await session.execute(
+                select(LedgerEntry.id, LedgerEntry.account_id, LedgerEntry.generation_id)
+                .outerjoin(Generation, Generation.id == LedgerEntry.generation_id)
+                .where(LedgerEntry.generation_id.is_not(None), Generation.id.is_(None))
+            )
+        ).all()
+    )

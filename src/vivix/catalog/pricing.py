@@ -91,6 +91,22 @@ def unit_price(model: ModelSpec, params: dict[str, Any], override: PriceOverride
     raise NoPrice(model.slug)
 
 
+def freeze(model: ModelSpec, override: PriceOverride | None) -> dict[str, Any]:
+    """The price inputs in force now (the effective rows and the factor), as JSON to keep
+    with the generation: settlement prices with these, so an override or catalog change
+    while the job renders can't change what it was admitted at."""
+    return PriceOverride(
+        rows=effective_rows(model, override),
+        factor=None if override is None else override.factor,
+    ).model_dump(exclude_none=True)
+
+
+def thawed(frozen: dict[str, Any] | None) -> PriceOverride | None:
+    """The frozen price inputs as an override that replaces the model's rows; None when
+    nothing was frozen (a generation admitted before prices were frozen)."""
+    return parse_override(frozen)
+
+
 def result_count(model: ModelSpec, params: dict[str, Any]) -> int:
     return int(params.get("number_results", 1)) if "number_results" in model.params else 1
 

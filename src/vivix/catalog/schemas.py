@@ -6,6 +6,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from vivix.kit.bounds import MAX_PRICE_CREDITS
+
 ParamType = Literal["string", "integer", "enum", "boolean", "string[]"]
 Category = Literal["image", "video", "audio"]
 ParamValue = str | int | bool
@@ -63,8 +65,8 @@ class PricingRow(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     when: dict[str, ParamValue] = Field(default_factory=dict)
-    credits: Annotated[int, Field(ge=0)]
-    per_second: Annotated[int, Field(ge=0)] = 0
+    credits: Annotated[int, Field(ge=0, le=MAX_PRICE_CREDITS)]
+    per_second: Annotated[int, Field(ge=0, le=MAX_PRICE_CREDITS)] = 0
 
 
 class RouteSpec(BaseModel):

@@ -70,6 +70,7 @@ _BY_IDEMPOTENCY_KEY = select(
         select(_KEYED.id)
         .where(
             _KEYED.account_id == bindparam("account_id"),
+            _KEYED.is_test == bindparam("is_test"),
             _KEYED.idempotency_key == bindparam("idempotency_key"),
         )
         .scalar_subquery()
@@ -77,8 +78,14 @@ _BY_IDEMPOTENCY_KEY = select(
     Generation.request_hash,
 ).where(
     Generation.account_id == bindparam("account_id"),
+    Generation.is_test == bindparam("is_test"),
     Generation.idempotency_key == bindparam("idempotency_key"),
 )
+
+
+async def get_generation(session: AsyncSession, generation_id: str) -> Generation | None:
+    """Any account's generation, whole: for operators."""
+    return await session.get(Generation, generation_id)
 
 
 async def read_for_account(
@@ -104,12 +111,14 @@ async def read_with_caller(
 
 
 async def find_by_idempotency_key(
-    connection: AsyncConnection, account_id: str, key: str
+    connection: AsyncConnection, account_id: str, is_test: bool, key: str
 ) -> Row[Any] | None:
-    """As `read_for_account`, plus `request_hash` and `created_at` for the replay checks."""
+    """As `read_for_account`, plus `request_hash` and `created_at` for the replay checks.
+    Keys are scoped to the account and the key mode (live or test)."""
     return (
         await connection.execute(
-            _BY_IDEMPOTENCY_KEY, {"account_id": account_id, "idempotency_key": key}
+            _BY_IDEMPOTENCY_KEY,
+            {"account_id": account_id, "is_test": is_test, "idempotency_key": key},
         )
     ).first()
 

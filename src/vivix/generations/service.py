@@ -28,6 +28,7 @@ from vivix.catalog.params import validate_metadata, validate_params
 from vivix.catalog.service import CatalogModel
 from vivix.generations import repository
 from vivix.generations.finish import FinalState, commit_final_state
+from vivix.kit.bounds import MAX_BALANCE
 from vivix.kit.clock import utcnow
 from vivix.kit.errors import (
     ConcurrencyLimited,
@@ -136,18 +137,19 @@ async def submit(
     runtime: Runtime, caller: Caller, body: dict[str, Any], idempotency_key: str | None
 ) -> Submitted:
     account = caller.account
+    idempotency_key = check_idempotency_key(idempotency_key)
+    fingerprint = request_fingerprint(body) if idempotency_key else None
+    if idempotency_key is not None:
+        # The original first: checks whose answer changes over time (the catalog, the
+        # allowlist, DNS of reference images, circuits) must not refuse its replay.
+        replay = await _find_replay(runtime, caller, idempotency_key, fingerprint)
+        if replay is not None:
+            return Submitted(replay.id, account.balance, replay=replay)
+
     model = resolve_model(runtime, body)
     params = validate_params(model.spec, body)
     metadata = validate_metadata(body.get("metadata"))
     await check_reference_images(runtime, params)
-    idempotency_key = check_idempotency_key(idempotency_key)
-    fingerprint = request_fingerprint(body) if idempotency_key else None
-
-    if idempotency_key is not None:
-        replay = await _find_replay(runtime, account.id, idempotency_key, fingerprint)
-        if replay is not None:
-            return Submitted(replay.id, account.balance, replay=replay)
-
     if model.slug not in account.allowed_models:
         raise ModelNotAllowed(model=model.slug)
     await ensure_routable(runtime, model, caller)
@@ -156,6 +158,12 @@ async def submit(
         params["seed"] = secrets.randbelow(SEED_MAX + 1)  # recorded so the result can be redone
     override = pricing.parse_override(account.price_overrides.get(model.slug))
     estimate = 0 if caller.is_test else pricing.estimate(model.spec, params, override)
+    if estimate > MAX_BALANCE:  # more than any wallet can hold: never affordable
+        raise InsufficientCredits(
+            f"This generation needs {estimate} credits; {account.balance} are available.",
+            balance=account.balance,
+            needed=estimate,
+        )
 
     now = utcnow()
     generation = NewGeneration(
@@ -167,6 +175,7 @@ async def submit(
         params=params,
         metadata=metadata,
         credits_estimate=estimate,
+        price_snapshot=pricing.freeze(model.spec, override),
         idempotency_key=idempotency_key,
         request_hash=fingerprint,
         created_at=now,
@@ -197,7 +206,7 @@ async def _admit(runtime: Runtime, caller: Caller, generation: NewGeneration) ->
             # The (account, Idempotency-Key) unique index: a duplicate committed first.
             if key is None:
                 raise
-            replay = await _find_replay(runtime, account_id, key, generation.request_hash)
+            replay = await _find_replay(runtime, caller, key, generation.request_hash)
             if replay is None:
                 raise
             return replay
@@ -205,7 +214,7 @@ async def _admit(runtime: Runtime, caller: Caller, generation: NewGeneration) ->
             return balance
         if key is not None:
             # A duplicate may have taken the last slot or credits: it is the answer.
-            replay = await _find_replay(runtime, account_id, key, generation.request_hash)
+            replay = await _find_replay(runtime, caller, key, generation.request_hash)
             if replay is not None:
                 return replay
         active, available = await runtime.ledger.available(account_id)
@@ -239,10 +248,14 @@ def _refusal(active: int, balance: int, limit: int, estimate: int) -> Exception 
 
 
 async def _find_replay(
-    runtime: Runtime, account_id: str, key: str, fingerprint: str | None
+    runtime: Runtime, caller: Caller, key: str, fingerprint: str | None
 ) -> Row[Any] | None:
+    """The generation this key made in the caller's account and key mode, if it is still
+    in its replay window; 409 when the body differs."""
     async with runtime.db.autocommit() as connection:
-        existing = await repository.find_by_idempotency_key(connection, account_id, key)
+        existing = await repository.find_by_idempotency_key(
+            connection, caller.account.id, caller.is_test, key
+        )
     if existing is None:
         return None
     if existing.created_at < utcnow() - _replay_window(runtime):

@@ -6,7 +6,7 @@ from typing import Any
 from sqlalchemy import CheckConstraint, Integer, String, text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from vivix.models.base import Base, JsonValue
+from vivix.models.base import Base, Credits, JsonValue
 
 
 class Account(Base):
@@ -27,17 +27,17 @@ class Account(Base):
     # Per-account overrides of the tier defaults; NULL = use the tier's value.
     calls_per_minute: Mapped[int | None] = mapped_column(Integer)
     concurrent_jobs: Mapped[int | None] = mapped_column(Integer)
-    monthly_credits: Mapped[int | None] = mapped_column(Integer)
-    balance: Mapped[int] = mapped_column(Integer, default=0)
-    held: Mapped[int] = mapped_column(Integer, default=0)
+    monthly_credits: Mapped[int | None] = mapped_column(Credits)
+    balance: Mapped[int] = mapped_column(Credits, default=0)
+    held: Mapped[int] = mapped_column(Credits, default=0)
     # Generations pending or processing: +1 at admission, -1 when one settles, both under
     # this row's lock, so admission checks the concurrency limit without counting rows.
     active_jobs: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
     cycle_anchor: Mapped[datetime]
     cycle_started_at: Mapped[datetime]
     cycle_resets_at: Mapped[datetime]
-    spent_this_cycle: Mapped[int] = mapped_column(Integer, default=0)
-    granted_this_cycle: Mapped[int] = mapped_column(Integer, default=0)
+    spent_this_cycle: Mapped[int] = mapped_column(Credits, default=0)
+    granted_this_cycle: Mapped[int] = mapped_column(Credits, default=0)
     allowed_models: Mapped[list[str]] = mapped_column(JsonValue, default=list)
     # {slug: {"factor": 0.8}} or {slug: {"rows": [...pricing rows...]}}
     price_overrides: Mapped[dict[str, Any]] = mapped_column(JsonValue, default=dict)

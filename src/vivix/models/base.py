@@ -38,6 +38,8 @@ class UtcDateTime(TypeDecorator[datetime]):
 
 JsonValue = JSON().with_variant(JSONB(), "postgresql")
 BigIntId = BigInteger().with_variant(Integer(), "sqlite")
+# Credits: 64-bit on PostgreSQL; SQLite's INTEGER already holds 64 bits.
+Credits = BigInteger().with_variant(Integer(), "sqlite")
 
 
 class Base(DeclarativeBase):

@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import Boolean, Float, ForeignKey, Index, Integer, String, Text, text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from vivix.models.base import Base, JsonValue
+from vivix.models.base import Base, Credits, JsonValue
 
 
 class GenerationStatus(StrEnum):
@@ -31,9 +31,12 @@ class Generation(Base):
         Index("ix_generations_account_id_id", "account_id", "id"),
         Index("ix_generations_account_id_status", "account_id", "status"),
         Index("ix_generations_status_id", "status", "id"),
+        # Keys are scoped to the account and the key mode (live/test), like Stripe's: a
+        # key first used with a test key never replays a free test render to a live key.
         Index(
-            "uq_generations_account_id_idempotency_key",
+            "uq_generations_account_id_is_test_idempotency_key",
             "account_id",
+            "is_test",
             "idempotency_key",
             unique=True,
         ),
@@ -50,12 +53,19 @@ class Generation(Base):
     is_test: Mapped[bool] = mapped_column(Boolean, default=False)
     params: Mapped[dict[str, Any]] = mapped_column(JsonValue)
     metadata_: Mapped[dict[str, str]] = mapped_column("metadata", JsonValue, default=dict)
-    credits_estimate: Mapped[int] = mapped_column(Integer)
-    credits_used: Mapped[int | None] = mapped_column(Integer)
+    credits_estimate: Mapped[int] = mapped_column(Credits)
+    credits_used: Mapped[int | None] = mapped_column(Credits)
+    # The price inputs in force at admission (pricing rows and factor, after the account's
+    # override): settlement prices what was delivered with these, not today's.
+    price_snapshot: Mapped[dict[str, Any] | None] = mapped_column(JsonValue)
     idempotency_key: Mapped[str | None] = mapped_column(String(255))
     request_hash: Mapped[str | None] = mapped_column(String(64))
     error_code: Mapped[str | None] = mapped_column(String(40))
     error_message: Mapped[str | None] = mapped_column(Text)
+    # For operators, never shown to customers: the last attempt's error in full, and every
+    # attempt's ({attempt, at, worker, error}, oldest first, the last 20 kept).
+    last_error: Mapped[str | None] = mapped_column(Text)
+    attempt_errors: Mapped[list[dict[str, Any]] | None] = mapped_column(JsonValue)
     created_at: Mapped[datetime]
     started_at: Mapped[datetime | None]
     completed_at: Mapped[datetime | None]
@@ -96,6 +106,8 @@ class NewGeneration:
     cancel_requested: bool = False
     source: str = "api"
     user_id: str | None = None
+    # The price inputs in force at admission (`catalog.pricing.freeze`).
+    price_snapshot: dict[str, Any] | None = None
 
     def row(self) -> dict[str, Any]:
         """Column name → value, as the INSERT takes them."""

@@ -3,10 +3,10 @@ from __future__ import annotations
 from datetime import datetime
 from enum import StrEnum
 
-from sqlalchemy import ForeignKey, Integer, String, UniqueConstraint
+from sqlalchemy import ForeignKey, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
-from vivix.models.base import Base, BigIntId
+from vivix.models.base import Base, BigIntId, Credits
 
 
 class LedgerKind(StrEnum):
@@ -33,7 +33,7 @@ class LedgerEntry(Base):
     id: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
     account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), index=True)
     kind: Mapped[str] = mapped_column(String(16))
-    amount: Mapped[int] = mapped_column(Integer)
+    amount: Mapped[int] = mapped_column(Credits)
     generation_id: Mapped[str | None] = mapped_column(String(36))
     cycle_started_at: Mapped[datetime | None]
     reason: Mapped[str | None] = mapped_column(String(500))

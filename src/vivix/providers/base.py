@@ -3,6 +3,7 @@ vendor.
 
 An adapter renders one generation on one upstream service as an asynchronous job:
 
+    ... the worker persists its intent: `request.request_key`, our id for this submit ...
     handle = await adapter.submit(request)      # start the upstream job
     ... the worker persists `handle` before waiting on it ...
     outcome = await adapter.poll(handle, request)   # Progress until a RenderResult
@@ -11,10 +12,16 @@ An adapter renders one generation on one upstream service as an asynchronous job
 `UpstreamHandle` is a small JSON object (e.g. {"request_id": "…"}): whatever the adapter
 needs to find the job again. Because the worker stores it before polling, a retried
 attempt after a crash calls `poll` with the stored handle instead of `submit`, so the
-provider is not paid twice. Adapters whose upstream call is synchronous (the whole result
-comes back from `submit`) may put the result in the handle's in-memory `result` field;
-it is never persisted, and `poll` on a handle without it raises
-ProviderRetriableError(resubmit=True) so a resumed attempt submits again.
+provider is not paid twice. A crash between the provider accepting a submit and the
+handle being stored leaves only the intent: the retried attempt then asks `find` for the
+job that `request_key` created, and submits (with the same key) only when there is none.
+`submit` passes the key where the provider accepts one (Runware's taskUUID, ComfyUI's
+prompt_id); `find` looks the job up by it, or by what identifies our request where the
+protocol allows no id of ours; an adapter whose provider offers neither answers None
+(README: "Resuming after a crash", per adapter). Adapters whose upstream call is
+synchronous (the whole result comes back from `submit`) may put the result in the
+handle's in-memory `result` field; it is never persisted, and `poll` on a handle without
+it raises ProviderRetriableError(resubmit=True) so a resumed attempt submits again.
 
 Errors (raise only these from adapter methods):
 - ProviderRetriableError: transient (429, 5xx, timeouts); `retry_after_s` hints the delay;
@@ -29,6 +36,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 
 # Re-exported: what a local render raises when it is stopped on request.
@@ -58,6 +66,9 @@ class RenderRequest:
     reference_images: list[ReferenceImage] = field(default_factory=list)
     # Set by the worker when the client cancels; long local renders check it.
     should_stop: Callable[[], bool] = lambda: False
+    # Our id for this submit (a UUID), persisted before the upstream call, and when.
+    request_key: str = ""
+    requested_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +133,12 @@ class ProviderAdapter(Protocol):
 
     async def submit(self, request: RenderRequest) -> UpstreamHandle:
         """Start the upstream job and return its handle (JSON-serializable)."""
+        ...
+
+    async def find(self, request: RenderRequest) -> UpstreamHandle | None:
+        """The handle of the job a `submit` with `request.request_key` (at
+        `request.requested_at`) created, if the provider has one; None when it has none —
+        or offers no way to tell, which the README lists per adapter."""
         ...
 
     async def poll(self, handle: UpstreamHandle, request: RenderRequest) -> Progress | RenderResult:

@@ -459,15 +459,10 @@ class GuardedFetcher:
         raise FetchFailed(f"could not connect to {target.host}: {failure}")
 
     def _build_pinned_request(self, target: _CheckedUrl, address: IPAddress) -> httpx.Request:
-        url = target.url.copy_with(host=str(address), fragment=None)
-        extensions: dict[str, object] = {
-            "timeout": httpx.Timeout(self._timeout_s).as_dict(),
-        }
-        if target.url.scheme == "https" and not target.is_ip_literal:
-            # TLS SNI and certificate verification use the name, not the IP we connect to.
-            extensions["sni_hostname"] = target.host.rstrip(".")
+        pinned = _pin(target, address)
+        extensions = {**pinned.extensions, "timeout": httpx.Timeout(self._timeout_s).as_dict()}
         headers = {
-            "Host": target.url.netloc.decode("ascii"),
+            **pinned.headers,
             "Accept": ", ".join(self._allowed_content_types),
             # Only the bytes on the wire count against max_bytes: no decompression bombs.
             "Accept-Encoding": "identity",
@@ -475,7 +470,7 @@ class GuardedFetcher:
             # One connection per request, bound to the name it was opened for.
             "Connection": "close",
         }
-        return httpx.Request("GET", url, headers=headers, extensions=extensions)
+        return httpx.Request("GET", pinned.url, headers=headers, extensions=extensions)
 
     async def _read_image(self, response: httpx.Response) -> tuple[bytes, str]:
         if not 200 <= response.status_code < 300:
@@ -509,3 +504,47 @@ class GuardedFetcher:
         if not body:
             raise FetchFailed("the response body is empty")
         return bytes(body), content_type
+
+
+# --- other outbound fetches -----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PinnedRequest:
+    """Where to send a request for a checked URL: to the checked address, never to a new
+    resolution of its name; `headers` and `extensions` carry the name (Host, TLS SNI)."""
+
+    url: str
+    headers: dict[str, str]
+    extensions: dict[str, object]
+
+
+def _pin(target: _CheckedUrl, address: IPAddress) -> PinnedRequest:
+    url = target.url.copy_with(host=str(address), fragment=None)
+    extensions: dict[str, object] = {}
+    if target.url.scheme == "https" and not target.is_ip_literal:
+        # TLS SNI and certificate verification use the name, not the IP we connect to.
+        extensions["sni_hostname"] = target.host.rstrip(".")
+    headers = {
+        "Host": target.url.netloc.decode("ascii"),
+        # One connection per request, bound to the name it was opened for.
+        "Connection": "close",
+    }
+    return PinnedRequest(str(url), headers, extensions)
+
+
+class EgressGuard:
+    """The policy of `check_url` for fetches other than reference images (provider output
+    files hosted off the provider's own origin, and every redirect hop): `pin` refuses a
+    URL leading to a non-public address (UrlRefused) and otherwise says where to send
+    the request so that DNS can't change the answer afterwards."""
+
+    def __init__(
+        self, resolver: Resolver | None = None, allow_private_hosts: frozenset[str] = frozenset()
+    ) -> None:
+        self._resolver: Resolver = resolver or resolve_with_system_dns
+        self._allow_private_hosts = frozenset(normalize_host_name(h) for h in allow_private_hosts)
+
+    async def pin(self, url: str) -> PinnedRequest:
+        target = await _check(url, self._resolver, self._allow_private_hosts)
+        return _pin(target, target.addresses[0])

@@ -14,6 +14,10 @@ Credentials go only to the provider's own origin (scheme, host and port of `base
 `download` fetches an output file: it follows at most `MAX_REDIRECTS` http(s) redirects
 (CDNs redirect), dropping credentials for good once a hop leaves that origin, streams the
 body and stops as soon as it passes the size limit; `data:` URIs are decoded in place.
+Every hop off the provider's origin passes the same egress guard as reference images
+(public addresses only, the connection pinned to the checked address): a provider can't
+make us fetch from our own network. The configured origin itself is trusted (the
+operator chose it; a self-hosted ComfyUI lives on a private address).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import copy
 import email.utils
 import mimetypes
 import random
@@ -33,6 +38,7 @@ import httpx
 
 from vivix.kit.clock import SYSTEM_CLOCK, Clock
 from vivix.providers.base import ProviderError, ProviderFatalError, ProviderRetriableError
+from vivix.providers.guarded_fetch import EgressGuard, PinnedRequest, UrlRefused
 
 RETRIABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
 NEVER_ACCEPTED_STATUSES = frozenset({429, 503})
@@ -101,12 +107,14 @@ class ProviderHttp:
         max_retry_after_s: float = 30.0,
         transport: httpx.AsyncBaseTransport | None = None,
         classify_error: ErrorClassifier | None = None,
+        egress: EgressGuard | None = None,
         client: httpx.AsyncClient | None = None,
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         """`client`: a shared client (the caller closes it); without one, ProviderHttp
         makes and closes its own (with `transport` and `max_connections`)."""
         self.provider = provider
+        self.egress = egress or EgressGuard()
         self.base_url = base_url.rstrip("/")
         self._auth_headers = dict(headers or {})
         self.timeout = timeout
@@ -118,6 +126,14 @@ class ProviderHttp:
         self._slots = asyncio.Semaphore(max_concurrent_requests)
         self._owns_client = client is None
         self.client = client or outbound_client(transport, max_connections)
+
+    def at(self, base_url: str) -> ProviderHttp:
+        """The same credentials, retry rules, request slots and (shared, never closed here)
+        client for another root of the same provider (fal's Platform API next to its queue)."""
+        sibling = copy.copy(self)
+        sibling.base_url = base_url.rstrip("/")
+        sibling._owns_client = False
+        return sibling
 
     def url(self, path: str) -> str:
         return (
@@ -262,13 +278,20 @@ class ProviderHttp:
                 raise ProviderRetriableError(
                     f"{self.provider} output is at a non-HTTP address ({url[:100]})"
                 )
+            pinned = None if self._own_origin(url) else await self._pin(url)
             response = await self._send(
-                "GET", url, idempotent=True, credentials=credentials, stream=True
+                "GET",
+                url if pinned is None else pinned.url,
+                idempotent=True,
+                credentials=credentials,
+                stream=True,
+                headers=None if pinned is None else pinned.headers,
+                extensions={} if pinned is None else pinned.extensions,
             )
             try:
                 location = response.headers.get("location")
                 if response.status_code in REDIRECT_STATUSES and location:
-                    url = str(response.url.join(location))
+                    url = str(httpx.URL(url).join(location))
                     # Once the chain leaves the provider's origin it never gets the key back.
                     credentials = credentials and self._own_origin(url)
                     continue
@@ -286,6 +309,15 @@ class ProviderHttp:
         raise ProviderRetriableError(
             f"the {self.provider} output redirected more than {MAX_REDIRECTS} times"
         )
+
+    async def _pin(self, url: str) -> PinnedRequest:
+        """A URL off the provider's origin, through the egress guard."""
+        try:
+            return await self.egress.pin(url)
+        except UrlRefused as exc:
+            raise ProviderRetriableError(
+                f"the {self.provider} output address was refused: {exc.reason}"
+            ) from None
 
     async def _read_limited(self, response: httpx.Response, max_bytes: int) -> bytes:
         too_large = ProviderFatalError(f"{self.provider} output is larger than {max_bytes} bytes")

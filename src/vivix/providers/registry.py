@@ -6,6 +6,7 @@ import httpx
 
 from vivix.kit.clock import SYSTEM_CLOCK, Clock
 from vivix.providers.base import ProviderAdapter
+from vivix.providers.guarded_fetch import EgressGuard
 from vivix.providers.http import outbound_client
 from vivix.providers.upstream import AdapterSetup, UpstreamAdapter
 from vivix.settings import Settings
@@ -85,7 +86,9 @@ def build_registry(settings: Settings, clock: Clock = SYSTEM_CLOCK) -> ProviderR
     if not configured:
         return ProviderRegistry(adapters)
     client = outbound_client(max_connections=SHARED_CONNECTIONS)
+    # Output downloads follow the reference-image policy, trusted internal hosts included.
+    egress = EgressGuard(allow_private_hosts=frozenset(settings.fetch.allow_private_hosts))
     for adapter_class in configured:
-        setup = AdapterSetup(settings.provider(adapter_class.name), client, clock)
+        setup = AdapterSetup(settings.provider(adapter_class.name), client, clock, egress=egress)
         adapters[adapter_class.name] = adapter_class(setup)
     return ProviderRegistry(adapters, client)

@@ -24,6 +24,7 @@ from vivix.providers.base import (
     RenderResult,
     UpstreamHandle,
 )
+from vivix.providers.guarded_fetch import EgressGuard
 from vivix.providers.http import DEFAULT_TIMEOUT, ProviderHttp, outbound_client
 from vivix.settings import ProviderSettings
 
@@ -45,6 +46,8 @@ class AdapterSetup:
     client: httpx.AsyncClient  # shared by the process's adapters; whoever made it closes it
     clock: Clock = SYSTEM_CLOCK
     owns_client: bool = False  # a standalone adapter closes its own client
+    # Output files off the provider's origin (CDNs, redirects) pass this guard.
+    egress: EgressGuard | None = None
 
 
 class UpstreamAdapter(ABC):
@@ -85,6 +88,7 @@ class UpstreamAdapter(ABC):
             classify_error=self.classify_error,
             client=setup.client,
             clock=setup.clock,
+            egress=setup.egress,
         )
 
     @classmethod
@@ -115,6 +119,9 @@ class UpstreamAdapter(ABC):
 
     @abstractmethod
     async def submit(self, request: RenderRequest) -> UpstreamHandle: ...
+
+    @abstractmethod
+    async def find(self, request: RenderRequest) -> UpstreamHandle | None: ...
 
     @abstractmethod
     async def poll(

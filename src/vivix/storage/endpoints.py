@@ -2,7 +2,13 @@
 
 Public on purpose: output URLs carry an unguessable key, so holding the URL is the access
 right (a capability URL). Supports single byte ranges (video seeking) and conditional
-requests; bodies are streamed, never loaded whole."""
+requests; bodies are streamed, never loaded whole.
+
+Our origin never serves a type a browser executes: only the image, video and audio types
+we store are sent as themselves (inline), anything else (HTML, SVG, script — from an older
+version or written straight into the bucket) as an `application/octet-stream` download.
+Every answer carries a sandboxing Content-Security-Policy, so even a file opened directly
+can't run script with our origin's rights."""
 
 from __future__ import annotations
 
@@ -14,11 +20,20 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from vivix.kit.errors import NotFound, VivixError
-from vivix.storage.service import IMMUTABLE_CACHE_CONTROL, OutputStore
+from vivix.storage.service import (
+    CONTENT_TYPES,
+    DEFAULT_CONTENT_TYPE,
+    IMMUTABLE_CACHE_CONTROL,
+    OutputStore,
+)
 
 router = APIRouter(tags=["files"])
 
 _SINGLE_BYTE_RANGE = re.compile(r"bytes=(\d*)-(\d*)", re.IGNORECASE)
+# Types served as themselves: the media types outputs are stored with.
+_SERVED_AS_IS = frozenset(CONTENT_TYPES.values()) | {"audio/x-wav"}
+# GitHub's raw-file policy: nothing loads, nothing runs, an opaque origin.
+SANDBOX_POLICY = "default-src 'none'; style-src 'unsafe-inline'; sandbox"
 
 
 class RangeNotSatisfiable(VivixError):
@@ -44,7 +59,16 @@ async def get_file(key: str, request: Request) -> Response:
         "Cache-Control": IMMUTABLE_CACHE_CONTROL,
         # Outputs come from third parties: never let a browser sniff them into HTML.
         "X-Content-Type-Options": "nosniff",
+        "Content-Security-Policy": SANDBOX_POLICY,
     }
+    content_type = stored.content_type.split(";", 1)[0].strip().lower()
+    filename = key.rsplit("/", 1)[-1]
+    if content_type in _SERVED_AS_IS:
+        headers["Content-Disposition"] = f'inline; filename="{filename}"'
+    else:
+        content_type = DEFAULT_CONTENT_TYPE
+        headers["Content-Disposition"] = f'attachment; filename="{filename}"'
+
     if _matches_any(request.headers.get("if-none-match"), etag):
         return Response(status_code=304, headers=headers)
 
@@ -59,7 +83,7 @@ async def get_file(key: str, request: Request) -> Response:
             status = 206
             start, end = requested
             headers["Content-Range"] = f"bytes {start}-{end - 1}/{stored.size}"
-    headers["Content-Type"] = stored.content_type
+    headers["Content-Type"] = content_type
     headers["Content-Length"] = str(end - start)
     if request.method == "HEAD":
         return Response(status_code=status, headers=headers)

@@ -34,6 +34,10 @@ CONTENT_TYPES: dict[str, str] = {
     "ogg": "audio/ogg",
     "opus": "audio/ogg",
     "flac": "audio/flac",
+    "weba": "audio/webm",
+    "mkv": "video/x-matroska",
+    "mka": "audio/x-matroska",
+    "ogv": "video/ogg",
 }
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
 # The first extension listed for a type is the one we name files with.

@@ -85,37 +85,43 @@ async def find_generation(session: AsyncSession, generation_id: str) -> Generati
     return await session.get(Generation, generation_id, populate_existing=True)
 
 
+async def expired_lease_ids(
+    session: AsyncSession, now: datetime, limit: int = 100
+) -> list[tuple[str, str | None]]:
+    """(id, lease owner) of generations whose lease expired (their worker died), oldest
+    first; read without locks: each is locked and checked again in its own transaction."""
+    rows = await session.execute(
+        select(Generation.id, Generation.lease_owner)
+        .where(Generation.status == PROCESSING, Generation.lease_expires_at < now)
+        .order_by(Generation.lease_expires_at)
+        .limit(limit)
+    )
+    return [(row.id, row.lease_owner) for row in rows]
+
+
 async def lock_expired_lease(
     session: AsyncSession, generation_id: str, now: datetime
 ) -> Generation | None:
-    """The generation locked, if it is still processing under a lease expired by `now`."""
-    return await _lock_processing(session, generation_id, Generation.lease_expires_at < now)
+    """The generation locked, if it is still processing under a lease expired by `now`;
+    None when it was renewed or settled, or is locked by another reaper right now
+    (skipped, not waited for)."""
+    return await _lock_processing(
+        session, generation_id, Generation.lease_expires_at < now, skip_locked=True
+    )
 
 
 async def _lock_processing(
-    session: AsyncSession, generation_id: str, condition: ColumnElement[bool]
+    session: AsyncSession,
+    generation_id: str,
+    condition: ColumnElement[bool],
+    *,
+    skip_locked: bool = False,
 ) -> Generation | None:
     return (
         await session.execute(
             select(Generation)
             .where(Generation.id == generation_id, Generation.status == PROCESSING, condition)
-            .with_for_update()
+            .with_for_update(skip_locked=skip_locked)
             .execution_options(populate_existing=True)
         )
     ).scalar_one_or_none()
-
-
-async def expired_leases(
-    session: AsyncSession, now: datetime, limit: int = 100
-) -> list[Generation]:
-    return list(
-        (
-            await session.execute(
-                select(Generation)
-                .where(Generation.status == PROCESSING, Generation.lease_expires_at < now)
-                .order_by(Generation.lease_expires_at)
-                .limit(limit)
-                .with_for_update(skip_locked=True)
-            )
-        ).scalars()
-    )

@@ -2,8 +2,11 @@
 
 Each running job has a heartbeat that renews its lease; a lost lease (reaped, or the
 client canceled) cancels the job, which stops the render and asks the upstream to stop.
-Every worker also reaps expired leases: back to `pending` with exponential backoff via
-`run_after`, or failed and refunded once `max_attempts` is used up.
+A job whose code raised gives its lease back at once, its error recorded. Every worker
+also reaps expired leases (a worker that died), each in its own transaction. Either way
+the job goes back to `pending` after a jittered exponential backoff (`run_after`), or,
+once `max_attempts` is used up, fails with a refund and its upstream job is canceled.
+Every attempt's error is kept on the generation for operators.
 
 Shutdown (SIGTERM): stop claiming, give running jobs `shutdown_grace_seconds` to finish,
 then release the rest to `pending` (attempt not counted) so another worker resumes them.
@@ -16,8 +19,10 @@ import contextlib
 import os
 import random
 import socket
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -30,7 +35,13 @@ from vivix.models import Generation, GenerationStatus
 from vivix.providers.guarded_fetch import GuardedFetcher
 from vivix.providers.registry import ProviderRegistry, build_registry
 from vivix.worker import repository
-from vivix.worker.service import JobExecutor, LeaseLost
+from vivix.worker.service import (
+    PUBLIC_MESSAGES,
+    JobExecutor,
+    LeaseLost,
+    is_intent_only,
+    note_attempt_error,
+)
 
 if TYPE_CHECKING:
     from vivix.runtime import Runtime
@@ -181,14 +192,41 @@ class Worker:
             # the upstream job too unless another worker now owns it and will resume it.
             if await self.executor.is_abandoned(generation.id):
                 await self.executor._cancel_upstream(generation)
-        except Exception:
-            # Unexpected: leave the lease to expire; the reaper retries or fails + refunds.
-            log.exception("job_crashed", generation_id=generation.id)
+        except Exception as exc:
+            # A bug or a broken dependency (store, database): give the lease back now with
+            # the error recorded, instead of letting it expire. The log carries a plain
+            # traceback, no local variables (the job's prompt, credentials).
+            log.error("job_crashed", generation_id=generation.id, exc_info=exc)
+            await self._release_crashed(generation.id, f"{type(exc).__name__}: {exc}")
         finally:
             heartbeat.cancel()
             self._running.pop(generation.id, None)
             self._canceled.discard(generation.id)
             self._wake.set()  # a slot is free
+
+    async def _release_crashed(self, generation_id: str, error: str) -> None:
+        async def lock(session: AsyncSession) -> Generation | None:
+            return await repository.lock_leased_generation(session, generation_id, self.owner)
+
+        try:
+            abandoned = await end_attempt(self.runtime, lock, self.owner, error)
+        except Exception as exc:  # the database itself is failing: the lease will expire
+            log.warning("crash_release_failed", generation_id=generation_id, error=repr(exc))
+            return
+        if abandoned is not None:
+            await self.cancel_abandoned(abandoned)
+
+    async def cancel_abandoned(self, abandoned: AbandonedJob) -> None:
+        """Stop the upstream job of a generation no worker will resume."""
+        adapter = self.registry.get(abandoned.provider)
+        if adapter is None:
+            return
+        try:
+            await adapter.cancel(abandoned.handle)
+        except Exception as exc:
+            log.warning(
+                "upstream_cancel_failed", generation_id=abandoned.generation_id, error=repr(exc)
+            )
 
     async def _heartbeat(self, generation_id: str) -> None:
         every = self.runtime.settings.worker.heartbeat_seconds
@@ -210,7 +248,7 @@ class Worker:
         every = max(1.0, self.runtime.settings.worker.lease_seconds / 3)
         while True:
             try:
-                await reap_expired_leases(self.runtime)
+                await reap_expired_leases(self.runtime, self.cancel_abandoned)
             except Exception as exc:
                 log.warning("reap_failed", error=repr(exc))
             await asyncio.sleep(every * (0.75 + random.random() / 2))
@@ -230,32 +268,82 @@ class Worker:
         log.info("worker_released_jobs", count=len(generation_ids))
 
 
-async def reap_expired_leases(runtime: Runtime) -> int:
-    """Return expired leases to the queue (with backoff), or end them: canceled when a
-    cancel was asked for, else failed and refunded once `max_attempts` is used up."""
+@dataclass(frozen=True, slots=True)
+class AbandonedJob:
+    """An upstream job whose generation has ended: nobody will collect its result."""
+
+    generation_id: str
+    provider: str
+    handle: dict[str, Any]
+
+
+def retry_delay(attempt: int, base_s: float, cap_s: float = 300.0) -> float:
+    """Exponential backoff with equal jitter (half fixed, half random): jobs that failed
+    together (a provider or database outage) don't come back in step."""
+    ceiling = min(cap_s, base_s * 2.0 ** max(0, attempt - 1))
+    return ceiling * (0.5 + random.random() / 2)
+
+
+async def end_attempt(
+    runtime: Runtime, lock: LockGeneration, worker: str, error: str
+) -> AbandonedJob | None:
+    """An attempt that ended without a result: its code raised, or its worker died (lease
+    expired). The error is kept on the generation and, in the same transaction, it goes
+    back to the queue after a jittered backoff. Attempts used up (or canceled meanwhile),
+    it ends instead — failed or canceled with a full refund, through `commit_final_state`
+    — and its upstream job is returned for cancelling. `lock` returns the row locked only
+    while it is the caller's to end (leased by the worker; lease still expired)."""
     settings = runtime.settings.worker
-    now = utcnow()
-    reaped = 0
-    ending: list[tuple[str, FinalState]] = []
     async with runtime.db.transaction() as session:
-        for generation in await repository.expired_leases(session, now):
-            reaped += 1
-            if generation.cancel_requested:
-                ending.append((generation.id, FinalState.canceled()))
-            elif generation.attempts >= settings.max_attempts:
-                message = (
-                    f"Rendering was interrupted {generation.attempts} times; "
-                    "the charge was refunded."
-                )
-                ending.append((generation.id, FinalState.failed("INTERNAL_ERROR", message)))
-            else:
-                delay = settings.retry_backoff_seconds * 2 ** max(0, generation.attempts - 1)
-                generation.status = GenerationStatus.PENDING.value
-                generation.lease_owner = None
-                generation.lease_expires_at = None
-                generation.run_after = now + timedelta(seconds=delay)
-    for generation_id, final in ending:
-        await commit_final_state(runtime, _lock_expired(generation_id, now), final)
+        generation = await lock(session)
+        if generation is None:
+            return None
+        note_attempt_error(generation, worker, error)
+        if generation.cancel_requested:
+            final = FinalState.canceled()
+        elif generation.attempts >= settings.max_attempts:
+            final = FinalState.failed("INTERNAL_ERROR", PUBLIC_MESSAGES["INTERNAL_ERROR"])
+        else:
+            delay = retry_delay(generation.attempts, settings.retry_backoff_seconds)
+            generation.status = GenerationStatus.PENDING.value
+            generation.lease_owner = None
+            generation.lease_expires_at = None
+            generation.run_after = utcnow() + timedelta(seconds=delay)
+            return None
+    # The note is committed; the ending is its own transaction (the lock checks again).
+    ended = await commit_final_state(runtime, lock, final)
+    handle = ended.upstream_handle if ended is not None else None
+    if ended is None or not handle or not ended.provider or is_intent_only(handle):
+        return None
+    return AbandonedJob(ended.id, ended.provider, dict(handle))
+
+
+async def reap_expired_leases(
+    runtime: Runtime,
+    on_abandoned: Callable[[AbandonedJob], Awaitable[None]] | None = None,
+) -> int:
+    """Return expired leases to the queue (with backoff) or fail + refund them, each in
+    its own transaction: one lease that can't be settled doesn't hold up the rest, and
+    a row locked by another reaper is skipped, not waited for."""
+    now = utcnow()
+    async with runtime.db.read() as session:
+        expired = await repository.expired_lease_ids(session, now)
+    reaped = 0
+    for generation_id, owner in expired:
+        error = (
+            f"lease expired: worker {owner} stopped renewing it "
+            "(it died or lost its database connection)"
+        )
+        try:
+            abandoned = await end_attempt(
+                runtime, _lock_expired(generation_id, now), "reaper", error
+            )
+        except Exception as exc:
+            log.warning("reap_failed", generation_id=generation_id, error=repr(exc))
+            continue
+        reaped += 1
+        if abandoned is not None and on_abandoned is not None:
+            await on_abandoned(abandoned)
     if reaped:
         log.info("reaped_expired_leases", count=reaped)
     return reaped

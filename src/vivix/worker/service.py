@@ -1,18 +1,23 @@
 """Running one claimed generation to its end.
 
 Routes are tried in catalog order (test keys: the local renderer only). On a route:
-submit → persist the upstream handle (guarded by our lease) → poll until a result →
-copy outputs into our storage → settle. A retried attempt after a crash finds the stored
-handle and resumes polling instead of submitting again. Retriable errors retry the same
-route with backoff, then move to the next mirror; rejected input fails the generation;
-fatal (misconfigured) routes are skipped. The model's deadline ends it with TIMEOUT.
-Every failure releases the hold.
+persist our intent (a request key, guarded by our lease) → submit (the adapter passes the
+key where the provider takes one) → persist the upstream handle → poll until a result →
+check the outputs are media → copy them into our storage → settle. A retried attempt
+after a crash resumes the stored handle — before fetching reference images again — and
+when only the intent was stored (the crash fell between the provider accepting the
+submit and the handle being saved), asks the adapter to find the job by the key before
+it submits again, with the same key. Retriable errors retry the same route with backoff,
+then move to the next mirror, asking the abandoned upstream job to stop; rejected input
+fails the generation; fatal (misconfigured) routes are skipped. The model's deadline
+ends it with TIMEOUT. Every failure releases the hold.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
+import uuid
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -24,7 +29,8 @@ from vivix.accounts.repository import find_account
 from vivix.catalog import pricing
 from vivix.catalog.schemas import RouteSpec
 from vivix.generations.finish import FinalState, commit_final_state
-from vivix.kit.clock import utcnow
+from vivix.kit.clock import iso, parse_iso, utcnow
+from vivix.kit.logging import redact
 from vivix.models import Generation, GenerationStatus
 from vivix.providers.base import (
     ProviderAdapter,
@@ -38,7 +44,7 @@ from vivix.providers.base import (
 )
 from vivix.providers.circuits import route_key
 from vivix.providers.guarded_fetch import FetchFailed, GuardedFetcher, UrlRefused
-from vivix.providers.media import probe
+from vivix.providers.media import NotMedia, inspect_media, with_detected_facts
 from vivix.providers.registry import LOCAL, ProviderRegistry
 from vivix.storage.service import extension_for
 from vivix.worker import repository
@@ -58,10 +64,45 @@ class LeaseLost(Exception):
     """The generation is no longer ours (reaped, canceled or settled elsewhere)."""
 
 
+# What customers read per failure code: stable text, no provider or internal detail (that
+# goes to `last_error`, for operators).
+PUBLIC_MESSAGES = {
+    "PROVIDER_ERROR": "The provider could not complete this generation; nothing was charged.",
+    "PROVIDER_REJECTED": "The provider refused the input of this generation; nothing was charged.",
+    "CONTENT_REJECTED": (
+        "The provider's content policy refused this generation; nothing was charged."
+    ),
+    "INTERNAL_ERROR": (
+        "The generation could not be completed because of an error on our side; "
+        "nothing was charged."
+    ),
+}
+MAX_ATTEMPT_ERRORS = 20
+INTENT_KEYS = frozenset({"request_key", "requested_at"})
+MAX_ERROR_TEXT = 2000
+
+
 @dataclass
 class Failure:
+    """How a generation ends when it fails: `code` and `message` for the customer (the
+    code's stable message unless one is given), `detail` for operators."""
+
     code: str
-    message: str
+    detail: str
+    message: str | None = None
+
+    @property
+    def public_message(self) -> str:
+        return self.message or PUBLIC_MESSAGES.get(self.code, PUBLIC_MESSAGES["INTERNAL_ERROR"])
+
+
+def note_attempt_error(generation: Generation, worker: str, error: str) -> None:
+    """Keep an attempt's error for operators (credentials redacted): appended to the
+    attempt history and shown as `last_error`. The caller holds the row's lock."""
+    text = redact(error)[:MAX_ERROR_TEXT]
+    entry = {"attempt": generation.attempts, "at": iso(utcnow()), "worker": worker, "error": text}
+    generation.attempt_errors = [*(generation.attempt_errors or []), entry][-MAX_ATTEMPT_ERRORS:]
+    generation.last_error = text
 
 
 class JobExecutor:
@@ -85,7 +126,7 @@ class JobExecutor:
         model = self.runtime.catalog.get(generation.model)
         if model is None:
             await self.fail(
-                generation, Failure("PROVIDER_ERROR", "This model is no longer in the catalog.")
+                generation, Failure("PROVIDER_ERROR", "the model is no longer in the catalog")
             )
             return
         started = generation.started_at or utcnow()
@@ -102,33 +143,42 @@ class JobExecutor:
         outcome: RenderResult | Failure
         try:
             async with asyncio.timeout(max(remaining, 0.001)):
-                refused = await self._fetch_reference_images(request)
-                outcome = refused or await self._run_routes(generation, request)
+                try:
+                    outcome = await self._run_routes(generation, request)
+                except ReferenceRefused as refused:
+                    outcome = refused.failure
         except TimeoutError:
             await self._cancel_upstream(generation)
+            deadline = model.spec.deadline_seconds
             outcome = Failure(
-                "TIMEOUT", f"The generation did not finish within {model.spec.deadline_seconds} s."
+                "TIMEOUT",
+                f"the model's deadline of {deadline} s passed",
+                f"The generation did not finish within {deadline} s; nothing was charged.",
             )
         if isinstance(outcome, Failure):
             await self.fail(generation, outcome)
         else:
             await self.complete(generation, outcome)
 
-    async def _fetch_reference_images(self, request: RenderRequest) -> Failure | None:
+    async def _fetch_reference_images(self, request: RenderRequest) -> None:
         """Every reference image through the SSRF guard (redirects re-checked), so adapters
-        get verified bytes; a refusal fails the generation before any provider is paid."""
+        get verified bytes; a refusal fails the generation before any provider is paid.
+        Fetched once per attempt, and only when a submit (or a lookup) needs them: resuming
+        a stored upstream job needs none."""
+        urls = request.params.get("reference_images") or []
+        if not urls or request.reference_images:
+            return
         images = []
-        for index, url in enumerate(request.params.get("reference_images") or []):
+        for index, url in enumerate(urls):
             try:
                 fetched = await self.fetcher.fetch(url)
             except (UrlRefused, FetchFailed) as exc:
-                return Failure(
-                    "INVALID_REFERENCE_IMAGE",
-                    f"Reference image {index} ({url[:200]}) could not be used: {exc.reason}",
-                )
+                # The guard's reason is about the client's own URL: safe and useful to show.
+                message = f"Reference image {index} could not be used: {exc.reason}"
+                failure = Failure("INVALID_REFERENCE_IMAGE", f"{message} ({url[:200]})", message)
+                raise ReferenceRefused(failure) from None
             images.append(ReferenceImage(url, fetched.data, fetched.content_type))
         request.reference_images = images
-        return None
 
     async def _run_routes(
         self, generation: Generation, request: RenderRequest
@@ -151,8 +201,11 @@ class JobExecutor:
             for attempt in range(attempts):
                 handle = resume
                 try:
+                    on = OnRoute(generation, index, route, adapter)
+                    if handle is not None and is_intent_only(handle):
+                        handle = await self._find(on, request, handle)
                     if handle is None:
-                        handle = await self._submit(generation, index, route, adapter, request)
+                        handle = await self._submit(on, request)
                     result = await self._poll(generation, adapter, handle, request)
                 except ProviderRetriableError as exc:
                     last_error = exc.message
@@ -163,50 +216,85 @@ class JobExecutor:
                         await asyncio.sleep(_backoff(attempt, exc.retry_after_s, backoff))
                         continue
                     await self._route_failed(circuit, route, exc.message)
+                    if resume is not None:  # failing over: nobody will collect this job
+                        await _cancel_quietly(generation.id, adapter, resume)
                 except ProviderRejectedError as exc:
-                    code = "CONTENT_REJECTED" if exc.content else "PROVIDER_ERROR"
-                    return Failure(code, exc.message)
+                    if exc.content:
+                        return Failure("CONTENT_REJECTED", exc.message)
+                    rejected = PUBLIC_MESSAGES["PROVIDER_REJECTED"]
+                    return Failure("PROVIDER_ERROR", exc.message, rejected)
                 except ProviderFatalError as exc:
                     last_error = exc.message
                     await self._route_failed(circuit, route, exc.message)
+                    if handle is not None:
+                        await _cancel_quietly(generation.id, adapter, handle)
                     break
                 else:
                     await self.runtime.circuits.record_success(circuit)
                     return result
-        return Failure("PROVIDER_ERROR", f"Every provider route failed: {last_error}")
+        return Failure("PROVIDER_ERROR", f"every provider route failed: {last_error}")
 
     async def _route_failed(self, circuit: str, route: RouteSpec, error: str) -> None:
         opened = await self.runtime.circuits.record_failure(circuit, error)
         log.warning("provider_route_failed", route=circuit, error=error, circuit_opened=opened)
 
-    async def _submit(
-        self,
-        generation: Generation,
-        index: int,
-        route: RouteSpec,
-        adapter: ProviderAdapter,
-        request: RenderRequest,
-    ) -> UpstreamHandle:
-        handle = await adapter.submit(request)
-        persisted = {k: v for k, v in handle.items() if k != "result"}
+    async def _find(
+        self, on: OnRoute, request: RenderRequest, intent: UpstreamHandle
+    ) -> UpstreamHandle | None:
+        """Only an intent was stored: the job its key made, if the provider has one (then
+        stored as the handle); None to submit again — with the same key."""
+        request.request_key = str(intent["request_key"])
+        request.requested_at = parse_iso(str(intent["requested_at"]))
+        await self._fetch_reference_images(request)  # lookups rebuild the request body
+        found = await on.adapter.find(request)
+        if found is None:
+            return None
+        log.info("upstream_job_found", generation_id=on.generation.id, provider=on.route.provider)
+        await self._store_handle(on, {**found, **intent})
+        return found
+
+    async def _submit(self, on: OnRoute, request: RenderRequest) -> UpstreamHandle:
+        await self._fetch_reference_images(request)
+        intent: UpstreamHandle = {}
+        if on.route.provider != LOCAL:  # rendering locally again costs nothing upstream
+            if not request.request_key:
+                request.request_key = str(uuid.uuid4())
+                request.requested_at = utcnow()
+            assert request.requested_at is not None
+            intent = {"request_key": request.request_key, "requested_at": iso(request.requested_at)}
+            # Stored before the provider is called: a crash from here on finds the job by
+            # its key instead of paying for another.
+            if not await self._store(on, intent):
+                raise LeaseLost()
+        handle = await on.adapter.submit(request)
+        persisted = {**{k: v for k, v in handle.items() if k != "result"}, **intent}
+        await self._store_handle(on, persisted)
+        request.request_key, request.requested_at = "", None  # the next submit is another job
+        return handle
+
+    async def _store_handle(self, on: OnRoute, handle: UpstreamHandle) -> None:
         # Known at once: a deadline or a cancel arriving while it is being stored can still
         # stop this upstream job (`_cancel_upstream` reads it from the generation).
-        generation.route_index = index
-        generation.upstream_handle = persisted
+        on.generation.route_index = on.index
+        on.generation.upstream_handle = handle
         # Stored before we wait on it: a crash from here on resumes this upstream job.
-        async with self.runtime.db.transaction() as session:
-            ok = await repository.update_if_leased(
-                session,
-                generation.id,
-                self.owner,
-                route_index=index,
-                provider=route.provider,
-                upstream_handle=persisted,
-            )
-        if not ok:
-            await adapter.cancel(handle)
+        if not await self._store(on, handle):
+            # Not ours any more. Stop the job only if nobody will resume it: a retry finds
+            # it by the stored intent and must not find it canceled.
+            if await self.is_abandoned(on.generation.id):
+                await _cancel_quietly(on.generation.id, on.adapter, handle)
             raise LeaseLost()
-        return handle
+
+    async def _store(self, on: OnRoute, handle: UpstreamHandle) -> bool:
+        async with self.runtime.db.transaction() as session:
+            return await repository.update_if_leased(
+                session,
+                on.generation.id,
+                self.owner,
+                route_index=on.index,
+                provider=on.route.provider,
+                upstream_handle=handle,
+            )
 
     async def _poll(
         self,
@@ -220,7 +308,7 @@ class JobExecutor:
         while True:
             outcome = await adapter.poll(handle, request)
             if isinstance(outcome, RenderResult):
-                return outcome
+                return await _verified(outcome, request.category)
             if outcome.fraction is not None and outcome.fraction != last_progress:
                 last_progress = outcome.fraction
                 async with self.runtime.db.transaction() as session:
@@ -244,6 +332,8 @@ class JobExecutor:
         routes = self.routes_for(generation)
         if generation.upstream_handle is None or generation.route_index is None:
             return
+        if is_intent_only(generation.upstream_handle):
+            return  # no job known to stop
         if generation.route_index >= len(routes):
             return
         adapter = self.registry.get(routes[generation.route_index].provider)
@@ -257,8 +347,7 @@ class JobExecutor:
         storage = self.runtime.storage
         stored: list[dict[str, Any]] = []
         keys: list[str] = []
-        for index, delivered in enumerate(result.outputs):
-            output = await asyncio.to_thread(probe, delivered)
+        for index, output in enumerate(result.outputs):
             key = storage.new_key(generation.id, index, extension_for(output.content_type))
             await storage.put(key, output.data, output.content_type)
             keys.append(key)
@@ -277,7 +366,7 @@ class JobExecutor:
         final = (
             FinalState.completed(stored, charge)
             if stored
-            else FinalState.failed("PROVIDER_ERROR", "The provider delivered no output.")
+            else FinalState.failed("PROVIDER_ERROR", PUBLIC_MESSAGES["PROVIDER_ERROR"])
         )
         if await self._commit_final_state(generation, final) is None:
             for key in keys:  # lost the race (canceled/reaped): don't leave orphans behind
@@ -298,26 +387,86 @@ class JobExecutor:
         model = self.runtime.catalog.get(generation.model)
         if model is None or not stored:
             return 0
-        async with self.runtime.db.read() as session:
-            account = await find_account(session, generation.account_id)
-        override = pricing.parse_override(
-            account.price_overrides.get(generation.model) if account else None
-        )
+        override = pricing.thawed(generation.price_snapshot)
+        if generation.price_snapshot is None:  # admitted before prices were frozen
+            async with self.runtime.db.read() as session:
+                account = await find_account(session, generation.account_id)
+            override = pricing.parse_override(
+                account.price_overrides.get(generation.model) if account else None
+            )
         sizes = [(o["width"], o["height"], o["duration_s"]) for o in stored]
         return pricing.final_charge(
             model.spec, generation.params, override, sizes, generation.credits_estimate
         )
 
     async def fail(self, generation: Generation, failure: Failure) -> None:
-        final = FinalState.failed(failure.code, failure.message)
-        if await self._commit_final_state(generation, final) is None:
+        async def lock_and_note(session: AsyncSession) -> Generation | None:
+            locked = await repository.lock_leased_generation(session, generation.id, self.owner)
+            if locked is not None:  # the detail is kept with the final state, for operators
+                note_attempt_error(locked, self.owner, f"{failure.code}: {failure.detail}")
+            return locked
+
+        final = FinalState.failed(failure.code, failure.public_message)
+        if await commit_final_state(self.runtime, lock_and_note, final) is None:
             raise LeaseLost()
         log.info(
             "generation_failed",
             generation_id=generation.id,
             code=failure.code,
-            reason=failure.message,
+            reason=redact(failure.detail),
         )
+
+
+@dataclass(frozen=True, slots=True)
+class OnRoute:
+    """A generation on one of its routes: where a submit goes and its handle is stored."""
+
+    generation: Generation
+    index: int
+    route: RouteSpec
+    adapter: ProviderAdapter
+
+
+class ReferenceRefused(Exception):
+    """A reference image the guard refused or couldn't fetch: the generation fails."""
+
+    def __init__(self, failure: Failure) -> None:
+        super().__init__(failure.detail)
+        self.failure = failure
+
+
+def is_intent_only(handle: UpstreamHandle) -> bool:
+    """A stored handle that records only our request key: the submit's answer was lost."""
+    return set(handle) <= INTENT_KEYS
+
+
+async def _cancel_quietly(
+    generation_id: str, adapter: ProviderAdapter, handle: UpstreamHandle
+) -> None:
+    """Best effort: ask the upstream to stop a job nobody will collect."""
+    if is_intent_only(handle):
+        return
+    try:
+        await adapter.cancel(handle)
+    except Exception as exc:
+        log.warning("upstream_cancel_failed", generation_id=generation_id, error=repr(exc))
+
+
+async def _verified(result: RenderResult, category: str) -> RenderResult:
+    """The result with every output checked to be media of the model's kind (by its
+    bytes), typed by what it is. A file that isn't is a retriable provider error: the
+    next poll of the same upstream job downloads it again; a route that keeps delivering
+    junk fails over, then the generation fails and is refunded."""
+    outputs = []
+    for index, output in enumerate(result.outputs):
+        try:
+            facts = await asyncio.to_thread(inspect_media, output.data, category)
+        except NotMedia as exc:
+            raise ProviderRetriableError(
+                f"output {index} is not a valid {category} file: {exc.reason}"
+            ) from None
+        outputs.append(with_detected_facts(output, facts))
+    return RenderResult(outputs)
 
 
 def _backoff(attempt: int, retry_after_s: float | None, base_s: float) -> float:

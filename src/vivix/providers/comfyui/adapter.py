@@ -252,7 +252,10 @@ class ComfyUiAdapter(UpstreamAdapter):
         template = await self._template(options)
         uploaded = await self._upload_references(request, template.placeholders)
         values = placeholder_values(request, options, template.placeholders, uploaded)
-        body = {"prompt": template.render(values), "client_id": self._client_id}
+        body: dict[str, Any] = {"prompt": template.render(values), "client_id": self._client_id}
+        if request.request_key:
+            # ComfyUI takes the client's prompt_id: a retried attempt finds the run by it.
+            body["prompt_id"] = request.request_key
         response = await self._http.request("POST", "/prompt", json=body, idempotent=False)
         if response.status_code == 400:
             raise prompt_rejection(response)
@@ -268,6 +271,17 @@ class ComfyUiAdapter(UpstreamAdapter):
                 "comfyui_node_errors", prompt_id=prompt_id, node_errors=answer["node_errors"]
             )
         return {"prompt_id": prompt_id}
+
+    async def find(self, request: RenderRequest) -> UpstreamHandle | None:
+        """The run queued under our request key: in the history, or still in the queue."""
+        prompt_id = request.request_key
+        if not prompt_id:
+            return None
+        if await self._history_entry(prompt_id) is not None:
+            return {"prompt_id": prompt_id}
+        if await self._queue_state(prompt_id) is not None:
+            return {"prompt_id": prompt_id}
+        return None
 
     async def poll(self, handle: UpstreamHandle, request: RenderRequest) -> Progress | RenderResult:
         prompt_id = handle.get("prompt_id")

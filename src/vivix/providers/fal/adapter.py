@@ -20,6 +20,15 @@ elsewhere), and rebuild them from the app id only if a stored handle lacks them.
 Handle: `{"request_id", "model", "status_url", "response_url", "cancel_url"}`. Polling with
 it needs nothing else, so a retried attempt resumes the same upstream request.
 
+A submit whose answer was lost (the worker died before storing the handle): fal takes no
+id of ours, but its Platform API keeps a request history (`GET {platform}/models/requests/
+by-endpoint?endpoint_id=&start=&expand=payloads`, newest first, cursor pages) that lists
+each request with its input. `find` looks there for a request to the same endpoint with
+exactly the input we send (it carries the recorded seed), started after the intent was
+recorded; only when there is none does the worker submit again. A history that isn't
+there (404 at the platform URL) means "can't tell": submit again. The platform URL is
+fal's (`https://api.fal.ai/v1`), or `<base_url>/v1` when the base URL is configured.
+
 A failed poll asks for a new submission (`resubmit=True`) only when this request can no
 longer deliver: the queue forgot it (404), its result is a failure fal recorded after its
 own retries (marked with an error type; fal doesn't bill 5xx failures), an output file is
@@ -30,11 +39,13 @@ gone or an inline one unreadable. A status check or download we couldn't make, o
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import httpx
 import structlog
 
+from vivix.kit.clock import iso
 from vivix.providers.base import (
     OutputFile,
     Progress,
@@ -58,11 +69,15 @@ from vivix.providers.route_options import (
     InputConventions,
     build_input,
 )
-from vivix.providers.upstream import UpstreamAdapter
+from vivix.providers.upstream import AdapterSetup, UpstreamAdapter
 
 log = structlog.get_logger(__name__)
 
 DEFAULT_BASE_URL = "https://queue.fal.run"
+DEFAULT_PLATFORM_URL = "https://api.fal.ai/v1"
+HISTORY_PAGES = 5  # pages of 100 requests searched for a lost submit
+# How far before the recorded intent a request may have started (clock skew).
+HISTORY_SLACK = timedelta(seconds=60)
 # fal-client: ids under these namespaces carry one more segment before owner/app.
 APP_NAMESPACES = frozenset({"workflows", "comfy"})
 
@@ -110,6 +125,15 @@ class FalAdapter(UpstreamAdapter):
     default_base_url = DEFAULT_BASE_URL
     auth_scheme = "Key"
 
+    def __init__(self, setup: AdapterSetup) -> None:
+        super().__init__(setup)
+        # fal's Platform API (its request history): fal's own, or `<base_url>/v1` when the
+        # base URL is configured (a proxy, a test double).
+        configured = setup.settings.base_url
+        self._platform = self._http.at(
+            f"{self.base_url}/v1" if configured else DEFAULT_PLATFORM_URL
+        )
+
     async def submit(self, request: RenderRequest) -> UpstreamHandle:
         model = request.upstream_model.strip("/")
         if not model:
@@ -124,6 +148,38 @@ class FalAdapter(UpstreamAdapter):
             raise ProviderRetriableError("fal accepted the submit but returned no request_id")
         handle: UpstreamHandle = {"request_id": request_id, "model": model}
         return {**handle, **self._urls({**data, **handle})}
+
+    async def find(self, request: RenderRequest) -> UpstreamHandle | None:
+        if request.requested_at is None:
+            return None
+        model = request.upstream_model.strip("/")
+        wanted = build_input(request, FAL_INPUT)
+        query: dict[str, Any] = {
+            "endpoint_id": model,
+            "start": iso(request.requested_at - HISTORY_SLACK),
+            "expand": "payloads",
+            "limit": 100,
+        }
+        for _ in range(HISTORY_PAGES):
+            response = await self._platform.request(
+                "GET", "/models/requests/by-endpoint", params=query
+            )
+            if response.status_code in (404, 405):
+                return None  # no request history at this URL: can't tell
+            if not response.is_success:
+                raise _error_for(response, "request history")
+            page = json_object_or_empty(response)
+            items = page.get("items")
+            for item in items if isinstance(items, list) else []:
+                request_id = item.get("request_id") if isinstance(item, dict) else None
+                if isinstance(request_id, str) and item.get("json_input") == wanted:
+                    handle: UpstreamHandle = {"request_id": request_id, "model": model}
+                    return {**handle, **self._urls(handle)}
+            cursor = page.get("next_cursor")
+            if not page.get("has_more") or not isinstance(cursor, str):
+                return None
+            query["cursor"] = cursor
+        return None
 
     async def poll(self, handle: UpstreamHandle, request: RenderRequest) -> Progress | RenderResult:
         urls = self._urls(handle)

@@ -132,6 +132,10 @@ class LocalAdapter:
     async def submit(self, request: RenderRequest) -> UpstreamHandle:
         return {"local": True}
 
+    async def find(self, request: RenderRequest) -> UpstreamHandle | None:
+        # Nothing upstream to pay for: rendering again is the resume (deterministic).
+        return {"local": True}
+
     @property
     def active_renders(self) -> int:
         """Renders submitted to the pool and not yet ended (queued or running)."""

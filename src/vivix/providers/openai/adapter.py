@@ -167,6 +167,10 @@ class OpenAiImagesAdapter(UpstreamAdapter):
     def classify_error(self, response: httpx.Response) -> ProviderError | None:
         return billing_refusal(response)
 
+    async def find(self, request: RenderRequest) -> UpstreamHandle | None:
+        # One synchronous call without a job id: a lost answer can't be found again.
+        return None
+
     async def submit(self, request: RenderRequest) -> UpstreamHandle:
         if request.category != "image":
             raise ProviderFatalError(

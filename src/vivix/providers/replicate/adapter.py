@@ -23,6 +23,13 @@ handle's in-memory `result` key (stripped before the handle is persisted); the p
 part - id and URLs - is enough to resume, because a resumed `poll` simply fetches the
 prediction again.
 
+A create whose answer was lost (the worker died before storing the handle): Replicate
+takes no id of ours, but `GET /v1/predictions?created_after=` lists the account's
+predictions, newest first, with their input. `find` looks there for a prediction of the
+same model (or version) with exactly the input we send (it carries the recorded seed),
+created after the intent was recorded; only when there is none does the worker create
+another.
+
 A failed poll asks for a new prediction (`resubmit=True`) only when this one can no longer
 deliver: Replicate forgot it (404), it failed for a transient reason, its output was
 deleted (`data_removed`, or the file answers 404/410) or is an unreadable data URI. A GET
@@ -32,11 +39,14 @@ or download we couldn't make leaves the worker polling the same prediction.
 from __future__ import annotations
 
 import re
+from datetime import timedelta
 from typing import Any
+from urllib.parse import urlencode
 
 import httpx
 import structlog
 
+from vivix.kit.clock import iso
 from vivix.providers.base import (
     OutputFile,
     Progress,
@@ -63,6 +73,9 @@ from vivix.providers.upstream import AdapterSetup, UpstreamAdapter
 log = structlog.get_logger(__name__)
 
 DEFAULT_BASE_URL = "https://api.replicate.com"
+LIST_PAGES = 5  # pages of 100 predictions searched for a lost create
+# How far before the recorded intent a prediction may have been created (clock skew).
+LIST_SLACK = timedelta(seconds=60)
 MAX_PREFER_WAIT_S = 60  # Replicate holds a sync request at most this long
 
 # Our canonical params as Replicate's model schemas usually name them (route options
@@ -142,18 +155,45 @@ class ReplicateAdapter(UpstreamAdapter):
         prediction_id = prediction.get("id")
         if not isinstance(prediction_id, str) or not prediction_id:
             raise ProviderRetriableError("Replicate accepted the prediction but returned no id")
+        handle = self._handle(prediction)
+        if prediction.get("status") in TERMINAL:
+            handle["result"] = prediction  # in memory only; see the module docstring
+        return handle
+
+    async def find(self, request: RenderRequest) -> UpstreamHandle | None:
+        if request.requested_at is None:
+            return None
+        path, body = prediction_request(
+            request.upstream_model, build_input(request, REPLICATE_INPUT)
+        )
+        since = iso(request.requested_at - LIST_SLACK)
+        url = f"/v1/predictions?{urlencode({'created_after': since})}"
+        for _ in range(LIST_PAGES):
+            response = await self._http.request("GET", url)
+            if not response.is_success:
+                raise _error_for(response, "list")
+            page = json_object_or_empty(response)
+            results = page.get("results")
+            for prediction in results if isinstance(results, list) else []:
+                if isinstance(prediction, dict) and _is_our_prediction(prediction, path, body):
+                    return self._handle(prediction)
+            next_url = page.get("next")
+            if not isinstance(next_url, str) or not next_url:
+                return None
+            url = self._http.on_base_url(next_url)
+        return None
+
+    def _handle(self, prediction: dict[str, Any]) -> UpstreamHandle:
+        prediction_id = str(prediction["id"])
         raw_urls = prediction.get("urls")
         urls: dict[str, Any] = raw_urls if isinstance(raw_urls, dict) else {}
-        handle: UpstreamHandle = {
+        return {
             "prediction_id": prediction_id,
             "get_url": self._on_api_host(urls.get("get"), f"/v1/predictions/{prediction_id}"),
             "cancel_url": self._on_api_host(
                 urls.get("cancel"), f"/v1/predictions/{prediction_id}/cancel"
             ),
         }
-        if prediction.get("status") in TERMINAL:
-            handle["result"] = prediction  # in memory only; see the module docstring
-        return handle
 
     async def poll(self, handle: UpstreamHandle, request: RenderRequest) -> Progress | RenderResult:
         prediction = handle.get("result")
@@ -217,6 +257,16 @@ class ReplicateAdapter(UpstreamAdapter):
             data, served_type = await self._http.download(url)  # data: URIs too
             outputs.append(OutputFile(data, known_content_type(served_type, url)))
         return outputs
+
+
+def _is_our_prediction(prediction: dict[str, Any], path: str, body: dict[str, Any]) -> bool:
+    """The same model (official model path) or version, and exactly our input."""
+    if prediction.get("input") != body["input"] or not isinstance(prediction.get("id"), str):
+        return False
+    if "version" in body:
+        return bool(prediction.get("version") == body["version"])
+    owner_name = path.removeprefix("/v1/models/").removesuffix("/predictions")
+    return prediction.get("model") == owner_name
 
 
 def prefer_wait(options: dict[str, Any], default_s: int | None) -> int | None:

@@ -265,7 +265,9 @@ class RunwareAdapter(UpstreamAdapter):
         if not request.upstream_model:
             raise ProviderFatalError("runware route has no upstream model (AIR id)")
         options = RunwareRouteOptions.parse(request.options)
-        task_uuid = str(uuid.uuid4())
+        # Our request key is the task's UUID (Runware takes the client's): a retried
+        # attempt finds the task by it (`find`) instead of rendering it again.
+        task_uuid = request.request_key or str(uuid.uuid4())
         task = build_task(request, options, kind, task_uuid)
         response = await self._http.request("POST", API_PATH, json=[task], idempotent=False)
         payload = json_object_or_empty(response)
@@ -278,12 +280,29 @@ class RunwareAdapter(UpstreamAdapter):
                 retry_after=parse_retry_after(response.headers.get("retry-after")),
             )
         # The acknowledgement carries nothing we need: the task is found by its UUID.
-        expected = task.get("numberResults", 1)
-        return {
-            "task_uuid": task_uuid,
-            "task_type": kind.task_type,
-            "number_results": expected if isinstance(expected, int) and expected > 0 else 1,
-        }
+        return _handle(task, kind)
+
+    async def find(self, request: RenderRequest) -> UpstreamHandle | None:
+        """The task our request key names, if Runware has it: a getResponse for it
+        answers anything but taskNotFound."""
+        kind = TASK_KINDS.get(request.category)
+        if kind is None or not request.request_key:
+            return None
+        response = await self._http.request(
+            "POST",
+            API_PATH,
+            json=[{"taskType": "getResponse", "taskUUID": request.request_key}],
+            idempotent=True,
+        )
+        errors = _errors_of(json_object_or_empty(response), request.request_key)
+        if any(str(error.get("code")) in TASK_GONE_CODES for error in errors):
+            return None
+        if not response.is_success and not errors:
+            raise classify_error(
+                {"message": _snippet(response)}, "task lookup", status=response.status_code
+            )
+        task = build_task(request, RunwareRouteOptions.parse(request.options), kind, "")
+        return _handle({**task, "taskUUID": request.request_key}, kind)
 
     async def poll(self, handle: UpstreamHandle, request: RenderRequest) -> Progress | RenderResult:
         task_uuid = handle.get("task_uuid")
@@ -336,6 +355,15 @@ class RunwareAdapter(UpstreamAdapter):
                 data, content_type = _inline_file(item, kind)
             outputs.append(probe(OutputFile(data, _content_type(data, content_type, kind))))
         return outputs
+
+
+def _handle(task: dict[str, Any], kind: TaskKind) -> UpstreamHandle:
+    expected = task.get("numberResults", 1)
+    return {
+        "task_uuid": task["taskUUID"],
+        "task_type": kind.task_type,
+        "number_results": expected if isinstance(expected, int) and expected > 0 else 1,
+    }
 
 
 def build_task(

@@ -169,6 +169,11 @@ class XaiAdapter(UpstreamAdapter):
             return await self._submit_video(request, options)
         raise ProviderFatalError(f"xAI renders images and videos, not {request.category}")
 
+    async def find(self, request: RenderRequest) -> UpstreamHandle | None:
+        # xAI takes no id of ours and lists no jobs: a submit whose answer was lost can't
+        # be found again (README, "Resuming after a crash").
+        return None
+
     async def poll(self, handle: UpstreamHandle, request: RenderRequest) -> Progress | RenderResult:
         if "request_id" in handle:
             return await self._poll_video(str(handle["request_id"]), request)

@@ -1,7 +1,7 @@
 """studio: users, sessions, generation source, key last use, account suspension
 
-Revision ID: 0006
-Revises: 0005
+Revision ID: 0007
+Revises: f002
 Create Date: 2026-12-01 09:00:00
 """
 
@@ -14,8 +14,8 @@ from alembic import op
 
 import vivix.models.base
 
-revision: str = "0006"
-down_revision: str | None = "0005"
+revision: str = "0007"
+down_revision: str | None = "f002"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
