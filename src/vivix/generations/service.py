@@ -42,6 +42,7 @@ from vivix.kit.errors import (
     ProviderDown,
 )
 from vivix.kit.ids import uuid7
+from vivix.kit.logging import bind_generation, current_request_id
 from vivix.models import ACTIVE_STATUSES, Generation, NewGeneration
 from vivix.providers.guarded_fetch import UrlRefused, check_url
 
@@ -166,8 +167,11 @@ async def submit(
         )
 
     now = utcnow()
+    generation_id = uuid7()
+    bind_generation(generation_id)
     generation = NewGeneration(
-        id=uuid7(),
+        id=generation_id,
+        request_id=current_request_id(),
         account_id=account.id,
         api_key_id=caller.key_id,
         model=model.slug,

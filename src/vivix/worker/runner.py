@@ -30,6 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from vivix.generations.finish import FinalState, LockGeneration, commit_final_state
 from vivix.kit.clock import utcnow
 from vivix.kit.ids import base62
+from vivix.kit.logging import bind_job
 from vivix.kit.wakeup import PostgresListener
 from vivix.models import Generation, GenerationStatus
 from vivix.providers.guarded_fetch import GuardedFetcher
@@ -180,6 +181,9 @@ class Worker:
         self._running[generation.id] = task
 
     async def _run_job(self, generation: Generation) -> None:
+        # This task's log lines (and its heartbeat's, a task made from this context) carry
+        # the job's ids; its own task, so no other job sees them.
+        bind_job(generation.request_id, generation.account_id, generation.id)
         heartbeat = asyncio.create_task(self._heartbeat(generation.id))
         try:
             await self.executor.run(generation)

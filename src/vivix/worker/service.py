@@ -133,6 +133,7 @@ class JobExecutor:
         remaining = (
             started + timedelta(seconds=model.spec.deadline_seconds) - utcnow()
         ).total_seconds()
+        log.info("job_started", model=generation.model, attempt=generation.attempts)
         request = RenderRequest(
             generation_id=generation.id,
             model=generation.model,
@@ -372,6 +373,13 @@ class JobExecutor:
             for key in keys:  # lost the race (canceled/reaped): don't leave orphans behind
                 await storage.delete(key)
             raise LeaseLost()
+        log.info(
+            "generation_ended",
+            status=final.status.value,
+            model=generation.model,
+            outputs=len(stored),
+            credits=charge,
+        )
 
     async def _commit_final_state(
         self, generation: Generation, final: FinalState
