@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from vivix.kit.clock import utcnow
+from vivix.kit.metrics import observe_finished
 from vivix.kit.wakeup import notify_canceled
 from vivix.models import Generation, GenerationStatus
 
@@ -81,6 +82,13 @@ async def commit_final_state(
             await notify_canceled(session, generation.id)  # delivered when this commits
     if stops_a_worker:
         runtime.notify_canceled(generation.id)
+    observe_finished(
+        generation.model,
+        generation.status,
+        generation.error_code,
+        generation.started_at,
+        generation.completed_at or utcnow(),
+    )
     return generation
 
 

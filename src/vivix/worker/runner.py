@@ -31,6 +31,7 @@ from vivix.generations.finish import FinalState, LockGeneration, commit_final_st
 from vivix.kit.clock import utcnow
 from vivix.kit.ids import base62
 from vivix.kit.logging import bind_job
+from vivix.kit.metrics import observe_queue_wait
 from vivix.kit.wakeup import PostgresListener
 from vivix.models import Generation, GenerationStatus
 from vivix.providers.guarded_fetch import GuardedFetcher
@@ -168,12 +169,15 @@ class Worker:
                 await asyncio.wait_for(self._wake.wait(), timeout=poll)
 
     async def _claim(self) -> Generation | None:
+        now = utcnow()
         async with self.runtime.db.transaction() as session:
             generation = await repository.claim_next_generation(
-                session, self.owner, utcnow(), self.lease
+                session, self.owner, now, self.lease
             )
         if generation is not None:
             self.claimed += 1
+            if generation.attempts == 1:  # the first claim ends its wait in the queue
+                observe_queue_wait(generation.model, generation.created_at, now)
         return generation
 
     def _spawn(self, generation: Generation) -> None:

@@ -31,6 +31,7 @@ from vivix.catalog.schemas import RouteSpec
 from vivix.generations.finish import FinalState, commit_final_state
 from vivix.kit.clock import iso, parse_iso, utcnow
 from vivix.kit.logging import redact
+from vivix.kit.metrics import provider_call
 from vivix.models import Generation, GenerationStatus
 from vivix.providers.base import (
     ProviderAdapter,
@@ -247,7 +248,8 @@ class JobExecutor:
         request.request_key = str(intent["request_key"])
         request.requested_at = parse_iso(str(intent["requested_at"]))
         await self._fetch_reference_images(request)  # lookups rebuild the request body
-        found = await on.adapter.find(request)
+        with provider_call(on.route.provider, on.route.upstream_model, "find"):
+            found = await on.adapter.find(request)
         if found is None:
             return None
         log.info("upstream_job_found", generation_id=on.generation.id, provider=on.route.provider)
@@ -267,7 +269,8 @@ class JobExecutor:
             # its key instead of paying for another.
             if not await self._store(on, intent):
                 raise LeaseLost()
-        handle = await on.adapter.submit(request)
+        with provider_call(on.route.provider, on.route.upstream_model, "submit"):
+            handle = await on.adapter.submit(request)
         persisted = {**{k: v for k, v in handle.items() if k != "result"}, **intent}
         await self._store_handle(on, persisted)
         request.request_key, request.requested_at = "", None  # the next submit is another job
@@ -307,7 +310,8 @@ class JobExecutor:
         wait = POLL_INTERVAL_S[0]
         last_progress: float | None = None
         while True:
-            outcome = await adapter.poll(handle, request)
+            with provider_call(adapter.name, request.upstream_model, "poll"):
+                outcome = await adapter.poll(handle, request)
             if isinstance(outcome, RenderResult):
                 return await _verified(outcome, request.category)
             if outcome.fraction is not None and outcome.fraction != last_progress:
