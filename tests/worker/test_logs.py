@@ -54,15 +54,14 @@ async def test_request_and_job_lines_carry_their_ids_and_no_prompt_or_key(
     text = capsys.readouterr().err
     lines = _lines(text)
     assert PROMPT not in text
-    assert acct.key not in text and acct.key[:20] not in text
+    assert acct.key not in text
+    assert acct.key[:20] not in text
 
     for line in lines:
         assert {"event", "level", "timestamp", "request_id", "account_id", "generation_id"} <= set(
             line
         ), line
-    submit = [
-        line for line in lines if line["event"] == "http_request" and line["status"] == 201
-    ]
+    submit = [line for line in lines if line["event"] == "http_request" and line["status"] == 201]
     assert [(s["request_id"], s["account_id"], s["generation_id"]) for s in submit] == [
         ("req-logs-0001", acct.id, generation_id)
     ]
@@ -76,7 +75,8 @@ async def test_request_and_job_lines_carry_their_ids_and_no_prompt_or_key(
     for line in job:  # the worker's lines point back at the request that submitted the job
         assert (line["request_id"], line["account_id"]) == ("req-logs-0001", acct.id)
     reads = [line for line in lines if line.get("path") == f"/api/v1/generations/{generation_id}"]
-    assert reads and all(r["generation_id"] == generation_id for r in reads)
+    assert reads
+    assert all(r["generation_id"] == generation_id for r in reads)
     refused = [line for line in lines if line["event"] == "http_request" and line["status"] == 404]
     assert len(refused) == 1
     assert refused[0]["account_id"] == acct.id

@@ -158,6 +158,15 @@ retention_pruned = Counter(
     registry=REGISTRY,
 )
 
+# Webhook outcomes: `delivered` (2xx), `failed` (another attempt follows), `gave_up` (the
+# last attempt failed). Their series exist from the start (at 0), so dashboards and alerts
+# have a value before the first delivery (in multiprocess mode a series nobody touched is
+# not exported at all).
+WEBHOOK_OUTCOMES = ("delivered", "failed", "gave_up")
+for _outcome in WEBHOOK_OUTCOMES:
+    webhook_deliveries.labels(_outcome)
+    webhook_lag.labels(_outcome)
+
 
 # -- what other modules call ---------------------------------------------------------------
 
