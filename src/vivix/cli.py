@@ -37,6 +37,7 @@ pricing_app = typer.Typer(help="Per-account price overrides.", **_PLAIN_HELP)
 catalog_app = typer.Typer(help="The model catalog.", **_PLAIN_HELP)
 users_app = typer.Typer(help="Studio users (people who sign in with a browser).", **_PLAIN_HELP)
 generations_app = typer.Typer(help="Generations, as operators see them.", **_PLAIN_HELP)
+storage_app = typer.Typer(help="Stored outputs and retention.", **_PLAIN_HELP)
 app.add_typer(accounts_app, name="accounts")
 app.add_typer(keys_app, name="keys")
 app.add_typer(credits_app, name="credits")
@@ -45,6 +46,7 @@ app.add_typer(pricing_app, name="pricing")
 app.add_typer(catalog_app, name="catalog")
 app.add_typer(users_app, name="users")
 app.add_typer(generations_app, name="generations")
+app.add_typer(storage_app, name="storage")
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 T = TypeVar("T")
@@ -625,6 +627,56 @@ def audit(as_json: JsonFlag = False) -> None:
     _emit(report, as_json, render)
     if not report["ok"]:
         raise typer.Exit(1)
+
+
+@storage_app.command("usage")
+def storage_usage(as_json: JsonFlag = False) -> None:
+    """Outputs in storage (files, bytes), in total and by account, as the database records
+    them; outputs deleted by retention are not counted."""
+    from vivix.operations import retention
+
+    def render(usage: dict[str, Any]) -> None:
+        table = _table("account", "generations", "files", "bytes")
+        for name, row in usage["by_account"].items():
+            table.add_row(name, str(row["generations"]), str(row["files"]), _size(row["bytes"]))
+        table.add_row(
+            "total", str(usage["generations"]), str(usage["files"]), _size(usage["bytes"])
+        )
+        _print(table)
+
+    async def work(runtime: Runtime) -> dict[str, Any]:
+        return (await retention.storage_usage(runtime)).as_dict()
+
+    _emit(_run(as_json, work), as_json, render)
+
+
+@storage_app.command("prune")
+def storage_prune(as_json: JsonFlag = False) -> None:
+    """Run one retention pass now (workers run it every VIVIX_RETENTION__SWEEP_INTERVAL_SECONDS):
+    delete outputs past VIVIX_RETENTION__OUTPUTS_DAYS, erase records past
+    VIVIX_RETENTION__GENERATIONS_DAYS. Nothing to do when neither is set."""
+    from vivix.operations import retention
+
+    def render(report: dict[str, int]) -> None:
+        _print(
+            f"{report['outputs_expired']} generations' outputs deleted "
+            f"({report['files_deleted']} files, {_size(report['bytes_deleted'])}); "
+            f"{report['records_erased']} records erased"
+        )
+
+    async def work(runtime: Runtime) -> dict[str, int]:
+        return (await retention.prune(runtime)).as_dict()
+
+    _emit(_run(as_json, work), as_json, render)
+
+
+def _size(count: int) -> str:
+    value = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{count} B"
 
 
 @generations_app.command("show")

@@ -38,6 +38,7 @@ _SHOWN = (
     Generation.params,
     Generation.metadata_,
     Generation.source,
+    Generation.expired_at,
 )
 _SHOWN_COLUMNS = [attribute.label(attribute.key) for attribute in _SHOWN]
 

@@ -44,7 +44,9 @@ def generation_out(
         out["completed_at"] = iso(completed)
         out["credits_used"] = gen.credits_used or 0
         if status == GenerationStatus.COMPLETED:
-            outputs = [_shown_output(o, output_url) for o in gen.outputs or []]
+            # Retention deleted the files: no URL to give (API.md: valid for the retention).
+            stored = [] if gen.expired_at is not None else gen.outputs or []
+            outputs = [_shown_output(o, output_url) for o in stored]
             out["output_url"] = outputs[0]["url"] if outputs else None
             out["output_urls"] = [o["url"] for o in outputs]
             out["duration_ms"] = _ms(gen.created_at, completed)
@@ -52,6 +54,9 @@ def generation_out(
         elif status == GenerationStatus.FAILED:
             out["error"] = gen.error_code
             out["message"] = gen.error_message
+        if gen.expired_at is not None:
+            out["expired"] = True
+            out["expired_at"] = iso(gen.expired_at)
     out["source"] = gen.source
     out["params"] = gen.params
     out["metadata"] = gen.metadata_

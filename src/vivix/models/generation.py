@@ -82,6 +82,8 @@ class Generation(Base):
     outputs: Mapped[list[dict[str, Any]] | None] = mapped_column(JsonValue)
     # Set when retention deleted the outputs from storage (the row and its ledger stay).
     expired_at: Mapped[datetime | None]
+    # Set when retention erased the record's params, metadata and provider details.
+    erased_at: Mapped[datetime | None]
     # The X-Request-Id of the submit: the worker's log lines for this job carry it too.
     request_id: Mapped[str | None] = mapped_column(String(128))
 

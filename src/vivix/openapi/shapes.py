@@ -147,6 +147,11 @@ class _GenerationBase(_Open):
     params: dict[str, Any] = Field(description="The validated params, defaults applied.")
     metadata: Metadata
     source: Literal["api", "studio"] | None = Field(None, description="Where it was submitted.")
+    expired: bool | None = Field(
+        None,
+        description="true once retention deleted the outputs (no URLs any more); absent before.",
+    )
+    expired_at: Timestamp | None = Field(None, description="When retention deleted the outputs.")
 
 
 class PendingGeneration(_GenerationBase):

@@ -34,6 +34,7 @@ from vivix.kit.logging import bind_job
 from vivix.kit.metrics import observe_queue_wait
 from vivix.kit.wakeup import PostgresListener
 from vivix.models import Generation, GenerationStatus
+from vivix.operations import retention
 from vivix.providers.guarded_fetch import GuardedFetcher
 from vivix.providers.registry import ProviderRegistry, build_registry
 from vivix.worker import repository
@@ -82,6 +83,7 @@ class Worker:
         self._listener: PostgresListener | None = None
         self._main: asyncio.Task[None] | None = None
         self._reaper: asyncio.Task[None] | None = None
+        self._retention: asyncio.Task[None] | None = None
         self.claimed = 0
 
     # -- signals -------------------------------------------------------------------------
@@ -113,12 +115,14 @@ class Worker:
         self.runtime.on_canceled.append(self.cancel_job)
         self._main = asyncio.create_task(self._claim_loop(), name="vivix-worker")
         self._reaper = asyncio.create_task(self._reap_loop(), name="vivix-reaper")
+        if retention.enabled(self.runtime.settings.retention):
+            self._retention = asyncio.create_task(self._retention_loop(), name="vivix-retention")
 
     async def stop(self, grace_s: float | None = None) -> None:
         grace = self.runtime.settings.worker.shutdown_grace_seconds if grace_s is None else grace_s
         self._stopping.set()
         self._wake.set()
-        for task in (self._main, self._reaper):
+        for task in (self._main, self._reaper, self._retention):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -260,6 +264,17 @@ class Worker:
             except Exception as exc:
                 log.warning("reap_failed", error=repr(exc))
             await asyncio.sleep(every * (0.75 + random.random() / 2))
+
+    async def _retention_loop(self) -> None:
+        """Delete outputs and erase records past their retention (every worker runs it;
+        rows another worker is on are skipped)."""
+        every = self.runtime.settings.retention.sweep_interval_seconds
+        while True:
+            await asyncio.sleep(every * (0.75 + random.random() / 2))
+            try:
+                await retention.prune(self.runtime)
+            except Exception as exc:
+                log.warning("retention_failed", error=repr(exc))
 
     async def _release(self, generation_ids: list[str]) -> None:
         """Hand unfinished jobs back to the queue without spending an attempt."""

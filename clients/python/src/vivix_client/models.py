@@ -48,6 +48,9 @@ class Generation(_Model):
     credits_used: int | None = None
     duration_ms: int | None = None
     completed_at: datetime | None = None
+    # the server's retention deleted the outputs (no URLs any more)
+    expired: bool = False
+    expired_at: datetime | None = None
     # failed
     error: str | None = None
     message: str | None = None
