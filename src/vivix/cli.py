@@ -450,6 +450,27 @@ def accounts_update(
     _emit(data, as_json, _render_account)
 
 
+@accounts_app.command("suspend")
+def accounts_suspend(account: str, as_json: JsonFlag = False) -> None:
+    """Suspend an account: its keys answer 403 ACCOUNT_SUSPENDED, Studio sessions end,
+    running generations finish and settle. Nothing is deleted."""
+    data = _run(
+        as_json,
+        lambda rt: _admin().set_suspended(rt, account, suspended=True, actor=_cli_actor()),
+    )
+    _emit(data, as_json, _render_account)
+
+
+@accounts_app.command("reinstate")
+def accounts_reinstate(account: str, as_json: JsonFlag = False) -> None:
+    """Lift a suspension."""
+    data = _run(
+        as_json,
+        lambda rt: _admin().set_suspended(rt, account, suspended=False, actor=_cli_actor()),
+    )
+    _emit(data, as_json, _render_account)
+
+
 @keys_app.command("create")
 def keys_create(
     account: str,

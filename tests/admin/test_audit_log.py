@@ -42,6 +42,8 @@ class Case:
     setup_cli: tuple[str, ...] | None = None
 
 
+TIMESTAMP = "<a timestamp>"  # any ISO 8601 UTC time
+
 # The account every case starts from: pro, 100 credits, tier defaults, the tier's models.
 CASES = [
     Case(
@@ -100,6 +102,38 @@ CASES = [
         {"model": "seedream-4"},
     ),
     Case(
+        "credits.adjust",
+        ("POST", "/admin/v1/accounts/acme/credits/adjust", {"amount": -30, "reason": "double"}),
+        ("credits", "adjust", "acme", "--amount", "-30", "--reason", "double"),
+        {"balance": 100},
+        {"balance": 70},
+        {"amount": -30, "reason": "double"},
+    ),
+    Case(
+        "account.suspend",
+        ("POST", "/admin/v1/accounts/acme/suspend", None),
+        ("accounts", "suspend", "acme"),
+        {"suspended_at": None},
+        {"suspended_at": TIMESTAMP},
+    ),
+    Case(
+        "account.reinstate",
+        ("POST", "/admin/v1/accounts/acme/reinstate", None),
+        ("accounts", "reinstate", "acme"),
+        {"suspended_at": TIMESTAMP},
+        {"suspended_at": None},
+        setup_http=("POST", "/admin/v1/accounts/acme/suspend", None),
+        setup_cli=("accounts", "suspend", "acme"),
+    ),
+    Case(
+        "user.create",
+        ("POST", "/admin/v1/users", {"email": "ops@example.com", "account": "acme"}),
+        ("users", "create", "ops@example.com", "--account", "acme"),
+        None,
+        {"email": "ops@example.com", "operator": False, "account": "acme"},
+        target_type="user",
+    ),
+    Case(
         "key.create",
         ("POST", "/admin/v1/accounts/acme/keys", {"name": "backend"}),
         ("keys", "create", "acme", "--name", "backend"),
@@ -136,6 +170,8 @@ def assert_entry(entry: dict[str, Any], case: Case, actor: str, account_id: str)
                 _check_allowlist(value, recorded[field])
             elif field == "prefix":
                 assert recorded[field].startswith(value)
+            elif value == TIMESTAMP:
+                assert recorded[field].endswith("Z"), (side, field, recorded)
             else:
                 assert recorded[field] == value, (side, field, recorded)
 

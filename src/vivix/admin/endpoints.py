@@ -84,6 +84,45 @@ async def update_account(request: Request, account: str, body: schemas.AccountUp
     return json_response(out)
 
 
+@router.post("/accounts/{account}/suspend")
+async def suspend_account(request: Request, account: str) -> Response:
+    """Keys answer 403 ACCOUNT_SUSPENDED, Studio sessions end; nothing is deleted."""
+    return json_response(
+        await service.set_suspended(
+            runtime_of(request), account, suspended=True, actor=actor_of(request)
+        )
+    )
+
+
+@router.post("/accounts/{account}/reinstate")
+async def reinstate_account(request: Request, account: str) -> Response:
+    return json_response(
+        await service.set_suspended(
+            runtime_of(request), account, suspended=False, actor=actor_of(request)
+        )
+    )
+
+
+@router.get("/users")
+async def list_users(request: Request) -> Response:
+    query = request.query_params.get("q") or ""
+    return json_response({"data": await service.list_users(runtime_of(request), query)})
+
+
+@router.post("/users", status_code=201)
+async def create_user(request: Request, body: schemas.UserCreate) -> Response:
+    """A Studio user; without `password` one is generated and returned once."""
+    out = await service.create_user(
+        runtime_of(request),
+        body.email,
+        account=body.account,
+        operator=body.operator,
+        password=body.password,
+        actor=actor_of(request),
+    )
+    return json_response(out, 201)
+
+
 @router.get("/accounts/{account}/keys")
 async def list_keys(request: Request, account: str) -> Response:
     return json_response({"data": await service.list_keys(runtime_of(request), account)})

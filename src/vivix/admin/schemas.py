@@ -46,3 +46,10 @@ class ModelSlugs(_Strict):
 class PriceOverrideIn(_Strict):
     factor: str | float | None = None
     rows: list[dict[str, Any]] | None = None
+
+
+class UserCreate(_Strict):
+    email: str = Field(min_length=3, max_length=254)
+    account: str | None = None  # name or id; default: a new free account of their own
+    operator: bool = False
+    password: str | None = Field(default=None, min_length=1, max_length=1000)

@@ -5,6 +5,7 @@ each route's state, recent failures and the queue. Every change goes through
 
 from __future__ import annotations
 
+import json
 from typing import Any
 from urllib.parse import urlencode
 
@@ -143,6 +144,7 @@ async def _account(
     runtime = runtime_of(request)
     shown = await admin.show_account(runtime, account_id)
     users = await admin.list_account_users(runtime, shown["id"])
+    changes = await admin.list_audit_log(runtime, limit=CHANGES_SHOWN, account=shown["id"])
     models = sorted(runtime.catalog.all(), key=lambda m: (m.spec.category, m.spec.name))
     context = {
         "active": "op-accounts",
@@ -152,8 +154,37 @@ async def _account(
         "allowed": set(shown["allowed_models"]),
         "errors": errors or {},
         "new_user": new_user,
+        "changes": [_change_view(entry) for entry in changes["data"]],
+        "more_changes": changes["has_more"],
     }
     return _page(request, viewer, "account.html", context, status)
+
+
+CHANGES_SHOWN = 20
+
+
+def _change_view(entry: dict[str, Any]) -> dict[str, Any]:
+    """An audit entry as the account page lists it: each changed field before → after."""
+    before, after = entry["before"] or {}, entry["after"] or {}
+    fields = [
+        {
+            "name": name,
+            "before": _shown_value(before.get(name)),
+            "after": _shown_value(after.get(name)),
+        }
+        for name in sorted(set(before) | set(after))
+    ]
+    return {**entry, "fields": fields}
+
+
+def _shown_value(value: Any) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, list):
+        return ", ".join(str(v) for v in value) or "none"
+    if isinstance(value, dict):
+        return json.dumps(value, sort_keys=True) if value else "none"
+    return str(value)
 
 
 async def _account_action(request: Request, account_id: str, done: str, action: Any) -> Response:
