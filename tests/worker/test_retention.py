@@ -22,6 +22,7 @@ from tests.worker.conftest import FAST_WORKER
 from tests.worker.helpers import wait_for_status
 from vivix.cli import app as cli
 from vivix.kit.clock import utcnow
+from vivix.kit.metrics import REGISTRY
 from vivix.models import Account, Generation, LedgerEntry
 from vivix.providers.registry import ProviderRegistry
 from vivix.runtime import Runtime
@@ -77,6 +78,10 @@ def _storage_usage(runtime: Runtime) -> dict[str, Any]:
     return usage
 
 
+def _pruned(what: str) -> float:
+    return REGISTRY.get_sample_value("vivix_retention_pruned_total", {"what": what}) or 0.0
+
+
 async def _age(runtime: Runtime, generation_id: str, days: float) -> None:
     async with runtime.db.transaction() as session:
         await session.execute(
@@ -115,6 +120,7 @@ async def test_outputs_past_the_window_are_deleted_and_marked_and_money_is_untou
     await _age(runtime, old, 10)  # past the outputs' 7 days
     await _age(runtime, ancient, 40)  # past the records' 30 days too
     money_before = await _money(runtime)
+    pruned_before = {what: _pruned(what) for what in ("outputs", "generations")}
 
     pruner = Worker(runtime, concurrency=1, registry=local_registry)  # prunes every 0.2 s
     await pruner.start()
@@ -152,6 +158,10 @@ async def test_outputs_past_the_window_are_deleted_and_marked_and_money_is_untou
     listed = (await client.get("/api/v1/generations", headers=acct.headers)).text
     assert f"{PROMPT} 2" not in listed
 
+    assert {what: _pruned(what) - n for what, n in pruned_before.items()} == {
+        "outputs": 2,
+        "generations": 1,
+    }
     assert await _money(runtime) == money_before  # balances and ledger untouched
     await assert_ledger_consistent(runtime)
     usage = await asyncio.to_thread(_storage_usage, runtime)
