@@ -46,3 +46,18 @@ class ModelSlugs(_Strict):
 class PriceOverrideIn(_Strict):
     factor: str | float | None = None
     rows: list[dict[str, Any]] | None = None
+
+
+class WebhookAdd(_Strict):
+    url: str
+    events: list[str] | None = None
+    description: str | None = None
+    include_studio: bool | None = None
+
+
+class WebhookRotate(_Strict):
+    expire_previous_now: bool = False
+
+
+class WebhookDisable(_Strict):
+    reason: str | None = Field(default=None, max_length=300)
