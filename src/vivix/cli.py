@@ -278,11 +278,17 @@ def serve(
         host, port = listener.getsockname()[:2]
         print(f"Listening on http://{host}:{port}; API reference at {url}/docs", flush=True)
     fastapi_app = create_app(settings, embedded_worker=not no_worker)
+    # uvicorn's lines through our processors (JSON with VIVIX_LOG_FORMAT=json), from its
+    # first line on; the runtime configures the same again with the secrets it knows.
+    from vivix.kit.logging import configure_logging
+
+    configure_logging(settings.log_level, log_format=settings.log_format.value)
     config = uvicorn.Config(
         fastapi_app,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
+        log_config=None,
         access_log=False,
     )
     uvicorn.Server(config).run(sockets=[listener])

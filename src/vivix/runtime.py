@@ -81,6 +81,7 @@ async def build_runtime(settings: Settings) -> Runtime:
     secret = load_or_create_secret(settings)
     configure_logging(
         settings.log_level,
+        log_format=settings.log_format.value,
         secrets=[
             secret,
             settings.admin_token,

@@ -23,6 +23,7 @@ from vivix.accounts.service import (
 from vivix.kit.clock import utcnow
 from vivix.kit.errors import RateLimited
 from vivix.kit.http import context_of, runtime_of
+from vivix.kit.logging import bind_account
 
 if TYPE_CHECKING:
     from vivix.runtime import Runtime
@@ -46,6 +47,7 @@ async def pass_gate(request: Request, row: Row[Any] | None) -> Caller:
     ctx = context_of(request)
     caller = caller_from_row(row, runtime.settings)
     assert row is not None
+    bind_account(caller.account.id)
     now = utcnow()
     if row.last_used_at is None or now - row.last_used_at >= KEY_TOUCH_EVERY:
         await _touch_key(runtime, row.key_id, now)

@@ -47,6 +47,7 @@ from vivix.kit.bounds import MAX_BALANCE, MAX_CREDIT_AMOUNT
 from vivix.kit.clock import add_months, utcnow
 from vivix.kit.db import Database
 from vivix.kit.errors import AdminInvalid
+from vivix.kit.metrics import count_credits, credits_on_commit
 from vivix.models import NEW_GENERATION_COLUMNS, Base, LedgerKind, NewGeneration
 
 # Core tables, not ORM entities: these statements must not touch any session's identity map.
@@ -238,6 +239,7 @@ class Ledger(ABC):
         if not 0 <= charge <= held:
             raise ValueError(f"charge {charge} outside 0..{held}")
         entries = ((LedgerKind.RELEASE, held), (LedgerKind.CAPTURE, -charge))
+        credits_on_commit(session, captured=charge, released=held)
         await self._move(
             session,
             Movement(
@@ -380,9 +382,11 @@ class SqliteLedger(Ledger):
             return int(balance)
 
         try:
-            return await self.db.run_sqlite_write(admit)
+            balance = await self.db.run_sqlite_write(admit)
         except _Refused:
             return None
+        count_credits(held=admission.amount)  # committed
+        return balance
 
     async def _move(self, session: AsyncSession, movement: Movement) -> int | None:
         balance = (await session.execute(_MOVE, movement.params())).scalar_one_or_none()
@@ -484,7 +488,10 @@ class PostgresLedger(Ledger):
             if generation.idempotency_key is not None:
                 await connection.execute(_EXPIRE_IDEMPOTENCY_KEY, _expiry_params(admission))
             balance = (await connection.execute(_POSTGRES_ADMISSION, values)).scalar_one_or_none()
-        return None if balance is None else int(balance)
+        if balance is None:
+            return None
+        count_credits(held=admission.amount)  # committed (autocommit)
+        return int(balance)
 
     async def _move(self, session: AsyncSession, movement: Movement) -> int | None:
         params = movement.params()

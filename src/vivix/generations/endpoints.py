@@ -17,6 +17,7 @@ from vivix.kit.clock import parse_iso
 from vivix.kit.errors import GenerationNotFound, InvalidParams
 from vivix.kit.http import PlainRoute, context_of, json_response, read_json_object, runtime_of
 from vivix.kit.ids import is_uuid
+from vivix.kit.logging import bind_generation
 from vivix.kit.pagination import decode_cursor, encode_cursor, parse_limit
 from vivix.models import GenerationStatus
 
@@ -58,6 +59,8 @@ async def read_generation(request: Request, generation_id: str) -> Response:
     runtime = runtime_of(request)
     key_hash = key_hash_from_header(runtime.secret, request.headers.get("authorization"))
     wanted = generation_id.lower() if is_uuid(generation_id) else None
+    if wanted is not None:
+        bind_generation(wanted)
     async with runtime.db.autocommit() as connection:
         row = await repository.read_with_caller(connection, key_hash, wanted)
     await pass_gate(request, row)
@@ -73,6 +76,7 @@ async def cancel_generation(request: Request, generation_id: str) -> Response:
         caller = await authorize(request, connection)
     if not is_uuid(generation_id):
         raise GenerationNotFound()
+    bind_generation(generation_id.lower())
     gen = await service.cancel(runtime, caller.account.id, generation_id.lower())
     async with runtime.db.read() as session:
         account = await find_account(session, caller.account.id)

@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from vivix.generations.schemas import webhook_payload
 from vivix.kit.clock import utcnow
+from vivix.kit.metrics import observe_finished
 from vivix.kit.wakeup import notify_canceled
 from vivix.models import Generation, GenerationStatus
 from vivix.webhooks.outbox import queue_generation_event
@@ -95,6 +96,13 @@ async def commit_final_state(
         runtime.notify_canceled(generation.id)
     if webhooks_queued:
         runtime.notify_webhooks_queued()
+    observe_finished(
+        generation.model,
+        generation.status,
+        generation.error_code,
+        generation.started_at,
+        generation.completed_at or utcnow(),
+    )
     return generation
 
 

@@ -43,6 +43,8 @@ from vivix.kit.errors import (
     ProviderDown,
 )
 from vivix.kit.ids import uuid7
+from vivix.kit.logging import bind_generation, current_request_id
+from vivix.kit.metrics import observe_admission
 from vivix.models import ACTIVE_STATUSES, Generation, NewGeneration
 
 if TYPE_CHECKING:
@@ -166,8 +168,11 @@ async def submit(
         )
 
     now = utcnow()
+    generation_id = uuid7()
+    bind_generation(generation_id)
     generation = NewGeneration(
-        id=uuid7(),
+        id=generation_id,
+        request_id=current_request_id(),
         account_id=account.id,
         api_key_id=caller.key_id,
         model=model.slug,
@@ -211,6 +216,7 @@ async def _admit(runtime: Runtime, caller: Caller, generation: NewGeneration) ->
                 raise
             return replay
         if balance is not None:
+            observe_admission(1)  # one generation per admission until batched admission
             return balance
         if key is not None:
             # A duplicate may have taken the last slot or credits: it is the answer.

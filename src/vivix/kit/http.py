@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import structlog
 from fastapi.routing import APIRoute
 from starlette.requests import Request
 from starlette.responses import Response
@@ -15,10 +17,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from vivix.kit.errors import InvalidJson, PayloadTooLarge, UnsupportedMediaType
 from vivix.kit.ids import request_id as new_request_id
+from vivix.kit.logging import bind_request, reset_context
 
 if TYPE_CHECKING:
     from vivix.runtime import Runtime
 
+log = structlog.get_logger(__name__)
 _SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}$")
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
@@ -90,9 +94,13 @@ class ResponseHeadersMiddleware:
             incoming if incoming and _SANE_REQUEST_ID.match(incoming) else new_request_id()
         )
         scope.setdefault("state", {})["vivix_ctx"] = ctx
+        status = 500
+        start = time.perf_counter()
 
         async def send_with_headers(message: Message) -> None:
+            nonlocal status
             if message["type"] == "http.response.start":
+                status = message["status"]
                 headers = [
                     (k, v)
                     for k, v in message.get("headers", [])
@@ -101,7 +109,22 @@ class ResponseHeadersMiddleware:
                 message["headers"] = headers + ctx.headers()
             await send(message)
 
-        await self.app(scope, receive, send_with_headers)
+        # Every log line of this request carries its id (and, once known, its account and
+        # generation); the context is restored afterwards.
+        tokens = bind_request(ctx.request_id)
+        try:
+            await self.app(scope, receive, send_with_headers)
+        finally:
+            # An access line at debug level (free when filtered out): the path without
+            # its query string, which may carry cursors or filters.
+            log.debug(
+                "http_request",
+                method=scope["method"],
+                path=scope["path"],
+                status=status,
+                duration_ms=round((time.perf_counter() - start) * 1000, 1),
+            )
+            reset_context(tokens)
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:

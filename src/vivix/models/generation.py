@@ -82,6 +82,8 @@ class Generation(Base):
     outputs: Mapped[list[dict[str, Any]] | None] = mapped_column(JsonValue)
     # Set when retention deleted the outputs from storage (the row and its ledger stay).
     expired_at: Mapped[datetime | None]
+    # The X-Request-Id of the submit: the worker's log lines for this job carry it too.
+    request_id: Mapped[str | None] = mapped_column(String(128))
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +110,7 @@ class NewGeneration:
     user_id: str | None = None
     # The price inputs in force at admission (`catalog.pricing.freeze`).
     price_snapshot: dict[str, Any] | None = None
+    request_id: str | None = None  # the submit's X-Request-Id, for the job's log lines
 
     def row(self) -> dict[str, Any]:
         """Column name → value, as the INSERT takes them."""

@@ -27,6 +27,7 @@ from starlette.types import Scope
 from vivix.kit.clock import as_utc, iso, utcnow
 from vivix.kit.errors import CsrfRejected, VivixError
 from vivix.kit.http import runtime_of
+from vivix.kit.logging import bind_account
 from vivix.users import service
 from vivix.users.service import Viewer
 
@@ -69,6 +70,8 @@ async def viewer_of(request: Request) -> Viewer | None:
             runtime_of(request), request.cookies.get(SESSION_COOKIE)
         )
     viewer: Viewer | None = state["studio_viewer"]
+    if viewer is not None:
+        bind_account(viewer.account.id)
     return viewer
 
 

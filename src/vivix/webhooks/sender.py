@@ -30,6 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from vivix.kit.clock import utcnow
 from vivix.kit.egress import UrlRefused
 from vivix.kit.logging import redact
+from vivix.kit.metrics import observe_webhook_delivery
 from vivix.models import DeliveryStatus, WebhookAttempt, WebhookDelivery, WebhookEndpoint
 from vivix.webhooks import repository
 from vivix.webhooks.secrets import decrypt_secret, standard_signature, vivix_signature
@@ -266,6 +267,11 @@ class WebhookSender:
             if ours:
                 await self._update_endpoint(session, endpoint.id, result, gone)
         self.sent += 1
+        if ours:
+            observe_webhook_delivery(
+                {"succeeded": "delivered", "pending": "failed"}.get(outcome.value, "gave_up"),
+                (now - delivery.created_at).total_seconds(),
+            )
         log.info(
             "webhook_attempt",
             delivery_id=delivery.id,

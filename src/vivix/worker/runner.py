@@ -33,6 +33,8 @@ from vivix.generations.finish import FinalState, LockGeneration, commit_final_st
 from vivix.kit.clock import utcnow
 from vivix.kit.egress import GuardedFetcher
 from vivix.kit.ids import base62
+from vivix.kit.logging import bind_job
+from vivix.kit.metrics import observe_queue_wait
 from vivix.kit.wakeup import PostgresListener
 from vivix.models import Generation, GenerationStatus
 from vivix.providers.registry import ProviderRegistry, build_registry
@@ -176,12 +178,15 @@ class Worker:
                 await asyncio.wait_for(self._wake.wait(), timeout=poll)
 
     async def _claim(self) -> Generation | None:
+        now = utcnow()
         async with self.runtime.db.transaction() as session:
             generation = await repository.claim_next_generation(
-                session, self.owner, utcnow(), self.lease
+                session, self.owner, now, self.lease
             )
         if generation is not None:
             self.claimed += 1
+            if generation.attempts == 1:  # the first claim ends its wait in the queue
+                observe_queue_wait(generation.model, generation.created_at, now)
         return generation
 
     def _spawn(self, generation: Generation) -> None:
@@ -189,6 +194,9 @@ class Worker:
         self._running[generation.id] = task
 
     async def _run_job(self, generation: Generation) -> None:
+        # This task's log lines (and its heartbeat's, a task made from this context) carry
+        # the job's ids; its own task, so no other job sees them.
+        bind_job(generation.request_id, generation.account_id, generation.id)
         heartbeat = asyncio.create_task(self._heartbeat(generation.id))
         try:
             await self.executor.run(generation)

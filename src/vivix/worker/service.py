@@ -32,6 +32,7 @@ from vivix.generations.finish import FinalState, commit_final_state
 from vivix.kit.clock import iso, parse_iso, utcnow
 from vivix.kit.egress import FetchFailed, GuardedFetcher, UrlRefused
 from vivix.kit.logging import redact
+from vivix.kit.metrics import provider_call
 from vivix.models import Generation, GenerationStatus
 from vivix.providers.base import (
     ProviderAdapter,
@@ -133,6 +134,7 @@ class JobExecutor:
         remaining = (
             started + timedelta(seconds=model.spec.deadline_seconds) - utcnow()
         ).total_seconds()
+        log.info("job_started", model=generation.model, attempt=generation.attempts)
         request = RenderRequest(
             generation_id=generation.id,
             model=generation.model,
@@ -246,7 +248,8 @@ class JobExecutor:
         request.request_key = str(intent["request_key"])
         request.requested_at = parse_iso(str(intent["requested_at"]))
         await self._fetch_reference_images(request)  # lookups rebuild the request body
-        found = await on.adapter.find(request)
+        with provider_call(on.route.provider, on.route.upstream_model, "find"):
+            found = await on.adapter.find(request)
         if found is None:
             return None
         log.info("upstream_job_found", generation_id=on.generation.id, provider=on.route.provider)
@@ -266,7 +269,8 @@ class JobExecutor:
             # its key instead of paying for another.
             if not await self._store(on, intent):
                 raise LeaseLost()
-        handle = await on.adapter.submit(request)
+        with provider_call(on.route.provider, on.route.upstream_model, "submit"):
+            handle = await on.adapter.submit(request)
         persisted = {**{k: v for k, v in handle.items() if k != "result"}, **intent}
         await self._store_handle(on, persisted)
         request.request_key, request.requested_at = "", None  # the next submit is another job
@@ -306,7 +310,8 @@ class JobExecutor:
         wait = POLL_INTERVAL_S[0]
         last_progress: float | None = None
         while True:
-            outcome = await adapter.poll(handle, request)
+            with provider_call(adapter.name, request.upstream_model, "poll"):
+                outcome = await adapter.poll(handle, request)
             if isinstance(outcome, RenderResult):
                 return await _verified(outcome, request.category)
             if outcome.fraction is not None and outcome.fraction != last_progress:
@@ -372,6 +377,13 @@ class JobExecutor:
             for key in keys:  # lost the race (canceled/reaped): don't leave orphans behind
                 await storage.delete(key)
             raise LeaseLost()
+        log.info(
+            "generation_ended",
+            status=final.status.value,
+            model=generation.model,
+            outputs=len(stored),
+            credits=charge,
+        )
 
     async def _commit_final_state(
         self, generation: Generation, final: FinalState

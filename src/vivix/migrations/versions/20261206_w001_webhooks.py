@@ -1,7 +1,7 @@
 """webhooks: endpoints, the delivery outbox and its attempts (API.md §5.1)
 
 Revision ID: w001
-Revises: 0007
+Revises: o001
 Create Date: 2026-12-06 06:33:52.420476
 """
 
@@ -16,7 +16,7 @@ from sqlalchemy.dialects import postgresql
 import vivix.models.base
 
 revision: str = "w001"
-down_revision: str | None = "0007"
+down_revision: str | None = "o001"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
