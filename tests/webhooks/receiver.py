@@ -58,8 +58,15 @@ class _Handler(BaseHTTPRequestHandler):
         body = self.rfile.read(length)
         received = Received(self.path, {k.lower(): v for k, v in self.headers.items()}, body)
         with receiver.lock:
+            delivery_id = received.headers.get("x-vivix-delivery-id")
+            seen = sum(
+                1 for r in receiver.received if r.headers.get("x-vivix-delivery-id") == delivery_id
+            )
             receiver.received.append(received)
-            answer = receiver.plan.pop(0) if receiver.plan else Answer()
+            if seen < receiver.failures_per_delivery:
+                answer = Answer(500, body=b"not yet")
+            else:
+                answer = receiver.plan.pop(0) if receiver.plan else Answer()
         if answer.delay_s:
             time.sleep(answer.delay_s)
         try:
@@ -84,6 +91,8 @@ class Receiver:
         self.lock = threading.Lock()
         self.received: list[Received] = []
         self.plan: list[Answer] = []
+        # Each delivery id's first N requests get 500 (then the plan applies).
+        self.failures_per_delivery = 0
         self.connections = 0
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self._server = _Server(self, (host, port), family)

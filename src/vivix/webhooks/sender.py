@@ -44,8 +44,8 @@ log = structlog.get_logger(__name__)
 
 USER_AGENT = "Vivix-Webhook/1.0"
 RESPONSE_KEPT_BYTES = 2048
-# The lease outlives the attempt's timeout by this much (recording it, a slow database).
-LEASE_MARGIN_S = 30.0
+# The lease outlives the attempt's timeout (recording it, a slow database): 2 × timeout + 5 s.
+LEASE_MARGIN_S = 5.0
 GONE = 410
 
 
@@ -73,7 +73,7 @@ class WebhookSender:
         self.owner = owner
         settings = runtime.settings.webhooks
         self.concurrency = settings.concurrency
-        self.lease = timedelta(seconds=settings.timeout_seconds + LEASE_MARGIN_S)
+        self.lease = timedelta(seconds=2 * settings.timeout_seconds + LEASE_MARGIN_S)
         # Used directly, not through httpx.AsyncClient: no redirects, no environment
         # proxies or .netrc, no cookies; one connection per attempt, bound to its name.
         self._transport = transport or httpx.AsyncHTTPTransport(
@@ -276,7 +276,7 @@ class WebhookSender:
             "webhook_attempt",
             delivery_id=delivery.id,
             endpoint_id=endpoint.id,
-            event=delivery.event,
+            webhook_event=delivery.event,
             attempt=delivery.attempts,
             status_code=result.status_code,
             latency_ms=result.latency_ms,
