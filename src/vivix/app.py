@@ -30,6 +30,7 @@ from vivix.storage.endpoints import router as files_router
 from vivix.studio.pages import router as studio_router
 from vivix.studio.security import SecurityHeadersMiddleware
 from vivix.studio.web import STATIC_DIR, StudioStaticFiles, StudioWeb, error_page, wants_html
+from vivix.webhooks.endpoints import router as webhooks_router
 
 log = structlog.get_logger(__name__)
 
@@ -72,6 +73,7 @@ def create_app(
     app.include_router(generations_router)
     app.include_router(models_router)
     app.include_router(credits_router)
+    app.include_router(webhooks_router)
     app.include_router(admin_router)
     app.include_router(files_router)
     app.include_router(operations_router)

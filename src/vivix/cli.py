@@ -38,6 +38,7 @@ catalog_app = typer.Typer(help="The model catalog.", **_PLAIN_HELP)
 users_app = typer.Typer(help="Studio users (people who sign in with a browser).", **_PLAIN_HELP)
 generations_app = typer.Typer(help="Generations, as operators see them.", **_PLAIN_HELP)
 storage_app = typer.Typer(help="Stored outputs and retention.", **_PLAIN_HELP)
+webhooks_app = typer.Typer(help="Accounts' webhook endpoints.", **_PLAIN_HELP)
 app.add_typer(accounts_app, name="accounts")
 app.add_typer(keys_app, name="keys")
 app.add_typer(credits_app, name="credits")
@@ -47,6 +48,7 @@ app.add_typer(catalog_app, name="catalog")
 app.add_typer(users_app, name="users")
 app.add_typer(generations_app, name="generations")
 app.add_typer(storage_app, name="storage")
+app.add_typer(webhooks_app, name="webhooks")
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 T = TypeVar("T")
@@ -814,3 +816,107 @@ def main() -> None:
         app()
     except KeyboardInterrupt:
         sys.exit(130)
+
+
+def _admin_webhooks() -> Any:
+    from vivix.admin import webhooks
+
+    return webhooks
+
+
+def _render_webhooks(rows: list[dict[str, Any]]) -> None:
+    table = _table()
+    table.add_column("id", no_wrap=True)
+    table.add_column("url", no_wrap=True)
+    for name in ("events", "enabled", "secret", "description"):
+        table.add_column(name)
+    for w in rows:
+        state = "yes" if w["enabled"] else f"no ({w['disabled_reason']})"
+        table.add_row(
+            w["id"], w["url"], ", ".join(w["events"]), state, w["secret_prefix"], w["description"]
+        )
+    _print(table)
+
+
+def _render_secret(data: dict[str, Any]) -> None:
+    # Plain print: rich would wrap the secret, breaking copy-paste.
+    print(f"{data['secret']}\n(shown once; endpoint {data['id']} → {data['url']})")
+    if data.get("previous_secret_expires_at"):
+        print(f"the previous secret keeps signing until {data['previous_secret_expires_at']}")
+
+
+@webhooks_app.command("list")
+def webhooks_list(account: str, as_json: JsonFlag = False) -> None:
+    """An account's webhook endpoints."""
+    _emit(
+        _run(as_json, lambda rt: _admin_webhooks().list_webhooks(rt, account)),
+        as_json,
+        _render_webhooks,
+    )
+
+
+@webhooks_app.command("add")
+def webhooks_add(
+    account: str,
+    url: str,
+    event: Annotated[
+        list[str] | None,
+        typer.Option(help="Subscribe to this event (repeatable; default: every event)."),
+    ] = None,
+    description: Annotated[str | None, typer.Option()] = None,
+    include_studio: Annotated[
+        bool, typer.Option("--include-studio", help="Also Studio generations.")
+    ] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Add a webhook endpoint to an account; its secret is printed once."""
+    data = _run(
+        as_json,
+        lambda rt: _admin_webhooks().add_webhook(
+            rt,
+            account,
+            url,
+            events=event or None,
+            description=description,
+            include_studio=include_studio,
+            actor=_cli_actor(),
+        ),
+    )
+    _emit(data, as_json, _render_secret)
+
+
+@webhooks_app.command("rotate")
+def webhooks_rotate(
+    account: str,
+    webhook_id: str,
+    expire_previous_now: Annotated[
+        bool,
+        typer.Option("--expire-previous-now", help="Stop signing with the old secret at once."),
+    ] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Give an endpoint a new secret (printed once); the old one signs 24 h more."""
+    data = _run(
+        as_json,
+        lambda rt: _admin_webhooks().rotate_webhook(
+            rt, account, webhook_id, expire_previous_now=expire_previous_now, actor=_cli_actor()
+        ),
+    )
+    _emit(data, as_json, _render_secret)
+
+
+@webhooks_app.command("disable")
+def webhooks_disable(
+    account: str,
+    webhook_id: str,
+    reason: Annotated[str | None, typer.Option(help="Shown as disabled_reason.")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Disable an endpoint (its pending deliveries wait until it is enabled again)."""
+    data = _run(
+        as_json,
+        lambda rt: _admin_webhooks().disable_webhook(
+            rt, account, webhook_id, reason=reason, actor=_cli_actor()
+        ),
+    )
+    _emit(data, as_json, lambda d: _render_webhooks([d]))

@@ -10,11 +10,11 @@ from dataclasses import dataclass, field
 from vivix.billing.ledger import Ledger, open_ledger
 from vivix.catalog.service import Catalog
 from vivix.kit.db import Database
+from vivix.kit.egress import Resolver
 from vivix.kit.logging import configure_logging
 from vivix.kit.wakeup import JobsNotifier
 from vivix.limits.service import RateLimiter
 from vivix.providers.circuits import CircuitBreakers
-from vivix.providers.guarded_fetch import Resolver
 from vivix.settings import Settings
 from vivix.storage.service import OutputStore
 
@@ -33,6 +33,9 @@ class Runtime:
     # processes learn through PostgreSQL NOTIFY (see vivix.kit.wakeup) or polling.
     on_enqueued: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     on_canceled: list[Callable[[str], None]] = field(default_factory=list)
+    # This process's webhook senders (other processes hear the NOTIFY sent in the
+    # transaction that queued the deliveries).
+    on_webhooks_queued: list[Callable[[], None]] = field(default_factory=list)
     # DNS for client-supplied URLs; None = the system resolver.
     resolver: Resolver | None = None
     # Other processes' workers (PostgreSQL only).
@@ -48,6 +51,11 @@ class Runtime:
     def notify_canceled(self, generation_id: str) -> None:
         for callback in self.on_canceled:
             callback(generation_id)
+
+    def notify_webhooks_queued(self) -> None:
+        """After deliveries commit: wake this process's webhook sender."""
+        for callback in self.on_webhooks_queued:
+            callback()
 
 
 def load_or_create_secret(settings: Settings) -> str:

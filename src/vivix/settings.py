@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from vivix.kit.bounds import MAX_CALLS_PER_MINUTE, MAX_CONCURRENT_JOBS, MAX_CREDIT_AMOUNT
 
@@ -98,6 +98,55 @@ class FetchSettings(BaseModel):
     resolve_timeout_seconds: Annotated[float, Field(gt=0)] = 5.0
 
 
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration_list(value: object) -> list[float]:
+    """`5s,5m,30m,2h` (or a list) → seconds; a plain number means seconds."""
+    if isinstance(value, (int, float)):
+        items: list[object] = [value]
+    elif isinstance(value, str):
+        items = [part for part in (p.strip() for p in value.split(",")) if part]
+    elif isinstance(value, list):
+        items = list(value)
+    else:
+        raise ValueError("must be a comma-separated list of delays like 5s,5m,2h")
+    delays = []
+    for item in items:
+        text = str(item).strip().lower()
+        unit = _DURATION_UNITS.get(text[-1:]) if text else None
+        number = text[:-1] if unit else text
+        try:
+            seconds = float(number) * (unit or 1)
+        except ValueError:
+            raise ValueError(f"{item!r} is not a delay like 30, 5s, 5m, 2h or 1d") from None
+        if not 0 <= seconds <= 30 * 86400 or seconds != seconds:
+            raise ValueError(f"{item!r} must be between 0 and 30 days")
+        delays.append(seconds)
+    return delays
+
+
+class WebhookSettings(BaseModel):
+    """Webhook delivery (API.md §5.1)."""
+
+    # Delays after each failed attempt; then the delivery is `failed` (~27.6 h by default).
+    retry_schedule: Annotated[list[float], NoDecode] = Field(
+        default_factory=lambda: parse_duration_list("5s,5m,30m,2h,5h,10h,10h")
+    )
+    timeout_seconds: Annotated[float, Field(gt=0, le=300)] = 15.0
+    # http:// and private/loopback targets: for development and tests only.
+    allow_insecure_targets: bool = False
+    # Deliveries sent at once by each worker process.
+    concurrency: Annotated[int, Field(ge=1, le=256)] = 16
+    # An endpoint whose every delivery failed for this long is disabled.
+    disable_after_failing_days: Annotated[float, Field(gt=0)] = 5.0
+
+    @field_validator("retry_schedule", mode="before")
+    @classmethod
+    def _parse_schedule(cls, value: object) -> list[float]:
+        return parse_duration_list(value)
+
+
 class CircuitSettings(BaseModel):
     failure_threshold: Annotated[int, Field(ge=1)] = 5
     cooldown_seconds: Annotated[float, Field(gt=0)] = 30.0
@@ -181,6 +230,7 @@ class Settings(BaseSettings):
     worker: WorkerSettings = WorkerSettings()
     circuit: CircuitSettings = CircuitSettings()
     fetch: FetchSettings = FetchSettings()
+    webhooks: WebhookSettings = WebhookSettings()
     studio: StudioSettings = StudioSettings()
 
     retention: RetentionSettings = RetentionSettings()

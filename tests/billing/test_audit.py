@@ -20,9 +20,9 @@ from vivix.admin import service as admin
 from vivix.cli import app
 from vivix.generations import service as generations
 from vivix.kit.clock import utcnow
+from vivix.kit.egress import GuardedFetcher
 from vivix.models import Account, Generation, LedgerEntry
 from vivix.providers.base import OutputFile, RenderResult
-from vivix.providers.guarded_fetch import GuardedFetcher
 from vivix.providers.registry import ProviderRegistry
 from vivix.renderer.render import render_image
 from vivix.runtime import Runtime

@@ -19,12 +19,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
+from vivix.kit.egress import EgressGuard
 from vivix.providers.base import (
     ProviderError,
     ProviderFatalError,
     ProviderRetriableError,
 )
-from vivix.providers.guarded_fetch import EgressGuard
 from vivix.providers.http import (
     MAX_REDIRECTS,
     ProviderHttp,

@@ -18,10 +18,10 @@ from tests.worker.conftest import FAST_WORKER
 from tests.worker.helpers import wait_for_status
 from vivix.generations import service as generations
 from vivix.kit.clock import utcnow
+from vivix.kit.egress import GuardedFetcher
 from vivix.kit.errors import NotCancelable
 from vivix.models import Generation, LedgerEntry
 from vivix.providers.base import OutputFile, RenderResult
-from vivix.providers.guarded_fetch import GuardedFetcher
 from vivix.providers.local.adapter import LocalAdapter
 from vivix.providers.registry import ProviderRegistry
 from vivix.renderer import render

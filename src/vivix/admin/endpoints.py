@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends
 from starlette.requests import Request
 from starlette.responses import Response
 
-from vivix.admin import schemas, service
+from vivix.admin import schemas, service, webhooks
 from vivix.kit.errors import AdminThrottled, AdminUnauthorized
 from vivix.kit.http import context_of, json_response, runtime_of
 from vivix.kit.pagination import parse_limit
@@ -230,3 +230,46 @@ async def audit_log(request: Request) -> Response:
         actor=query.get("actor") or None,
     )
     return json_response(page)
+
+
+@router.get("/accounts/{account}/webhooks")
+async def list_webhooks(request: Request, account: str) -> Response:
+    return json_response({"data": await webhooks.list_webhooks(runtime_of(request), account)})
+
+
+@router.post("/accounts/{account}/webhooks", status_code=201)
+async def add_webhook(request: Request, account: str, body: schemas.WebhookAdd) -> Response:
+    out = await webhooks.add_webhook(
+        runtime_of(request),
+        account,
+        body.url,
+        events=body.events,
+        description=body.description,
+        include_studio=body.include_studio,
+        actor=actor_of(request),
+    )
+    return json_response(out, 201)
+
+
+@router.post("/accounts/{account}/webhooks/{webhook_id}/rotate")
+async def rotate_webhook(
+    request: Request, account: str, webhook_id: str, body: schemas.WebhookRotate
+) -> Response:
+    out = await webhooks.rotate_webhook(
+        runtime_of(request),
+        account,
+        webhook_id,
+        expire_previous_now=body.expire_previous_now,
+        actor=actor_of(request),
+    )
+    return json_response(out)
+
+
+@router.post("/accounts/{account}/webhooks/{webhook_id}/disable")
+async def disable_webhook(
+    request: Request, account: str, webhook_id: str, body: schemas.WebhookDisable
+) -> Response:
+    out = await webhooks.disable_webhook(
+        runtime_of(request), account, webhook_id, reason=body.reason, actor=actor_of(request)
+    )
+    return json_response(out)

@@ -53,3 +53,18 @@ class UserCreate(_Strict):
     account: str | None = None  # name or id; default: a new free account of their own
     operator: bool = False
     password: str | None = Field(default=None, min_length=1, max_length=1000)
+
+
+class WebhookAdd(_Strict):
+    url: str
+    events: list[str] | None = None
+    description: str | None = None
+    include_studio: bool | None = None
+
+
+class WebhookRotate(_Strict):
+    expire_previous_now: bool = False
+
+
+class WebhookDisable(_Strict):
+    reason: str | None = Field(default=None, max_length=300)

@@ -17,10 +17,12 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from vivix.generations.schemas import webhook_payload
 from vivix.kit.clock import utcnow
 from vivix.kit.metrics import observe_finished
 from vivix.kit.wakeup import notify_canceled
 from vivix.models import Generation, GenerationStatus
+from vivix.webhooks.outbox import queue_generation_event
 
 if TYPE_CHECKING:
     from vivix.runtime import Runtime
@@ -80,8 +82,20 @@ async def commit_final_state(
         )
         if stops_a_worker:
             await notify_canceled(session, generation.id)  # delivered when this commits
+        event = f"generation.{final.status.value}"
+        ended = generation
+        webhooks_queued = await queue_generation_event(
+            session,
+            account_id=generation.account_id,
+            generation_id=generation.id,
+            source=generation.source,
+            event=event,
+            body=lambda: webhook_payload(ended, event, output_url=runtime.storage.url_for),
+        )
     if stops_a_worker:
         runtime.notify_canceled(generation.id)
+    if webhooks_queued:
+        runtime.notify_webhooks_queued()
     observe_finished(
         generation.model,
         generation.status,

@@ -63,6 +63,23 @@ def generation_out(
     return out
 
 
+def webhook_payload(
+    gen: Generation, event: str, *, output_url: Callable[[str], str]
+) -> dict[str, Any]:
+    """A webhook's body (API.md §5.1): the generation as GET shows it, plus `event` and
+    the getvivix payload's names as aliases; output fields are null unless completed."""
+    out = generation_out(gen, output_url=output_url)
+    out["event"] = event
+    out["credits_charged"] = out.get("credits_used", 0)
+    if gen.status != GenerationStatus.COMPLETED:
+        out["output_url"] = None
+        out["output_urls"] = None
+    if gen.status == GenerationStatus.FAILED:
+        out["error_code"] = out.get("error")
+        out["error_message"] = out.get("message")
+    return out
+
+
 def _shown_output(stored: dict[str, Any], output_url: Callable[[str], str]) -> dict[str, Any]:
     shown = {"url": output_url(stored["key"])}
     shown.update((name, value) for name, value in stored.items() if name != "key")

@@ -30,6 +30,7 @@ from vivix.generations import repository
 from vivix.generations.finish import FinalState, commit_final_state
 from vivix.kit.bounds import MAX_BALANCE
 from vivix.kit.clock import utcnow
+from vivix.kit.egress import UrlRefused, check_url
 from vivix.kit.errors import (
     ConcurrencyLimited,
     GenerationNotFound,
@@ -45,7 +46,6 @@ from vivix.kit.ids import uuid7
 from vivix.kit.logging import bind_generation, current_request_id
 from vivix.kit.metrics import observe_admission
 from vivix.models import ACTIVE_STATUSES, Generation, NewGeneration
-from vivix.providers.guarded_fetch import UrlRefused, check_url
 
 if TYPE_CHECKING:
     from vivix.runtime import Runtime

@@ -115,6 +115,22 @@ class NotCancelable(VivixError):
     default_next = "Nothing to do: read its final state with GET /api/v1/generations/{id}."
 
 
+class WebhookLimit(VivixError):
+    status = 409
+    code = "WEBHOOK_LIMIT"
+    default_message = "This account already has the maximum number of webhook endpoints."
+    default_next = (
+        "Delete an endpoint you no longer use (DELETE /api/v1/webhooks/{id}), then retry."
+    )
+
+
+class WebhookNotFound(VivixError):
+    status = 404
+    code = "WEBHOOK_NOT_FOUND"
+    default_message = "No such webhook endpoint or delivery on your account."
+    default_next = "Check the id; list your endpoints with GET /api/v1/webhooks."
+
+
 class PayloadTooLarge(VivixError):
     status = 413
     code = "PAYLOAD_TOO_LARGE"

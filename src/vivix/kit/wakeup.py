@@ -25,6 +25,7 @@ log = structlog.get_logger(__name__)
 
 JOBS_CHANNEL = "vivix_jobs"
 CANCEL_CHANNEL = "vivix_cancel"
+WEBHOOKS_CHANNEL = "vivix_webhooks"
 
 
 class JobsNotifier:
@@ -75,16 +76,30 @@ async def notify_canceled(session: AsyncSession, generation_id: str) -> None:
         )
 
 
+async def notify_webhooks_queued(session: AsyncSession) -> None:
+    """Inside the transaction that queues webhook deliveries: workers of other processes
+    hear it when (and only if) it commits. Deliveries are sent only by workers, and the
+    NOTIFY is what makes a completion reach its receiver in milliseconds, not a poll."""
+    if session.get_bind().dialect.name == "postgresql":
+        await session.execute(text(f"NOTIFY {WEBHOOKS_CHANNEL}"))
+
+
 class PostgresListener:
-    """A dedicated asyncpg connection LISTENing on both channels; reconnects on loss."""
+    """A dedicated asyncpg connection LISTENing on the jobs and cancel channels (and the
+    webhooks channel when `on_webhooks` is given); reconnects on loss."""
 
     def __init__(
-        self, database_url: str, on_job: Callable[[], None], on_cancel: Callable[[str], None]
+        self,
+        database_url: str,
+        on_job: Callable[[], None],
+        on_cancel: Callable[[str], None],
+        on_webhooks: Callable[[], None] | None = None,
     ) -> None:
         url = make_url(database_url).set(drivername="postgresql")
         self._dsn = url.render_as_string(hide_password=False)
         self._on_job = on_job
         self._on_cancel = on_cancel
+        self._on_webhooks = on_webhooks
         self._task: asyncio.Task[None] | None = None
         self.connected = asyncio.Event()
 
@@ -102,8 +117,15 @@ class PostgresListener:
                 await connection.add_listener(
                     CANCEL_CHANNEL, lambda _c, _p, _ch, payload: self._on_cancel(str(payload))
                 )
+                on_webhooks = self._on_webhooks
+                if on_webhooks is not None:
+                    await connection.add_listener(
+                        WEBHOOKS_CHANNEL, lambda *_, wake=on_webhooks: wake()
+                    )
                 self.connected.set()
                 self._on_job()  # catch up on anything enqueued while we weren't listening
+                if on_webhooks is not None:
+                    on_webhooks()
                 lost = asyncio.Event()
                 connection.add_termination_listener(lambda *_, event=lost: event.set())
                 await lost.wait()

@@ -15,6 +15,7 @@ from vivix.models.ledger_entry import LedgerEntry, LedgerKind
 from vivix.models.provider_circuit import ProviderCircuit
 from vivix.models.studio_session import StudioSession
 from vivix.models.user import User
+from vivix.models.webhook import DeliveryStatus, WebhookAttempt, WebhookDelivery, WebhookEndpoint
 
 __all__ = [
     "ACTIVE_STATUSES",
@@ -23,6 +24,7 @@ __all__ = [
     "AdminAuditEntry",
     "ApiKey",
     "Base",
+    "DeliveryStatus",
     "Generation",
     "GenerationStatus",
     "LedgerEntry",
@@ -31,4 +33,7 @@ __all__ = [
     "ProviderCircuit",
     "StudioSession",
     "User",
+    "WebhookAttempt",
+    "WebhookDelivery",
+    "WebhookEndpoint",
 ]

@@ -11,7 +11,14 @@ from pydantic.json_schema import models_json_schema
 from vivix import __version__
 from vivix.kit import errors as error_classes
 from vivix.openapi import shapes
-from vivix.openapi.operations import FILE_OPERATIONS, OPERATIONS, Operation, Param, Success
+from vivix.openapi.operations import (
+    FILE_OPERATIONS,
+    OPERATIONS,
+    WEBHOOK_OPERATIONS,
+    Operation,
+    Param,
+    Success,
+)
 from vivix.storage.endpoints import RangeNotSatisfiable
 
 DESCRIPTION = """\
@@ -51,7 +58,7 @@ RESPONSE_HEADERS: dict[str, dict[str, Any]] = {
         "schema": _INTEGER_TEXT,
     },
     "Retry-After": {"description": "Seconds to wait before retrying.", "schema": _INTEGER_TEXT},
-    "Location": {"description": "The generation's URL.", "schema": {"type": "string"}},
+    "Location": {"description": "The created object's URL.", "schema": {"type": "string"}},
     "Idempotent-Replayed": {
         "description": "`true`: the original generation of this Idempotency-Key.",
         "schema": {"type": "string", "enum": ["true"]},
@@ -83,6 +90,16 @@ SCHEMA_MODELS: tuple[type[BaseModel], ...] = (
     shapes.Models,
     shapes.Model,
     shapes.Credits,
+    shapes.WebhookCreate,
+    shapes.WebhookUpdate,
+    shapes.RotateSecret,
+    shapes.Webhook,
+    shapes.WebhookList,
+    shapes.WebhookWithSecret,
+    shapes.WebhookRotated,
+    shapes.WebhookDelivery,
+    shapes.WebhookDeliveryDetail,
+    shapes.WebhookDeliveryPage,
 )
 
 
@@ -186,7 +203,7 @@ def _operation(operation: Operation, statuses: dict[str, int]) -> dict[str, Any]
     }
     if operation.body is not None:
         out["requestBody"] = {
-            "required": True,
+            "required": operation.body_required,
             "content": {"application/json": {"schema": _ref(operation.body)}},
         }
     return out
@@ -201,7 +218,7 @@ def openapi_document() -> dict[str, Any]:
     )
     statuses = _error_statuses()
     paths: dict[str, dict[str, Any]] = {}
-    for operation in (*OPERATIONS, *FILE_OPERATIONS):
+    for operation in (*OPERATIONS, *WEBHOOK_OPERATIONS, *FILE_OPERATIONS):
         paths.setdefault(operation.path, {})[operation.method] = _operation(operation, statuses)
     return {
         "openapi": "3.1.0",
@@ -222,6 +239,7 @@ def openapi_document() -> dict[str, Any]:
             {"name": "generations", "description": "Submit, read, list and cancel."},
             {"name": "models", "description": "What this key can call, and at what price."},
             {"name": "credits", "description": "The wallet."},
+            {"name": "webhooks", "description": "Signed pushes when generations end."},
             {"name": "files", "description": "Rendered outputs (public capability URLs)."},
         ],
     }

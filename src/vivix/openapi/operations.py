@@ -48,6 +48,7 @@ class Operation:
     errors: tuple[str, ...]
     params: tuple[Param, ...] = ()
     body: type[BaseModel] | None = None
+    body_required: bool = True
     authenticated: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -253,4 +254,156 @@ FILE_OPERATIONS: tuple[Operation, ...] = tuple(
         ("get", "getFile", "Download a rendered output"),
         ("head", "headFile", "A rendered output's size and type"),
     )
+)
+
+
+WEBHOOK_ID = Param(
+    "webhook_id",
+    "path",
+    {"type": "string"},
+    "The endpoint's id (another account's id, or anything else, is 404 WEBHOOK_NOT_FOUND).",
+    required=True,
+)
+DELIVERY_ID = Param(
+    "delivery_id",
+    "path",
+    {"type": "string"},
+    "The delivery's id (X-Vivix-Delivery-Id); unknown or foreign ids are 404.",
+    required=True,
+)
+_BODY_ERRORS = ("INVALID_JSON", "PAYLOAD_TOO_LARGE", "UNSUPPORTED_MEDIA_TYPE", "INVALID_PARAMS")
+WEBHOOK_OPERATIONS: tuple[Operation, ...] = (
+    Operation(
+        "get",
+        "/api/v1/webhooks",
+        "listWebhooks",
+        "webhooks",
+        "List webhook endpoints",
+        "The account's endpoints (at most 5). Secrets are never shown again: only their "
+        "first characters (`secret_prefix`).",
+        responses=(Success(200, shapes.WebhookList, "The endpoints."),),
+        errors=GATE_ERRORS,
+    ),
+    Operation(
+        "post",
+        "/api/v1/webhooks",
+        "createWebhook",
+        "webhooks",
+        "Create a webhook endpoint",
+        "Generations started through the API fire `generation.completed`, `.failed` and "
+        "`.canceled` to every enabled endpoint subscribed to them (Studio generations only "
+        "with `include_studio`). The answer carries the signing `secret`, shown this once. "
+        "A sixth endpoint is 409 WEBHOOK_LIMIT; a URL that is not https:// or resolves to a "
+        "non-public address is 422 INVALID_PARAMS with `field: url`.",
+        responses=(
+            Success(201, shapes.WebhookWithSecret, "Created; store `secret` now.", ("Location",)),
+        ),
+        errors=(*GATE_ERRORS, *_BODY_ERRORS, "WEBHOOK_LIMIT"),
+        body=shapes.WebhookCreate,
+    ),
+    Operation(
+        "patch",
+        "/api/v1/webhooks/{webhook_id}",
+        "updateWebhook",
+        "webhooks",
+        "Change a webhook endpoint",
+        "Change `url`, `events`, `description`, `include_studio` or `enabled`.",
+        responses=(Success(200, shapes.Webhook, "The endpoint."),),
+        errors=(*GATE_ERRORS, *_BODY_ERRORS, "WEBHOOK_NOT_FOUND"),
+        params=(WEBHOOK_ID,),
+        body=shapes.WebhookUpdate,
+    ),
+    Operation(
+        "delete",
+        "/api/v1/webhooks/{webhook_id}",
+        "deleteWebhook",
+        "webhooks",
+        "Delete a webhook endpoint",
+        "Deletes the endpoint; deliveries still pending for it are dropped.",
+        responses=(Success(204, None, "Deleted."),),
+        errors=(*GATE_ERRORS, "WEBHOOK_NOT_FOUND"),
+        params=(WEBHOOK_ID,),
+    ),
+    Operation(
+        "post",
+        "/api/v1/webhooks/{webhook_id}/rotate-secret",
+        "rotateWebhookSecret",
+        "webhooks",
+        "Rotate a webhook endpoint's secret",
+        "A new `secret` (shown once). The previous one keeps signing, as a second "
+        "`webhook-signature` entry, until `previous_secret_expires_at` (24 h), or not at "
+        'all with `{"expire_previous_now": true}`. The body is optional.',
+        responses=(Success(200, shapes.WebhookRotated, "The endpoint with its new secret."),),
+        errors=(*GATE_ERRORS, *_BODY_ERRORS, "WEBHOOK_NOT_FOUND"),
+        params=(WEBHOOK_ID,),
+        body=shapes.RotateSecret,
+        body_required=False,
+    ),
+    Operation(
+        "post",
+        "/api/v1/webhooks/{webhook_id}/test",
+        "testWebhook",
+        "webhooks",
+        "Send a test delivery",
+        "Queues a `webhook.test` delivery to the endpoint and returns it; follow it with "
+        "GET …/deliveries/{delivery_id}.",
+        responses=(Success(201, shapes.WebhookDelivery, "The queued delivery."),),
+        errors=(*GATE_ERRORS, "WEBHOOK_NOT_FOUND"),
+        params=(WEBHOOK_ID,),
+    ),
+    Operation(
+        "get",
+        "/api/v1/webhooks/{webhook_id}/deliveries",
+        "listWebhookDeliveries",
+        "webhooks",
+        "List an endpoint's deliveries",
+        "Newest first, a page at a time; filters `status` and `generation_id`.",
+        responses=(Success(200, shapes.WebhookDeliveryPage, "One page."),),
+        errors=(*GATE_ERRORS, "INVALID_PARAMS", "WEBHOOK_NOT_FOUND"),
+        params=(
+            WEBHOOK_ID,
+            Param("cursor", "query", {"type": "string"}, "`next_cursor` of the previous page."),
+            Param(
+                "limit",
+                "query",
+                {"type": "integer", "minimum": 1, "maximum": 100, "default": 20},
+                "Page size.",
+            ),
+            Param(
+                "status",
+                "query",
+                {"type": "string", "enum": ["pending", "succeeded", "failed"]},
+                "Only deliveries in this status.",
+            ),
+            Param(
+                "generation_id",
+                "query",
+                {"type": "string", "format": "uuid"},
+                "Only deliveries of this generation.",
+            ),
+        ),
+    ),
+    Operation(
+        "get",
+        "/api/v1/webhooks/{webhook_id}/deliveries/{delivery_id}",
+        "getWebhookDelivery",
+        "webhooks",
+        "One delivery, with every attempt",
+        "The delivery, every attempt (`at`, `status_code`, `latency_ms`, `error`, the first "
+        "2 KiB of the response) and the exact request body sent.",
+        responses=(Success(200, shapes.WebhookDeliveryDetail, "The delivery."),),
+        errors=(*GATE_ERRORS, "WEBHOOK_NOT_FOUND"),
+        params=(WEBHOOK_ID, DELIVERY_ID),
+    ),
+    Operation(
+        "post",
+        "/api/v1/webhooks/{webhook_id}/deliveries/{delivery_id}/redeliver",
+        "redeliverWebhook",
+        "webhooks",
+        "Send a delivery again now",
+        "A new attempt now, with the same delivery id and body, whatever the delivery's status.",
+        responses=(Success(200, shapes.WebhookDelivery, "The delivery, pending again."),),
+        errors=(*GATE_ERRORS, "WEBHOOK_NOT_FOUND"),
+        params=(WEBHOOK_ID, DELIVERY_ID),
+    ),
 )

@@ -277,3 +277,111 @@ class Credits(_Open):
     rate_limit: RateLimit
     spent_this_cycle: int
     granted_this_cycle: int
+
+
+WebhookEvent = Literal["generation.completed", "generation.failed", "generation.canceled"]
+
+
+class WebhookCreate(BaseModel):
+    """A new endpoint. Targets must be `https://` and resolve only to public addresses."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"url": "https://example.com/hooks/vivix", "description": "prod"}]
+        },
+    )
+
+    url: Url = Field(max_length=2048)
+    events: list[WebhookEvent] | None = Field(
+        None, min_length=1, description="Default: every generation event."
+    )
+    description: str | None = Field(None, max_length=500)
+    include_studio: bool | None = Field(
+        None, description="Also fire for generations started in the Studio (default false)."
+    )
+
+
+class WebhookUpdate(BaseModel):
+    """Any subset of the endpoint's fields; `enabled: true` clears `disabled_reason`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: Url | None = Field(None, max_length=2048)
+    events: list[WebhookEvent] | None = Field(None, min_length=1)
+    description: str | None = Field(None, max_length=500)
+    include_studio: bool | None = None
+    enabled: bool | None = None
+
+
+class RotateSecret(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    expire_previous_now: bool | None = Field(
+        None, description="Stop signing with the previous secret at once (default: 24 h)."
+    )
+
+
+class Webhook(_Open):
+    id: str = Field(json_schema_extra={"format": "uuid"})
+    url: Url
+    description: str
+    events: list[WebhookEvent]
+    include_studio: bool
+    enabled: bool
+    disabled_reason: str | None = Field(description="Why it was disabled (410, 5 days failing).")
+    secret_prefix: str = Field(description="The first characters of the current secret.")
+    created_at: Timestamp
+
+
+class WebhookList(_Open):
+    data: list[Webhook]
+
+
+class WebhookWithSecret(Webhook):
+    secret: str = Field(description="`whsec_…`: shown this once; store it now.")
+
+
+class WebhookRotated(WebhookWithSecret):
+    previous_secret_expires_at: Timestamp | None = Field(
+        description="Until then the previous secret also signs (a second webhook-signature "
+        "entry); null with expire_previous_now."
+    )
+
+
+class WebhookDelivery(_Open):
+    id: str = Field(
+        json_schema_extra={"format": "uuid"},
+        description="Equals X-Vivix-Delivery-Id and webhook-id, the same on every retry.",
+    )
+    event: Literal[
+        "generation.completed", "generation.failed", "generation.canceled", "webhook.test"
+    ]
+    generation_id: str | None
+    status: Literal["pending", "succeeded", "failed"]
+    attempts: int
+    next_attempt_at: Timestamp | None
+    last_status_code: int | None
+    last_error: str | None
+    last_latency_ms: int | None
+    created_at: Timestamp
+    delivered_at: Timestamp | None
+
+
+class WebhookAttempt(_Open):
+    at: Timestamp
+    status_code: int | None
+    latency_ms: int | None
+    error: str | None
+    response_body: str | None = Field(description="The first 2 KiB of the response.")
+
+
+class WebhookDeliveryDetail(WebhookDelivery):
+    attempt_log: list[WebhookAttempt] = Field(description="Every attempt, oldest first.")
+    request_body: str = Field(description="The exact JSON body sent on every attempt.")
+
+
+class WebhookDeliveryPage(_Open):
+    data: list[WebhookDelivery]
+    next_cursor: str | None
+    has_more: bool

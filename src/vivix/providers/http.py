@@ -37,8 +37,8 @@ from urllib.parse import unquote_to_bytes, urlsplit
 import httpx
 
 from vivix.kit.clock import SYSTEM_CLOCK, Clock
+from vivix.kit.egress import EgressGuard, PinnedRequest, UrlRefused
 from vivix.providers.base import ProviderError, ProviderFatalError, ProviderRetriableError
-from vivix.providers.guarded_fetch import EgressGuard, PinnedRequest, UrlRefused
 
 RETRIABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
 NEVER_ACCEPTED_STATUSES = frozenset({429, 503})

@@ -5,8 +5,8 @@ from __future__ import annotations
 import httpx
 
 from vivix.kit.clock import SYSTEM_CLOCK, Clock
+from vivix.kit.egress import EgressGuard
 from vivix.providers.base import ProviderAdapter
-from vivix.providers.guarded_fetch import EgressGuard
 from vivix.providers.http import outbound_client
 from vivix.providers.upstream import AdapterSetup, UpstreamAdapter
 from vivix.settings import Settings

@@ -16,6 +16,7 @@ from typing import ClassVar, Self
 import httpx
 
 from vivix.kit.clock import SYSTEM_CLOCK, Clock
+from vivix.kit.egress import EgressGuard
 from vivix.providers.base import (
     Progress,
     ProviderError,
@@ -24,7 +25,6 @@ from vivix.providers.base import (
     RenderResult,
     UpstreamHandle,
 )
-from vivix.providers.guarded_fetch import EgressGuard
 from vivix.providers.http import DEFAULT_TIMEOUT, ProviderHttp, outbound_client
 from vivix.settings import ProviderSettings
 

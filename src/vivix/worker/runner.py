@@ -8,6 +8,8 @@ the job goes back to `pending` after a jittered exponential backoff (`run_after`
 once `max_attempts` is used up, fails with a refund and its upstream job is canceled.
 Every attempt's error is kept on the generation for operators.
 
+The worker also sends webhook deliveries (`webhooks.sender`), woken the same ways.
+
 Shutdown (SIGTERM): stop claiming, give running jobs `shutdown_grace_seconds` to finish,
 then release the rest to `pending` (attempt not counted) so another worker resumes them.
 """
@@ -29,14 +31,15 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from vivix.generations.finish import FinalState, LockGeneration, commit_final_state
 from vivix.kit.clock import utcnow
+from vivix.kit.egress import GuardedFetcher
 from vivix.kit.ids import base62
 from vivix.kit.logging import bind_job
 from vivix.kit.metrics import observe_queue_wait
 from vivix.kit.wakeup import PostgresListener
 from vivix.models import Generation, GenerationStatus
 from vivix.operations import retention
-from vivix.providers.guarded_fetch import GuardedFetcher
 from vivix.providers.registry import ProviderRegistry, build_registry
+from vivix.webhooks.sender import WebhookSender
 from vivix.worker import repository
 from vivix.worker.service import (
     PUBLIC_MESSAGES,
@@ -76,6 +79,7 @@ class Worker:
             allow_private_hosts=frozenset(fetch.allow_private_hosts),
         )
         self.executor = JobExecutor(runtime, self.registry, self.owner, self.fetcher)
+        self.webhooks = WebhookSender(runtime, self.owner)
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._running: dict[str, asyncio.Task[None]] = {}
@@ -108,9 +112,13 @@ class Worker:
     async def start(self) -> None:
         if not self.runtime.db.is_sqlite:
             self._listener = PostgresListener(
-                self.runtime.settings.resolved_database_url, self.wake, self.cancel_job
+                self.runtime.settings.resolved_database_url,
+                self.wake,
+                self.cancel_job,
+                on_webhooks=self.webhooks.wake,
             )
             self._listener.start()
+        await self.webhooks.start()
         self.runtime.on_enqueued.append(self.wake_async)
         self.runtime.on_canceled.append(self.cancel_job)
         self._main = asyncio.create_task(self._claim_loop(), name="vivix-worker")
@@ -137,6 +145,7 @@ class Worker:
         if leftovers:
             await asyncio.gather(*leftovers.values(), return_exceptions=True)
             await self._release(list(leftovers))
+        await self.webhooks.stop()
         if self._listener is not None:
             await self._listener.stop()
         if self.wake_async in self.runtime.on_enqueued:

@@ -30,6 +30,7 @@ from vivix.catalog import pricing
 from vivix.catalog.schemas import RouteSpec
 from vivix.generations.finish import FinalState, commit_final_state
 from vivix.kit.clock import iso, parse_iso, utcnow
+from vivix.kit.egress import FetchFailed, GuardedFetcher, UrlRefused
 from vivix.kit.logging import redact
 from vivix.kit.metrics import provider_call
 from vivix.models import Generation, GenerationStatus
@@ -44,7 +45,6 @@ from vivix.providers.base import (
     UpstreamHandle,
 )
 from vivix.providers.circuits import route_key
-from vivix.providers.guarded_fetch import FetchFailed, GuardedFetcher, UrlRefused
 from vivix.providers.media import NotMedia, inspect_media, with_detected_facts
 from vivix.providers.registry import LOCAL, ProviderRegistry
 from vivix.storage.service import extension_for

@@ -1,7 +1,7 @@
 """generations.erased_at: retention erased the record's params, metadata and provider details
 
 Revision ID: o002
-Revises: o001
+Revises: w001
 Create Date: 2026-12-06 07:10:00
 """
 
@@ -15,7 +15,7 @@ from alembic import op
 import vivix.models.base
 
 revision: str = "o002"
-down_revision: str | None = "o001"
+down_revision: str | None = "w001"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

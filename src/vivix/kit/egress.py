@@ -1,4 +1,5 @@
-"""Fetching client-supplied URLs (reference images) without becoming an SSRF proxy.
+"""The egress guard: fetching and calling client-supplied URLs (reference images, webhook
+targets) without becoming an SSRF proxy.
 
 A client may only make Vivix fetch from publicly routable addresses. `check_url` parses the
 URL, resolves every address of its host and refuses the URL when any one of them is not

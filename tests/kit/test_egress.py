@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from vivix.providers.guarded_fetch import (
+from vivix.kit.egress import (
     FetchedFile,
     FetchFailed,
     GuardedFetcher,
