@@ -1,7 +1,9 @@
 """/metrics after a scripted run: a real API process and a real worker process sharing one
 PROMETHEUS_MULTIPROC_DIR (the worker's counters show up in the API's scrape), the local
-renderer, and a Runware fake that rejects one model's content and doesn't serve another's
-upstream model. Every family the issue names is there, with the counts the run implies."""
+renderer, a Runware fake that rejects one model's content and doesn't serve another's
+upstream model, and two webhook endpoints: one that fails each delivery's first attempt,
+one nobody listens on. Every family the issue names is there, with the counts the run
+implies."""
 
 from __future__ import annotations
 
@@ -19,7 +21,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.fakes.runware import FakeRunware
-from tests.processes import running_servers, server_env
+from tests.processes import free_port, running_servers, server_env
+from tests.webhooks.receiver import Receiver
 
 pytestmark = pytest.mark.slow
 
@@ -137,6 +140,9 @@ async def test_metrics_after_a_scripted_run(
         WORKER__POLL_INTERVAL_SECONDS="0.2",
         WORKER__RENDER_PROCESSES="1",
         WORKER__ROUTE_RETRY_BACKOFF_SECONDS="0",
+        WEBHOOKS__ALLOW_INSECURE_TARGETS="true",
+        WEBHOOKS__RETRY_SCHEDULE="0.2",  # one retry, then the delivery gives up
+        WEBHOOKS__TIMEOUT_SECONDS="5",
     )
     env["PROMETHEUS_MULTIPROC_DIR"] = str(multiproc)
     migrate = [sys.executable, "-m", "vivix", "migrate", "--json"]
@@ -155,6 +161,11 @@ async def test_metrics_after_a_scripted_run(
             )
             key = key_response.json()["key"]
             headers = {"Authorization": f"Bearer {key}"}
+            receiver = Receiver()
+            receiver.failures_per_delivery = 1  # each delivery: a 500, then a 200
+            for url in (receiver.url, f"http://127.0.0.1:{free_port()}/nobody"):
+                hook = await http.post("/api/v1/webhooks", json={"url": url}, headers=headers)
+                assert hook.status_code == 201, hook.text
             submitted: dict[str, str] = {}
             held = 0
             for model, count in ((LOCAL, 3), (REJECTED, 2), (BROKEN, 1)):
@@ -176,10 +187,12 @@ async def test_metrics_after_a_scripted_run(
             worker = _start_worker(env, tmp_path)
             try:
                 bodies = await _wait_all_final(http, key, list(submitted))
+                final = await _wait_for_webhooks(http, 6)
             finally:
                 worker.send_signal(signal.SIGTERM)
                 worker.wait(30)
-            final = await _scrape(http)
+                receiver.close()
+            assert len(receiver.hooks()) == 12  # 6 refused with a 500, 6 taken
 
     outcomes = {g: (b["status"], b.get("error")) for g, b in bodies.items()}
     expected = {LOCAL: ("completed", None), REJECTED: ("failed", "CONTENT_REJECTED")}
@@ -228,8 +241,27 @@ async def test_metrics_after_a_scripted_run(
     assert final.value("vivix_credits_released_total") == held  # every hold released…
     assert final.value("vivix_credits_captured_total") == captured  # …and the charges captured
     assert final.value("vivix_admission_batch_size_count") == 6
+    deliveries = "vivix_webhook_deliveries_total"
+    assert final.value(deliveries, outcome="delivered") == 6
+    assert final.value(deliveries, outcome="failed") == 12  # first attempts, both endpoints
+    assert final.value(deliveries, outcome="gave_up") == 6  # the retry nobody answered
+    assert final.value("vivix_webhook_delivery_lag_seconds_count") == 24
+    assert final.value("vivix_webhook_delivery_lag_seconds_sum") > 0
     assert final.value("vivix_sse_streams_open") == 0
     assert final.value("vivix_http_requests_total", route="/api/v1/generate", status="201") == 6
+
+
+async def _wait_for_webhooks(http: httpx.AsyncClient, events: int) -> Scrape:
+    """The scrape once every event's two deliveries have ended (delivered or gave up)."""
+    deadline = asyncio.get_running_loop().time() + 60
+    while True:
+        scrape = await _scrape(http)
+        ended = scrape.value("vivix_webhook_deliveries_total", outcome="delivered")
+        ended += scrape.value("vivix_webhook_deliveries_total", outcome="gave_up")
+        if ended >= 2 * events:
+            return scrape
+        assert asyncio.get_running_loop().time() < deadline, ended
+        await asyncio.sleep(0.3)
 
 
 def _start_worker(env: dict[str, str], tmp_path: Path) -> subprocess.Popen[bytes]:
