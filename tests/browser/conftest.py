@@ -183,6 +183,7 @@ class Pages:
     studio: Studio
     requests: list[str] = field(default_factory=list)
     contexts: list[Any] = field(default_factory=list)
+    also_allowed: set[str] = field(default_factory=set)  # a test's own other origins
 
     def new(self, viewport: dict[str, int] | None = None, **options: Any) -> Any:
         context = self.chromium.new_context(
@@ -224,7 +225,8 @@ def browsing(chromium: Any, studio: Studio) -> Iterator[Pages]:
     finally:
         for context in opened.contexts:
             context.close()
-    foreign = [url for url in opened.requests if origin_of(url) != studio.origin]
+    allowed = {studio.origin, *opened.also_allowed}
+    foreign = [url for url in opened.requests if origin_of(url) not in allowed]
     assert not foreign, f"requests left {studio.origin}: {foreign}"
     assert opened.requests or not opened.contexts, "the browser made no request at all"
 
