@@ -37,8 +37,11 @@ FLASHES = {
 }
 
 
-def _flash(request: Request) -> dict[str, str] | None:
-    found = FLASHES.get(request.query_params.get("done", ""))
+def flash_of(
+    request: Request, table: dict[str, tuple[str, str]] = FLASHES
+) -> dict[str, str] | None:
+    """The message named by `?done=` after a redirect."""
+    found = table.get(request.query_params.get("done", ""))
     return {"kind": found[0], "text": found[1]} if found else None
 
 
@@ -63,7 +66,7 @@ async def api_settings_page(
         "keys": keys,
         "new_key": new_key,
         "errors": errors or {},
-        "flash": _flash(request),
+        "flash": flash_of(request),
         "endpoints": [dated(e) for e in endpoints],
         "max_endpoints": webhooks.MAX_ENDPOINTS,
         "subscribable": webhooks.SUBSCRIBABLE,
@@ -124,7 +127,7 @@ async def _account_page(
     context = {
         "active": "settings-account",
         "errors": errors or {},
-        "flash": _flash(request),
+        "flash": flash_of(request),
         "sessions": [
             {
                 "id": s.id,

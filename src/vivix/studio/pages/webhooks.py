@@ -16,7 +16,7 @@ from starlette.responses import Response
 
 from vivix.kit.errors import InvalidParams, WebhookLimit, WebhookNotFound
 from vivix.kit.http import runtime_of
-from vivix.studio.pages.settings import api_settings_page, dated
+from vivix.studio.pages.settings import api_settings_page, dated, flash_of
 from vivix.studio.web import PageNotFound, StudioRoute, read_form, redirect, require_viewer, web_of
 from vivix.users.service import Viewer
 from vivix.webhooks import service
@@ -39,11 +39,6 @@ def _not_found() -> PageNotFound:
         "No such webhook endpoint or delivery on your account.",
         next="Check the address, or go back to API & Webhooks.",
     )
-
-
-def _flash(request: Request) -> dict[str, str] | None:
-    found = FLASHES.get(request.query_params.get("done", ""))
-    return {"kind": found[0], "text": found[1]} if found else None
 
 
 def _create_body(form: FormData) -> dict[str, Any]:
@@ -122,7 +117,7 @@ async def _endpoint_page(
         "statuses": STATUSES,
         "live": any(d["status"] == "pending" for d in deliveries),
         "new_secret": new_secret,
-        "flash": _flash(request),
+        "flash": flash_of(request, FLASHES),
     }
     return web_of(request).page(request, "settings_webhook.html", context, viewer=viewer)
 
@@ -206,7 +201,7 @@ async def delivery_page(request: Request, endpoint_id: str, delivery_id: str) ->
         "delivery": dated(delivery),
         "attempts": [dated(a) for a in reversed(delivery["attempt_log"])],
         "request_body": _pretty(delivery["request_body"]),
-        "flash": _flash(request),
+        "flash": flash_of(request, FLASHES),
     }
     return web_of(request).page(request, "settings_webhook_delivery.html", context, viewer=viewer)
 
