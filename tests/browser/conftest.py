@@ -125,26 +125,18 @@ def studio_server_env(home: Path, **settings: str) -> dict[str, str]:
     )
 
 
-class studio_server:
+@contextmanager
+def studio_server(env: dict[str, str], home: Path) -> Iterator[Studio]:
     """`vivix serve` with its worker on `env`, and an operator API client for it."""
-
-    def __init__(self, env: dict[str, str], home: Path) -> None:
-        self._cm = running_server_with_worker(env, home / "logs")
-        self._admin: httpx.Client | None = None
-
-    def __enter__(self) -> Studio:
-        process = self._cm.__enter__()
-        self._admin = httpx.Client(
+    with (
+        running_server_with_worker(env, home / "logs") as process,
+        httpx.Client(
             base_url=process.base_url,
             headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
             timeout=30.0,
-        )
-        return Studio(process, self._admin)
-
-    def __exit__(self, *exc: object) -> None:
-        if self._admin is not None:
-            self._admin.close()
-        self._cm.__exit__(*exc)  # type: ignore[arg-type]
+        ) as admin,
+    ):
+        yield Studio(process, admin)
 
 
 @pytest.fixture(scope="package")

@@ -27,7 +27,7 @@ def attacker(studio: Studio) -> Iterator[str]:
     sends the session cookie; only the CSRF check stands in the way)."""
 
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        def do_GET(self) -> None:
             extra = ATTACKS.get(self.path.split("?")[0], "")
             body = (
                 "<!doctype html><title>Win a prize</title>"
