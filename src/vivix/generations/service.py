@@ -45,7 +45,6 @@ from vivix.kit.errors import (
 )
 from vivix.kit.ids import uuid7
 from vivix.kit.logging import bind_generation, current_request_id
-from vivix.kit.metrics import observe_admission
 from vivix.models import ACTIVE_STATUSES, Generation, NewGeneration
 
 if TYPE_CHECKING:
@@ -219,7 +218,6 @@ async def _admit(runtime: Runtime, caller: Caller, generation: NewGeneration) ->
                 raise
             return replay
         if balance is not None:
-            observe_admission(1)  # one generation per admission until batched admission
             return balance
         if key is not None:
             # A duplicate may have taken the last slot or credits: it is the answer.
