@@ -65,25 +65,36 @@ def enabled() -> bool:
     return _tracer is not None
 
 
-@contextlib.contextmanager
+_OFF = contextlib.nullcontext()
+
+
 def span(
     name: str,
     *,
     kind: str = "INTERNAL",
     traceparent: str | None = None,
     attributes: Mapping[str, str | int | float | bool] | None = None,
-) -> Iterator[None]:
+) -> contextlib.AbstractContextManager[None]:
     """A span around the block, current inside it; its parent is `traceparent` when given
     (a job's, stored at submit), else the current span. Exceptions mark it as an error."""
     if _tracer is None:
-        yield
-        return
+        return _OFF  # reusable, and no generator frame per call on the hot path
+    return _span(name, kind, traceparent, attributes or {})
+
+
+@contextlib.contextmanager
+def _span(
+    name: str,
+    kind: str,
+    traceparent: str | None,
+    attributes: Mapping[str, str | int | float | bool],
+) -> Iterator[None]:
     from opentelemetry.trace import SpanKind
 
     parent = _extract({"traceparent": traceparent}) if traceparent else None
     with (
         _tracer.start_as_current_span(
-            name, context=parent, kind=SpanKind[kind], attributes=dict(attributes or {})
+            name, context=parent, kind=SpanKind[kind], attributes=dict(attributes)
         ) as current,
         _logged_trace_id(current),
     ):
