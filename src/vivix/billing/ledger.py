@@ -43,9 +43,10 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from vivix.events.feed import EVENTS, GENERATION, append_sync, event_row
 from vivix.kit.bounds import MAX_BALANCE, MAX_CREDIT_AMOUNT
 from vivix.kit.clock import add_months, utcnow
-from vivix.kit.db import Database
+from vivix.kit.db import Database, mark_events_written
 from vivix.kit.errors import AdminInvalid
 from vivix.kit.metrics import count_credits, credits_on_commit
 from vivix.models import NEW_GENERATION_COLUMNS, Base, LedgerKind, NewGeneration
@@ -379,6 +380,10 @@ class SqliteLedger(Ledger):
             ).scalar_one_or_none()
             if balance is None:
                 raise _Refused()
+            # The stream's first event, next to the hold (the feed is not money).
+            append_sync(
+                connection, event_row(generation.account_id, generation.id, generation.status)
+            )
             return int(balance)
 
         try:
@@ -429,7 +434,22 @@ def _postgres_admission() -> Any:
         )
         .cte("hold")
     )
-    return select(account.c.balance).add_cte(generation, hold)
+    # The event streams' first event for it (`events.feed`), from the same result.
+    event = (
+        insert(EVENTS)
+        .from_select(
+            ["account_id", "generation_id", "kind", "status", "created_at"],
+            select(
+                bindparam("account_id", type_=String),
+                bindparam("g_id", type_=String),
+                literal(GENERATION, String),
+                bindparam("g_status", type_=String),
+                bindparam("g_created_at", type_=EVENTS.c.created_at.type),
+            ).select_from(account),
+        )
+        .cte("event")
+    )
+    return select(account.c.balance).add_cte(generation, hold, event)
 
 
 def _postgres_move() -> Any:
@@ -488,6 +508,8 @@ class PostgresLedger(Ledger):
             if generation.idempotency_key is not None:
                 await connection.execute(_EXPIRE_IDEMPOTENCY_KEY, _expiry_params(admission))
             balance = (await connection.execute(_POSTGRES_ADMISSION, values)).scalar_one_or_none()
+            if balance is not None:
+                mark_events_written(connection)
         if balance is None:
             return None
         count_credits(held=admission.amount)  # committed (autocommit)

@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, func, literal, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from vivix.events import feed
 from vivix.models import Generation, GenerationStatus
 
 PENDING = GenerationStatus.PENDING.value
@@ -25,7 +26,8 @@ async def claim_next_generation(
     session: AsyncSession, owner: str, now: datetime, lease: timedelta
 ) -> Generation | None:
     """One statement: lease the oldest due pending row and return it. It sits on the
-    dispatch path (wake-up → claim), so no separate SELECT and ORM flush."""
+    dispatch path (wake-up → claim), so no separate SELECT and ORM flush. The claim is a
+    change event streams show (`processing`)."""
     due = (
         select(Generation.id)
         .where(Generation.status == PENDING, Generation.run_after <= now)
@@ -49,7 +51,10 @@ async def claim_next_generation(
         .returning(Generation)
         .execution_options(synchronize_session=False)
     )
-    return claimed.scalar_one_or_none()
+    generation = claimed.scalar_one_or_none()
+    if generation is not None:
+        await feed.append(session, generation.account_id, generation.id, PROCESSING)
+    return generation
 
 
 async def extend_lease(
@@ -62,7 +67,9 @@ async def extend_lease(
 async def update_if_leased(
     session: AsyncSession, generation_id: str, owner: str, **values: Any
 ) -> bool:
-    result = await session.execute(
+    """Write `values` if the generation is still processing under `owner`'s lease. A new
+    `progress` is a change event streams show: its event is appended with it."""
+    statement = (
         update(Generation)
         .where(
             Generation.id == generation_id,
@@ -71,7 +78,23 @@ async def update_if_leased(
         )
         .values(**values)
     )
-    return (result.rowcount or 0) == 1  # type: ignore[attr-defined]
+    if "progress" not in values:
+        result = await session.execute(statement)
+        return (result.rowcount or 0) == 1  # type: ignore[attr-defined]
+    account_id = (
+        await session.execute(statement.returning(Generation.account_id))
+    ).scalar_one_or_none()
+    if account_id is None:
+        return False
+    await feed.append(
+        session,
+        account_id,
+        generation_id,
+        PROCESSING,
+        kind=feed.PROGRESS,
+        progress=values["progress"],
+    )
+    return True
 
 
 async def lock_leased_generation(
