@@ -12,9 +12,9 @@ import pytest
 import uvicorn
 
 from tests.events.sse import Stream
-from tests.openapi_conformance import ConformanceCheckingTransport
 from tests.factories import AccountWithKey, account_with_key
 from tests.fakes.xai import FakeXai
+from tests.openapi_conformance import ConformanceCheckingTransport
 from tests.worker.conftest import FAST_WORKER
 from vivix.admin import service as admin
 from vivix.app import create_app
@@ -136,8 +136,9 @@ async def serving(runtime: Runtime) -> AsyncIterator[str]:
     config = uvicorn.Config(app, log_level="warning", lifespan="off", timeout_graceful_shutdown=1)
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
-    while not server.started:
-        await asyncio.sleep(0.01)
+    async with asyncio.timeout(30):
+        while not server.started:  # noqa: ASYNC110 - uvicorn offers no event to wait on
+            await asyncio.sleep(0.01)
     try:
         yield f"http://127.0.0.1:{port}"
     finally:
@@ -152,7 +153,9 @@ async def served(runtime: Runtime) -> AsyncIterator[Served]:
     xai = FakeXai()
     xai.video_polls_before_done = 2
     adapter = XaiAdapter.standalone(
-        ProviderSettings(api_key=xai.api_key, base_url="http://xai.test", retry_backoff_seconds=0.01),
+        ProviderSettings(
+            api_key=xai.api_key, base_url="http://xai.test", retry_backoff_seconds=0.01
+        ),
         transport=httpx.ASGITransport(app=xai.app),
     )
     registry = ProviderRegistry({"xai": adapter})
@@ -163,4 +166,3 @@ async def served(runtime: Runtime) -> AsyncIterator[Served]:
             yield Served(runtime, url, xai, registry, account)
     finally:
         await registry.aclose()
-

@@ -26,12 +26,12 @@ class Stream:
     comments: list[str] = field(default_factory=list)
     _lines: AsyncIterator[str] | None = None
 
-    async def next(self, timeout: float = 30.0) -> Event | None:
+    async def next(self, within: float = 30.0) -> Event | None:
         """The next event, or None when the server closed the stream."""
         if self._lines is None:
             self._lines = self.response.aiter_lines()
         fields: dict[str, list[str]] = {}
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(within):
             async for line in self._lines:
                 if line == "":
                     if "data" in fields:
@@ -51,11 +51,11 @@ class Stream:
                 fields.setdefault(name, []).append(value.removeprefix(" "))
         return None
 
-    async def pings(self, count: int, timeout: float = 30.0) -> list[str]:
+    async def pings(self, count: int, within: float = 30.0) -> list[str]:
         """Read on until `count` comment lines came (events meanwhile are kept)."""
         if self._lines is None:
             self._lines = self.response.aiter_lines()
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(within):
             async for line in self._lines:
                 if line.startswith(":"):
                     self.comments.append(line[1:].strip())
@@ -63,17 +63,17 @@ class Stream:
                         break
         return self.comments
 
-    async def until(self, predicate: Any, timeout: float = 60.0) -> Event:
-        async with asyncio.timeout(timeout):
+    async def until(self, predicate: Any, within: float = 60.0) -> Event:
+        async with asyncio.timeout(within):
             while True:
-                event = await self.next(timeout)
+                event = await self.next(within)
                 assert event is not None, f"stream closed; saw {self.events}"
                 if predicate(event):
                     return event
 
-    async def rest(self, timeout: float = 60.0) -> list[Event]:
+    async def rest(self, within: float = 60.0) -> list[Event]:
         """Every event until the server closes the stream."""
         seen = []
-        while (event := await self.next(timeout)) is not None:
+        while (event := await self.next(within)) is not None:
             seen.append(event)
         return seen

@@ -60,10 +60,10 @@ async def test_opening_a_stream_counts_one_call_whatever_it_sends(served: Served
     async with served.http() as http:
         before = await http.get("/api/v1/credits", headers=served.headers)
     remaining = int(before.headers["x-ratelimit-remaining"])
-    async with served.worker():
-        async with served.stream(f"/api/v1/generations/{generation_id}/events") as stream:
-            assert int(stream.response.headers["x-ratelimit-remaining"]) == remaining - 1
-            events = await stream.rest()
+    path = f"/api/v1/generations/{generation_id}/events"
+    async with served.worker(), served.stream(path) as stream:
+        assert int(stream.response.headers["x-ratelimit-remaining"]) == remaining - 1
+        events = await stream.rest()
     assert len(events) >= 3
     async with served.http() as http:
         after = await http.get("/api/v1/credits", headers=served.headers)
@@ -121,8 +121,9 @@ async def test_the_account_stream_shows_its_generations_changes_with_filters(
             seen = await other_model.until(lambda event: event.data["status"] == "completed")
             assert seen.data["generation_id"] == other
             await everything.until(
-                lambda event: event.data["generation_id"] == other
-                and event.data["status"] == "completed"
+                lambda event: (
+                    event.data["generation_id"] == other and event.data["status"] == "completed"
+                )
             )
 
     everything_ids = [int(event.id or 0) for event in everything.events]

@@ -41,7 +41,9 @@ async def test_a_stream_shows_pending_processing_progress_and_completed_then_clo
         async with served.worker():
             rest = await stream.rest()
             async with served.http() as http:
-                read = await http.get(f"/api/v1/generations/{generation_id}", headers=served.headers)
+                read = await http.get(
+                    f"/api/v1/generations/{generation_id}", headers=served.headers
+                )
 
     events = [first, *rest]
     statuses = [event.data["status"] for event in events]
@@ -52,7 +54,8 @@ async def test_a_stream_shows_pending_processing_progress_and_completed_then_clo
     progress = [event for event in events if event.event == "progress"]
     assert progress, statuses
     fractions = [event.data["progress"] for event in progress]
-    assert fractions == sorted(fractions) and 0 < fractions[0] <= 1
+    assert fractions == sorted(fractions)
+    assert 0 < fractions[0] <= 1
     assert all(event.data["status"] == "processing" for event in progress)
     # Ids grow, and each is a change-feed row of this generation: none was skipped.
     ids = _ids(events)
@@ -77,7 +80,9 @@ async def test_resuming_with_last_event_id_misses_nothing_and_repeats_nothing(
         # Disconnected after the first progress; the job goes on meanwhile.
         last_id = seen[-1].id
         assert last_id is not None
-        async with served.stream(path, headers={**served.headers, "Last-Event-ID": last_id}) as again:
+        async with served.stream(
+            path, headers={**served.headers, "Last-Event-ID": last_id}
+        ) as again:
             resumed = await again.rest()
         assert resumed, "the resumed stream ends with the final state"
         async with served.stream(
@@ -99,10 +104,10 @@ async def test_a_finished_generation_streams_its_final_state_once_and_closes(
 ) -> None:
     served.xai.video_polls_before_done = 0
     generation_id = await served.submit()
-    async with served.worker():
-        async with served.stream(f"/api/v1/generations/{generation_id}/events") as stream:
-            await stream.until(lambda event: event.data["status"] == "completed")
-            assert await stream.rest() == []
+    path = f"/api/v1/generations/{generation_id}/events"
+    async with served.worker(), served.stream(path) as stream:
+        await stream.until(lambda event: event.data["status"] == "completed")
+        assert await stream.rest() == []
     async with served.stream(f"/api/v1/generations/{generation_id}/events") as stream:
         events = await stream.rest()
     assert [event.data["status"] for event in events] == ["completed"]
@@ -125,6 +130,10 @@ async def test_queue_position_changes_are_streamed(served: Served) -> None:
         assert opened is not None
         assert opened.data["queue_position"] == 2
         async with served.worker():
-            moved = await stream.until(lambda event: event.data.get("queue_position") == 1 or event.data["status"] != "pending")
+            moved = await stream.until(
+                lambda event: (
+                    event.data.get("queue_position") == 1 or event.data["status"] != "pending"
+                )
+            )
             assert int(moved.id or 0) > int(opened.id or 0)
     assert first != second
