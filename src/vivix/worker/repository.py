@@ -67,9 +67,7 @@ async def extend_lease(
 async def update_if_leased(
     session: AsyncSession, generation_id: str, owner: str, **values: Any
 ) -> bool:
-    """Write `values` if the generation is still processing under `owner`'s lease. A new
-    `progress` is a change event streams show: its event is appended with it."""
-    statement = (
+    result = await session.execute(
         update(Generation)
         .where(
             Generation.id == generation_id,
@@ -78,23 +76,7 @@ async def update_if_leased(
         )
         .values(**values)
     )
-    if "progress" not in values:
-        result = await session.execute(statement)
-        return (result.rowcount or 0) == 1  # type: ignore[attr-defined]
-    account_id = (
-        await session.execute(statement.returning(Generation.account_id))
-    ).scalar_one_or_none()
-    if account_id is None:
-        return False
-    await feed.append(
-        session,
-        account_id,
-        generation_id,
-        PROCESSING,
-        kind=feed.PROGRESS,
-        progress=values["progress"],
-    )
-    return True
+    return (result.rowcount or 0) == 1  # type: ignore[attr-defined]
 
 
 async def record_progress(
@@ -103,19 +85,28 @@ async def record_progress(
     """Store a running generation's fraction done (clamped to 0..1), only upward: a lower
     or equal value (a late poll, a retried attempt starting over) changes nothing, so every
     reader sees progress that never goes back. True when it was stored. The one place
-    progress is written (change feeds hook here)."""
+    progress is written: a stored value is a change event streams show (`events.feed`),
+    appended with it."""
     fraction = min(1.0, max(0.0, fraction))
-    result = await session.execute(
-        update(Generation)
-        .where(
-            Generation.id == generation_id,
-            Generation.lease_owner == owner,
-            Generation.status == PROCESSING,
-            or_(Generation.progress.is_(None), Generation.progress < fraction),
+    account_id = (
+        await session.execute(
+            update(Generation)
+            .where(
+                Generation.id == generation_id,
+                Generation.lease_owner == owner,
+                Generation.status == PROCESSING,
+                or_(Generation.progress.is_(None), Generation.progress < fraction),
+            )
+            .values(progress=fraction)
+            .returning(Generation.account_id)
         )
-        .values(progress=fraction)
+    ).scalar_one_or_none()
+    if account_id is None:
+        return False
+    await feed.append(
+        session, account_id, generation_id, PROCESSING, kind=feed.PROGRESS, progress=fraction
     )
-    return (result.rowcount or 0) == 1  # type: ignore[attr-defined]
+    return True
 
 
 async def lock_leased_generation(
