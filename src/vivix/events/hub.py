@@ -11,7 +11,9 @@ Rows are handed out strictly in id order. On PostgreSQL ids are taken from a seq
 before commit, so a transaction can commit a lower id after a higher one is visible: the
 hub waits (up to `gap_wait_s`, then skips: a rolled-back id never appears) for a missing
 id before passing it. A stream's ids therefore only grow, and resuming after one misses
-nothing. SQLite commits one writer at a time, so its ids have no such gaps.
+nothing. SQLite commits one writer at a time, so its ids have no such gaps. (Known
+limit: when the first stream of a process subscribes, a lower id still committing at
+that instant is not waited for: the hub starts after the newest visible id.)
 """
 
 from __future__ import annotations
@@ -33,9 +35,6 @@ from vivix.kit.wakeup import EVENTS_CHANNEL, JOBS_CHANNEL, ChannelListener
 log = structlog.get_logger(__name__)
 
 BATCH = 500
-# The first stream starts the hub this far behind the newest id: on PostgreSQL a lower id
-# may still be committing (streams drop rows they already have).
-START_BEHIND = 50
 # A stream that falls this far behind drops its buffer and reads the feed itself.
 MAX_BUFFERED = 256
 GAP_RETRY_S = 0.02
@@ -94,6 +93,7 @@ class EventHub:
         self._count = 0
         self._cursor: int | None = None
         self._gap_since: float | None = None
+        self._trust_next = False
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._listener: ChannelListener | None = None
@@ -118,7 +118,9 @@ class EventHub:
             async with self._db.autocommit() as connection:
                 latest = await repository.last_id(connection)
             if self._cursor is None:
-                self._cursor = max(0, latest - (0 if self._db.is_sqlite else START_BEHIND))
+                self._cursor = latest
+                # An empty feed: the ids before the first row are nobody's to wait for.
+                self._trust_next = latest == 0
         if subscription.generation_id is not None:
             self._by_generation.setdefault(subscription.generation_id, set()).add(subscription)
         else:
@@ -189,7 +191,9 @@ class EventHub:
             async with self._db.autocommit() as connection:
                 rows = await repository.after(connection, cursor, BATCH)
             for row in rows:
-                if row.id != cursor + 1 and not self._db.is_sqlite:
+                if self._trust_next:
+                    self._trust_next = False
+                elif row.id != cursor + 1 and not self._db.is_sqlite:
                     now = time.monotonic()
                     if self._gap_since is None:
                         self._gap_since = now
