@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Connection, insert
+from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from vivix.kit.clock import utcnow
@@ -59,9 +59,3 @@ async def append(
     row = event_row(account_id, generation_id, status, kind=kind, progress=progress)
     await target.execute(INSERT_EVENT, row)
     mark_events_written(target)
-
-
-def append_sync(connection: Connection, row: dict[str, Any]) -> None:
-    """In a synchronous write transaction (SQLite admission, `Database.run_sqlite_write`)."""
-    connection.execute(INSERT_EVENT, row)
-    mark_events_written(connection)

@@ -1,7 +1,7 @@
 """generation_events: the change feed event streams read and resume from
 
 Revision ID: e001
-Revises: o002
+Revises: o003
 Create Date: 2026-12-06 20:50:00
 """
 
@@ -15,7 +15,7 @@ from alembic import op
 import vivix.models.base
 
 revision: str = "e001"
-down_revision: str | None = "o002"
+down_revision: str | None = "o003"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
