@@ -61,6 +61,7 @@ from bench.common import (
     process_cpu_seconds,
     uvicorn_settings,
 )
+from vivix.kit.bounds import MAX_CALLS_PER_MINUTE, MAX_CONCURRENT_JOBS
 
 P = TypeVar("P", bound=ServerProcess)
 FAL_KEY = "vivix-bench-fal-key"
@@ -71,7 +72,6 @@ SUBMIT_BODY = json.dumps({"model": MODEL, "prompt": "bench", "resolution": "1K"}
 BENCH_ACCOUNT = "bench"
 # Ample, so that neither credits nor limits ever answer for the benchmark.
 BENCH_CREDITS = 1_000_000_000
-BENCH_LIMIT = 100_000_000
 CONCURRENCY = 8  # jobs per worker process (and for the embedded worker)
 SUBMIT_CONNECTIONS = 8
 # Paced well below the engine's throughput on this 2-core machine, so that dispatch measures
@@ -185,8 +185,8 @@ class Deployment:
             "accounts", "create", BENCH_ACCOUNT, "--credits", str(BENCH_CREDITS), "--json"
         )
         await self.vivix(
-            "accounts", "update", BENCH_ACCOUNT, "--calls-per-minute", str(BENCH_LIMIT),
-            "--concurrent-jobs", str(BENCH_LIMIT), "--json",
+            "accounts", "update", BENCH_ACCOUNT, "--calls-per-minute", str(MAX_CALLS_PER_MINUTE),
+            "--concurrent-jobs", str(MAX_CONCURRENT_JOBS), "--json",
         )  # fmt: skip
         self.api_key = json.loads(await self.vivix("keys", "create", BENCH_ACCOUNT, "--json"))[
             "key"

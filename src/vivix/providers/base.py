@@ -34,7 +34,7 @@ Errors (raise only these from adapter methods):
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
@@ -55,6 +55,10 @@ class ReferenceImage:
     content_type: str | None = None
 
 
+async def _ignored() -> None:
+    return None
+
+
 @dataclass(slots=True)
 class RenderRequest:
     generation_id: str
@@ -69,12 +73,19 @@ class RenderRequest:
     # Our id for this submit (a UUID), persisted before the upstream call, and when.
     request_key: str = ""
     requested_at: datetime | None = None
+    # Set by the worker: where an adapter whose `poll` runs the whole job (local) reports
+    # its fraction done meanwhile. Others return it in `Progress`.
+    on_progress: Callable[[float], Awaitable[None]] = field(default=lambda _fraction: _ignored())
 
 
 @dataclass(frozen=True, slots=True)
 class Progress:
-    fraction: float | None = None  # 0..1 when the provider reports it
+    """A running job: `fraction` done (0..1) when the provider reports one;
+    `queue_position` (1 = next) while the provider still has it queued, when it says."""
+
+    fraction: float | None = None
     status: str = "processing"
+    queue_position: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, func, literal, select, update
+from sqlalchemy import ColumnElement, func, literal, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from vivix.models import Generation, GenerationStatus
@@ -70,6 +70,27 @@ async def update_if_leased(
             Generation.status == PROCESSING,
         )
         .values(**values)
+    )
+    return (result.rowcount or 0) == 1  # type: ignore[attr-defined]
+
+
+async def record_progress(
+    session: AsyncSession, generation_id: str, owner: str, fraction: float
+) -> bool:
+    """Store a running generation's fraction done (clamped to 0..1), only upward: a lower
+    or equal value (a late poll, a retried attempt starting over) changes nothing, so every
+    reader sees progress that never goes back. True when it was stored. The one place
+    progress is written (change feeds hook here)."""
+    fraction = min(1.0, max(0.0, fraction))
+    result = await session.execute(
+        update(Generation)
+        .where(
+            Generation.id == generation_id,
+            Generation.lease_owner == owner,
+            Generation.status == PROCESSING,
+            or_(Generation.progress.is_(None), Generation.progress < fraction),
+        )
+        .values(progress=fraction)
     )
     return (result.rowcount or 0) == 1  # type: ignore[attr-defined]
 

@@ -81,6 +81,7 @@ PUBLIC_MESSAGES = {
 MAX_ATTEMPT_ERRORS = 20
 INTENT_KEYS = frozenset({"request_key", "requested_at"})
 MAX_ERROR_TEXT = 2000
+PROGRESS_EVERY_S = 0.5  # at most this often a job's progress is written
 
 
 @dataclass
@@ -308,21 +309,15 @@ class JobExecutor:
         request: RenderRequest,
     ) -> RenderResult:
         wait = POLL_INTERVAL_S[0]
-        last_progress: float | None = None
+        recorder = ProgressRecorder(self.runtime, generation.id, self.owner)
+        request.on_progress = recorder.report
         while True:
             with provider_call(adapter.name, request.upstream_model, "poll"):
                 outcome = await adapter.poll(handle, request)
             if isinstance(outcome, RenderResult):
                 return await _verified(outcome, request.category)
-            if outcome.fraction is not None and outcome.fraction != last_progress:
-                last_progress = outcome.fraction
-                async with self.runtime.db.transaction() as session:
-                    await repository.update_if_leased(
-                        session,
-                        generation.id,
-                        self.owner,
-                        progress=min(1.0, max(0.0, outcome.fraction)),
-                    )
+            if outcome.fraction is not None:
+                await recorder.report(outcome.fraction)
             await asyncio.sleep(wait)
             wait = min(POLL_INTERVAL_S[1], wait * 1.5)
 
@@ -427,6 +422,34 @@ class JobExecutor:
             code=failure.code,
             reason=redact(failure.detail),
         )
+
+
+class ProgressRecorder:
+    """Stores one job's fraction done as it is reported (polls, the local renderer): only
+    upward, at most every PROGRESS_EVERY_S (the last report before the result may be
+    dropped; the final state sets 1.0). Best effort: a failed write is logged, never
+    fails the job."""
+
+    def __init__(self, runtime: Runtime, generation_id: str, owner: str) -> None:
+        self.runtime = runtime
+        self.generation_id = generation_id
+        self.owner = owner
+        self.stored = -1.0
+        self.stored_at = float("-inf")
+
+    async def report(self, fraction: float) -> None:
+        if fraction != fraction:  # NaN from a provider says nothing
+            return
+        fraction = min(1.0, max(0.0, fraction))
+        now = asyncio.get_running_loop().time()
+        if fraction <= self.stored or now - self.stored_at < PROGRESS_EVERY_S:
+            return
+        self.stored, self.stored_at = fraction, now
+        try:
+            async with self.runtime.db.transaction() as session:
+                await repository.record_progress(session, self.generation_id, self.owner, fraction)
+        except Exception as exc:
+            log.warning("progress_not_stored", generation_id=self.generation_id, error=repr(exc))
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,7 +3,9 @@
 Renders run in a process pool so the event loop (and the API sharing it) stays
 responsive. There is no upstream job to resume: a retried attempt renders again, which is
 safe because the output is deterministic. Cancellation reaches the render process through
-a flag file the renderer checks between frames.
+a flag file the renderer checks between frames; progress (frames done / total, images
+done / requested) comes back through a small file the render process rewrites and `poll`
+reads every PROGRESS_READ_S, handing it to `request.on_progress`.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from vivix.providers.base import (
 )
 from vivix.renderer import render
 
+PROGRESS_READ_S = 0.5
 IMAGE_TYPES = {"png": "image/png", "jpeg": "image/jpeg"}
 AUDIO_TYPES = {"mp3": "audio/mpeg", "wav": "audio/wav"}
 
@@ -52,8 +55,37 @@ class StopFlag:
             os.unlink(self.path)
 
 
+@dataclass(frozen=True, slots=True)
+class ProgressFile:
+    """Picklable `on_progress` for a render in another process: the last fraction, written
+    whole (rename) so the reader never sees half a number."""
+
+    path: str
+
+    def __call__(self, fraction: float) -> None:
+        partial = f"{self.path}.tmp"
+        with open(partial, "w") as out:
+            out.write(repr(float(fraction)))
+        os.replace(partial, self.path)
+
+    def read(self) -> float | None:
+        try:
+            with open(self.path) as source:
+                return float(source.read())
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def clear(self) -> None:
+        for path in (self.path, f"{self.path}.tmp"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+
+
 def render_outputs(
-    category: str, params: dict[str, Any], should_stop: StopFlag
+    category: str,
+    params: dict[str, Any],
+    should_stop: StopFlag,
+    on_progress: ProgressFile | None = None,
 ) -> list[OutputFile]:
     """Runs in a pool process: render every requested result."""
     prompt = str(params["prompt"])
@@ -64,9 +96,12 @@ def render_outputs(
         width, height = render.image_size(aspect, str(params.get("resolution", "1K")))
         fmt = str(params.get("output_format", "png"))
         outputs = []
-        for variation in range(int(params.get("number_results", 1))):
+        count = int(params.get("number_results", 1))
+        for variation in range(count):
             if should_stop():
                 raise RenderCanceled()
+            if on_progress is not None and variation:
+                on_progress(variation / count)
             data = render.render_image(
                 prompt,
                 width=width,
@@ -92,6 +127,7 @@ def render_outputs(
             audio=bool(params.get("audio", False)),
             negative_prompt=negative,
             should_stop=should_stop,
+            on_progress=on_progress,
         )
         return [
             OutputFile(data, "video/mp4", width=width, height=height, duration_s=float(duration))
@@ -142,19 +178,22 @@ class LocalAdapter:
         return len(self._renders)
 
     async def poll(self, handle: UpstreamHandle, request: RenderRequest) -> RenderResult:
-        flag = StopFlag(str(self._scratch / f"stop-{request.generation_id}-{secrets.token_hex(6)}"))
+        name = f"{request.generation_id}-{secrets.token_hex(6)}"
+        flag = StopFlag(str(self._scratch / f"stop-{name}"))
+        progress = ProgressFile(str(self._scratch / f"progress-{name}"))
+        job = (request.category, request.params, flag, progress)
         pool = self._executor()
         try:
-            render_job = pool.submit(render_outputs, request.category, request.params, flag)
+            render_job = pool.submit(render_outputs, *job)
         except BrokenProcessPool:
             self._discard(pool)
             pool = self._executor()
-            render_job = pool.submit(render_outputs, request.category, request.params, flag)
+            render_job = pool.submit(render_outputs, *job)
         self._renders.add(render_job)
         render_job.add_done_callback(self._renders.discard)
         waiter = asyncio.wrap_future(render_job)
         try:
-            outputs = await asyncio.shield(waiter)
+            outputs = await _with_progress(waiter, progress, request)
         except asyncio.CancelledError:
             # Not started yet: drop it from the pool queue. Running: raise the flag and wait
             # until the render process has noticed it, so the slot is free when we return.
@@ -175,6 +214,7 @@ class LocalAdapter:
             # Only once the render has ended: clearing the flag earlier would let it run on.
             if render_job.done():
                 flag.clear()
+                progress.clear()
         return RenderResult(outputs)
 
     async def cancel(self, handle: UpstreamHandle) -> None:
@@ -184,6 +224,22 @@ class LocalAdapter:
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
+
+
+async def _with_progress(
+    waiter: asyncio.Future[list[OutputFile]], progress: ProgressFile, request: RenderRequest
+) -> list[OutputFile]:
+    """The render's outputs; meanwhile its progress file is read and reported. Waiting
+    does not cancel the render when our task is canceled (the caller stops it)."""
+    reported: float | None = None
+    while True:
+        done, _ = await asyncio.wait({waiter}, timeout=PROGRESS_READ_S)
+        if done:
+            return waiter.result()
+        fraction = progress.read()
+        if fraction is not None and fraction != reported:
+            reported = fraction
+            await request.on_progress(fraction)
 
 
 async def _wait_out(waiter: asyncio.Future[list[OutputFile]]) -> None:
