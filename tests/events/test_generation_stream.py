@@ -122,18 +122,17 @@ async def test_pings_keep_an_idle_stream_open(served: Served) -> None:
 
 
 async def test_queue_position_changes_are_streamed(served: Served) -> None:
-    served.xai.video_polls_before_done = None  # never finishes: keeps its slot busy
-    first = await served.submit()
+    served.xai.video_polls_before_done = None  # never finishes: the one slot stays busy
+    await served.submit()
     second = await served.submit()
     async with served.stream(f"/api/v1/generations/{second}/events") as stream:
         opened = await stream.next()
         assert opened is not None
         assert opened.data["queue_position"] == 2
-        async with served.worker():
-            moved = await stream.until(
-                lambda event: (
-                    event.data.get("queue_position") == 1 or event.data["status"] != "pending"
-                )
-            )
-            assert int(moved.id or 0) > int(opened.id or 0)
-    assert first != second
+        async with served.worker(concurrency=1):  # claims the first: the second moves up
+            moved = await stream.next()
+    assert moved is not None
+    assert moved.event == "generation"
+    assert moved.data["status"] == "pending"
+    assert moved.data["queue_position"] == 1
+    assert int(moved.id or 0) > int(opened.id or 0)

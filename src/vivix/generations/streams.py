@@ -145,6 +145,8 @@ async def _generation_stream(
             current = await _read(runtime, account_id, generation_id)
             if current is None:
                 return
+            # Before anything is sent: a queue move from now on is not missed.
+            hub.watch_queue(subscription, current.status == PENDING)
             if resume_after is None:
                 cursor = int(current.last_event_id)
                 yield _event(cursor, GENERATION, shown(runtime, current))
