@@ -4,8 +4,9 @@ database dialect picks the ledger and the cross-process notifier."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from vivix.billing.ledger import Ledger, open_ledger
 from vivix.catalog.service import Catalog
@@ -17,6 +18,10 @@ from vivix.limits.service import RateLimiter
 from vivix.providers.circuits import CircuitBreakers
 from vivix.settings import Settings
 from vivix.storage.service import OutputStore
+
+if TYPE_CHECKING:
+    from vivix.models import WebhookDelivery, WebhookEndpoint
+    from vivix.webhooks.sender import WebhookSender
 
 
 @dataclass
@@ -36,6 +41,9 @@ class Runtime:
     # This process's webhook senders (other processes hear the NOTIFY sent in the
     # transaction that queued the deliveries).
     on_webhooks_queued: list[Callable[[], None]] = field(default_factory=list)
+    # This process's running sender: deliveries its worker queues are leased to it in the
+    # queueing transaction and sent right after the commit, without a claim.
+    webhook_sender: WebhookSender | None = None
     # DNS for client-supplied URLs; None = the system resolver.
     resolver: Resolver | None = None
     # Other processes' workers (PostgreSQL only).
@@ -52,8 +60,13 @@ class Runtime:
         for callback in self.on_canceled:
             callback(generation_id)
 
-    def notify_webhooks_queued(self) -> None:
-        """After deliveries commit: wake this process's webhook sender."""
+    def notify_webhooks_queued(
+        self, leased: Sequence[tuple[WebhookDelivery, WebhookEndpoint]] = ()
+    ) -> None:
+        """After deliveries commit: send those leased to this process's sender, wake it."""
+        if leased and self.webhook_sender is not None:
+            self.webhook_sender.send_leased(leased)
+            return
         for callback in self.on_webhooks_queued:
             callback()
 

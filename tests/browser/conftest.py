@@ -125,26 +125,18 @@ def studio_server_env(home: Path, **settings: str) -> dict[str, str]:
     )
 
 
-class studio_server:
+@contextmanager
+def studio_server(env: dict[str, str], home: Path) -> Iterator[Studio]:
     """`vivix serve` with its worker on `env`, and an operator API client for it."""
-
-    def __init__(self, env: dict[str, str], home: Path) -> None:
-        self._cm = running_server_with_worker(env, home / "logs")
-        self._admin: httpx.Client | None = None
-
-    def __enter__(self) -> Studio:
-        process = self._cm.__enter__()
-        self._admin = httpx.Client(
+    with (
+        running_server_with_worker(env, home / "logs") as process,
+        httpx.Client(
             base_url=process.base_url,
             headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
             timeout=30.0,
-        )
-        return Studio(process, self._admin)
-
-    def __exit__(self, *exc: object) -> None:
-        if self._admin is not None:
-            self._admin.close()
-        self._cm.__exit__(*exc)  # type: ignore[arg-type]
+        ) as admin,
+    ):
+        yield Studio(process, admin)
 
 
 @pytest.fixture(scope="package")
@@ -183,6 +175,7 @@ class Pages:
     studio: Studio
     requests: list[str] = field(default_factory=list)
     contexts: list[Any] = field(default_factory=list)
+    also_allowed: set[str] = field(default_factory=set)  # a test's own other origins
 
     def new(self, viewport: dict[str, int] | None = None, **options: Any) -> Any:
         context = self.chromium.new_context(
@@ -224,7 +217,8 @@ def browsing(chromium: Any, studio: Studio) -> Iterator[Pages]:
     finally:
         for context in opened.contexts:
             context.close()
-    foreign = [url for url in opened.requests if origin_of(url) != studio.origin]
+    allowed = {studio.origin, *opened.also_allowed}
+    foreign = [url for url in opened.requests if origin_of(url) not in allowed]
     assert not foreign, f"requests left {studio.origin}: {foreign}"
     assert opened.requests or not opened.contexts, "the browser made no request at all"
 

@@ -4,8 +4,13 @@ checked against what the server then holds (wallet, keys, ledger)."""
 from __future__ import annotations
 
 import csv
+import hashlib
+import hmac
 import io
+import json
 import re
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -217,3 +222,52 @@ def test_a_non_operator_cannot_reach_operator_pages(pages: Pages, studio: Studio
         assert response is not None, path
         assert response.status == 404, path
         assert page.locator("#grant-form").count() == 0
+
+
+class _Receiver(BaseHTTPRequestHandler):
+    received: list[tuple[dict[str, str], bytes]]
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        self.received.append((dict(self.headers.items()), body))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_a_webhook_added_in_settings_receives_a_signed_test_event(
+    pages: Pages, studio: Studio
+) -> None:
+    received: list[tuple[dict[str, str], bytes]] = []
+    handler = type("Receiver", (_Receiver,), {"received": received})
+    receiver = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=receiver.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{receiver.server_address[1]}/hooks/vivix"
+        page = pages.signed_in(studio.user(tier="pro"))
+        page.goto("/settings/api")
+        page.fill("#webhook-url", url)
+        page.fill("#webhook-description", "my laptop")
+        page.click("#add-webhook-submit")
+        secret = page.locator("#new-secret-value").inner_text().strip()
+        assert secret.startswith("whsec_")
+        hook = page.locator("#webhook-list li.hook", has_text=url)
+        hook.get_by_role("button", name="Send test").click()
+        until(lambda: received)
+        headers, body = received[0]
+        headers = {k.lower(): v for k, v in headers.items()}
+        assert json.loads(body)["event"] == "webhook.test"
+        mac = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+        assert headers["x-vivix-signature"] == "sha256=" + mac
+        # The delivery log shows it delivered, with the receiver's answer.
+        page.goto("/settings/api")
+        page.locator("#webhook-list li.hook", has_text=url).get_by_role(
+            "link", name=re.compile("Deliveries")
+        ).click()
+        page.locator("#deliveries tr[data-status=succeeded]").wait_for()
+        assert secret not in page.content()
+    finally:
+        receiver.shutdown()
+        receiver.server_close()

@@ -52,13 +52,14 @@ def pg_studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Studio]:
 
 
 def test_the_journeys_on_postgresql(chromium: Any, pg_studio: Studio) -> None:
-    # The ones that move money or query history; sign-in is part of each.
+    # The ones that move money, query history or send webhooks; each one signs in.
     for journey in (
         journeys.test_a_free_user_generates_and_the_result_and_charge_appear_without_a_reload,
         journeys.test_a_pro_user_creates_a_key_uses_it_sees_only_its_prefix_and_revokes_it,
         journeys.test_history_filters_live_in_the_url_and_a_run_can_be_run_again,
         journeys.test_the_usage_csv_download_adds_up_to_the_ledger,
         journeys.test_an_operator_grants_credits_and_changes_a_tier_from_the_account_page,
+        journeys.test_a_webhook_added_in_settings_receives_a_signed_test_event,
     ):
         with browsing(chromium, pg_studio) as pages:
             journey(pages, pg_studio)

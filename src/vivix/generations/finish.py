@@ -84,18 +84,19 @@ async def commit_final_state(
             await notify_canceled(session, generation.id)  # delivered when this commits
         event = f"generation.{final.status.value}"
         ended = generation
-        webhooks_queued = await queue_generation_event(
+        webhooks_queued, leased = await queue_generation_event(
             session,
             account_id=generation.account_id,
             generation_id=generation.id,
             source=generation.source,
             event=event,
             body=lambda: webhook_payload(ended, event, output_url=runtime.storage.url_for),
+            sender=runtime.webhook_sender,
         )
     if stops_a_worker:
         runtime.notify_canceled(generation.id)
     if webhooks_queued:
-        runtime.notify_webhooks_queued()
+        runtime.notify_webhooks_queued(webhooks_queued if leased else ())
     observe_finished(
         generation.model,
         generation.status,
