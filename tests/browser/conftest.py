@@ -68,11 +68,16 @@ class Studio:
         return origin_of(self.base_url)
 
     def user(
-        self, *, tier: str = "free", credits: int | None = 1000, operator: bool = False
+        self,
+        *,
+        tier: str = "free",
+        credits: int | None = 1000,
+        operator: bool = False,
+        name: str | None = None,
     ) -> User:
         """A user in a fresh account of its own, with the local models allowed."""
         n = next(self._names)
-        name = f"browser-{n}"
+        name = name or f"browser-{n}"
         created = self.admin.post(
             "/admin/v1/accounts", json={"name": name, "tier": tier, "credits": credits}
         )
