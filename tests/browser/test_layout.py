@@ -25,6 +25,7 @@ PAGES = (
     ("usage", "/usage"),
     ("settings-api", "/settings/api"),
     ("settings-webhook", "/settings/api/webhooks/{webhook}"),
+    ("settings-webhook-delivery", "/settings/api/webhooks/{webhook}/deliveries/{delivery}"),
     ("settings-account", "/settings/account"),
     ("operator-accounts", "/operator/accounts"),
     ("operator-account", "/operator/accounts/{account}"),
@@ -99,7 +100,9 @@ def showcase(studio: Studio, receiver: str) -> tuple[User, dict[str, str]]:
             return bool(data) and all(d["status"] == "succeeded" for d in data)
 
         until(delivered)
-    return user, {"generation": last, "account": user.account_id, "webhook": webhook}
+        delivery = api.get(f"/api/v1/webhooks/{webhook}/deliveries").json()["data"][0]["id"]
+    ids = {"generation": last, "account": user.account_id, "webhook": webhook}
+    return user, {**ids, "delivery": delivery}
 
 
 def _no_sideways_scroll(page: Any, width: int) -> None:
@@ -107,12 +110,20 @@ def _no_sideways_scroll(page: Any, width: int) -> None:
     assert scroll_width <= width, f"{page.url} is {scroll_width}px wide at {width}px"
 
 
+# Fonts loaded and pictures decoded (a lazy one below the fold may never be: 5 s at most).
+_PAINTED = """async () => {
+  await document.fonts.ready;
+  const decoded = Promise.all([...document.images].map((img) => img.decode().catch(() => null)));
+  await Promise.race([decoded, new Promise((resolve) => setTimeout(resolve, 5000))]);
+}"""
+
+
 def _shoot(page: Any, name: str) -> None:
     """The viewport as a 256-colour PNG (a quarter of the bytes, the UI still crisp),
     written only when it differs visibly from the one in the repository: times, ids and
     port numbers change on every run, and a test run should not dirty the checkout."""
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    page.evaluate("document.fonts.ready")
+    page.evaluate(_PAINTED)
     png = page.screenshot(animations="disabled", caret="hide")
     image = Image.open(io.BytesIO(png)).convert("RGB")
     small = image.quantize(colors=256, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE)
