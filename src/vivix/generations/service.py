@@ -28,6 +28,7 @@ from vivix.catalog.params import validate_metadata, validate_params
 from vivix.catalog.service import CatalogModel
 from vivix.generations import repository
 from vivix.generations.finish import FinalState, commit_final_state
+from vivix.kit import tracing
 from vivix.kit.bounds import MAX_BALANCE
 from vivix.kit.clock import utcnow
 from vivix.kit.egress import UrlRefused, check_url
@@ -169,9 +170,11 @@ async def submit(
     now = utcnow()
     generation_id = uuid7()
     bind_generation(generation_id)
+    tracing.annotate(generation_id=generation_id, account_id=account.id, model=model.slug)
     generation = NewGeneration(
         id=generation_id,
         request_id=current_request_id(),
+        traceparent=tracing.current_traceparent(),
         account_id=account.id,
         api_key_id=caller.key_id,
         model=model.slug,
