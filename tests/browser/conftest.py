@@ -74,6 +74,7 @@ class Studio:
         credits: int | None = 1000,
         operator: bool = False,
         name: str | None = None,
+        email: str | None = None,
     ) -> User:
         """A user in a fresh account of its own, with the local models allowed."""
         n = next(self._names)
@@ -86,7 +87,7 @@ class Studio:
             f"/admin/v1/accounts/{name}/models/allow", json={"slugs": list(MODELS)}
         )
         assert allowed.status_code == 200, allowed.text
-        email = f"person{n}.{self._run}@example.com"
+        email = email or f"person{n}.{self._run}@example.com"
         made = self.admin.post(
             "/admin/v1/users",
             json={"email": email, "account": name, "operator": operator, "password": PASSWORD},
