@@ -19,7 +19,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import Connection, Engine, Executable, Result, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
@@ -32,8 +32,44 @@ from sqlalchemy.pool import NullPool, StaticPool
 
 T = TypeVar("T")
 
+# Threads (and connections) of the SQLite reader: statements run with the GIL released.
+SQLITE_READERS = 4
+
+
+class SqliteReader:
+    """Single-statement reads on SQLite in one hand-off each: the statement runs and its
+    rows are buffered on a reader thread's own pysqlite connection (WAL: readers see the
+    last commit and don't wait for the writer). Through aiosqlite the same read costs
+    four or five hand-offs between the event loop and its thread, each waiting its turn
+    on a busy loop."""
+
+    def __init__(self, engine: Engine, threads: ThreadPoolExecutor) -> None:
+        self._engine = engine
+        self._threads = threads
+
+    async def execute(
+        self, statement: Executable, parameters: dict[str, Any] | None = None
+    ) -> Result[Any]:
+        def run() -> Any:
+            with self._engine.connect() as connection:
+                return connection.execute(statement, parameters).freeze()
+
+        frozen = await asyncio.get_running_loop().run_in_executor(self._threads, run)
+        return frozen()  # type: ignore[no-any-return]
+
+
+# What `Database.reader()` yields: both execute a statement and buffer its rows.
+ReadConnection = AsyncConnection | SqliteReader
+
 _WRITE_OPTION = "vivix_write"
 _AUTOCOMMIT_OPTION = "vivix_autocommit"
+_EVENTS_WRITTEN = "vivix_events_written"
+
+
+def mark_events_written(target: Any) -> None:
+    """Tell the transaction boundary that `target` (a session or connection) appended
+    change-feed rows: once it commits, `Database.on_events_committed` runs."""
+    target.info[_EVENTS_WRITTEN] = True
 
 
 class Database:
@@ -73,7 +109,9 @@ class Database:
         self._write_sessions = async_sessionmaker(self._write_engine, expire_on_commit=False)
         self._sqlite_write_lock = asyncio.Lock() if self.is_sqlite else None
         self._sqlite_writer: tuple[Engine, ThreadPoolExecutor] | None = None
+        self._sqlite_reader: SqliteReader | None = None
         if self.is_sqlite:
+            self._sqlite_reader = _sqlite_reader(url, sqlite_busy_timeout_ms, echo)
             # One connection, used only from one thread (see run_sqlite_write).
             writer = create_engine(
                 make_url(url).set(drivername="sqlite+pysqlite"),
@@ -86,6 +124,14 @@ class Database:
             )
             _install_sqlite_hooks(writer, sqlite_busy_timeout_ms, always_immediate=True)
             self._sqlite_writer = (writer, ThreadPoolExecutor(1, "vivix-sqlite-writer"))
+        # Called (synchronously, on the event loop) after a transaction that appended
+        # change-feed rows commits: wakes this process's event streams, NOTIFYs others.
+        self.on_events_committed: list[Callable[[], None]] = []
+
+    def _committed(self, written: bool) -> None:
+        if written:
+            for callback in self.on_events_committed:
+                callback()
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncSession]:
@@ -97,11 +143,15 @@ class Database:
     async def transaction(self) -> AsyncIterator[AsyncSession]:
         """A write transaction, committed when the block exits without an exception."""
         if self._sqlite_write_lock is not None:
-            async with self._sqlite_write_lock, self._write_sessions() as session, session.begin():
-                yield session
+            async with self._sqlite_write_lock, self._write_sessions() as session:
+                async with session.begin():
+                    yield session
+                self._committed(session.info.pop(_EVENTS_WRITTEN, False))
         else:
-            async with self._write_sessions() as session, session.begin():
-                yield session
+            async with self._write_sessions() as session:
+                async with session.begin():
+                    yield session
+                self._committed(session.info.pop(_EVENTS_WRITTEN, False))
 
     @asynccontextmanager
     async def autocommit(self) -> AsyncIterator[AsyncConnection]:
@@ -109,18 +159,35 @@ class Database:
         (each sees its own snapshot), and on PostgreSQL for writes done in one statement.
         Not for writes on SQLite, which go through `write_connection` (its write lock)."""
         async with self._autocommit_engine.connect() as connection:
-            yield connection
+            try:
+                yield connection
+            finally:
+                written = connection.info.pop(_EVENTS_WRITTEN, False)
+        self._committed(bool(written))
+
+    @asynccontextmanager
+    async def reader(self) -> AsyncIterator[ReadConnection]:
+        """For single-statement reads on hot paths: `autocommit()` on PostgreSQL; on SQLite
+        a `SqliteReader` (one hand-off per statement). Only `execute` is offered."""
+        if self._sqlite_reader is not None:
+            yield self._sqlite_reader
+        else:
+            async with self.autocommit() as connection:
+                yield connection
 
     @asynccontextmanager
     async def write_connection(self) -> AsyncIterator[AsyncConnection]:
         """A Core write transaction (same locking as `transaction()`), committed when the
         block exits without an exception."""
         if self._sqlite_write_lock is not None:
-            async with self._sqlite_write_lock, self._write_engine.begin() as connection:
-                yield connection
+            async with self._sqlite_write_lock:
+                async with _flagged(self._write_engine) as (connection, written):
+                    yield connection
+                self._committed(written[0])
         else:
-            async with self._write_engine.begin() as connection:
+            async with _flagged(self._write_engine) as (connection, written):
                 yield connection
+            self._committed(written[0])
 
     async def run_sqlite_write(self, work: Callable[[Connection], T]) -> T:
         """SQLite: `work` (synchronous Core statements) in one write transaction on a
@@ -133,25 +200,63 @@ class Database:
             raise RuntimeError("run_sqlite_write is for SQLite databases")
         writer, thread = self._sqlite_writer
 
-        def run() -> T:
+        def run() -> tuple[T, bool]:
             with writer.begin() as connection:
-                return work(connection)
+                try:
+                    result = work(connection)
+                finally:
+                    written = bool(connection.info.pop(_EVENTS_WRITTEN, False))
+            return result, written
 
         async with self._sqlite_write_lock:
             future = asyncio.get_running_loop().run_in_executor(thread, run)
             try:
-                return await asyncio.shield(future)
+                result, events_written = await asyncio.shield(future)
             finally:
                 if not future.done():  # canceled: keep the lock until the thread is done
                     await asyncio.wait([future])
+        if events_written:
+            for callback in self.on_events_committed:
+                callback()
+        return result
 
     async def dispose(self) -> None:
+        if self._sqlite_reader is not None:
+            reader, self._sqlite_reader = self._sqlite_reader, None
+            reader._threads.shutdown(wait=True)
+            reader._engine.dispose()
         if self._sqlite_writer is not None:
             writer, thread = self._sqlite_writer
             await asyncio.get_running_loop().run_in_executor(thread, writer.dispose)
             thread.shutdown(wait=True)
             self._sqlite_writer = None
         await self.engine.dispose()
+
+
+def _sqlite_reader(url: str, busy_timeout_ms: int, echo: bool) -> SqliteReader:
+    engine = create_engine(
+        make_url(url).set(drivername="sqlite+pysqlite"),
+        pool_size=SQLITE_READERS,
+        max_overflow=0,
+        connect_args={"timeout": busy_timeout_ms / 1000, "check_same_thread": False},
+        echo=echo,
+    )
+    _install_sqlite_hooks(engine, busy_timeout_ms)
+    # No BEGIN: each statement is its own read transaction.
+    autocommit = engine.execution_options(**{_AUTOCOMMIT_OPTION: True})
+    return SqliteReader(autocommit, ThreadPoolExecutor(SQLITE_READERS, "vivix-sqlite-reader"))
+
+
+@asynccontextmanager
+async def _flagged(engine: AsyncEngine) -> AsyncIterator[tuple[AsyncConnection, list[bool]]]:
+    """A Core transaction; `written[0]` says, once it committed, whether it appended
+    change-feed rows (the flag lives on the pooled DBAPI connection: always cleared)."""
+    written = [False]
+    async with engine.begin() as connection:
+        try:
+            yield connection, written
+        finally:
+            written[0] = bool(connection.info.pop(_EVENTS_WRITTEN, False))
 
 
 def _install_sqlite_hooks(
