@@ -137,6 +137,7 @@ class Figures:
     pending_at_end: int = 0
     lost: int = 0
     orphan_objects: int = 0  # outputs stored by a job the shutdown stopped before it committed
+    load_1m: float = 0.0  # the machine's 1-minute load average at the end of the window
     audit_ok: bool = False
     audit_problems: int = 0
 
@@ -414,6 +415,7 @@ async def run_one(args: argparse.Namespace, workers: int, workdir: Path) -> Figu
                         if size is not None:
                             rss[index].append(size)
                 window = time.monotonic() - t0
+                load_1m = os.getloadavg()[0]
                 done_after = await db.completed()
                 window_end_wall = time.time()
                 for process in everything:
@@ -484,6 +486,7 @@ async def run_one(args: argparse.Namespace, workers: int, workdir: Path) -> Figu
         pending_at_end=int(pending),
         lost=len(set(ids) - present) + missing_outputs,
         orphan_objects=orphans,
+        load_1m=round(load_1m, 1),
         audit_ok=bool(audit["ok"]),
         audit_problems=len(audit.get("problems", [])),
     )
@@ -492,8 +495,8 @@ async def run_one(args: argparse.Namespace, workers: int, workdir: Path) -> Figu
 def table(results: list[Figures]) -> str:
     base = results[0].completed_per_s if results else 0
     lines = [
-        "| N workers | completed/s | × N=1 | queue wait p50 / p99 | run p50 / p99 | RSS per worker (MiB) | lost | audit |",
-        "|---|---|---|---|---|---|---|---|",
+        "| N workers | completed/s | × N=1 | queue wait p50 / p99 | run p50 / p99 | RSS per worker (MiB) | lost | audit | load (1 min) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         ratio = r.completed_per_s / base if base else float("nan")
@@ -502,7 +505,7 @@ def table(results: list[Figures]) -> str:
             f"| {r.workers} | {r.completed_per_s:.2f} | {ratio:.2f} | "
             f"{r.queue_wait_p50_s:.0f} s / {r.queue_wait_p99_s:.0f} s | "
             f"{r.run_p50_s:.1f} s / {r.run_p99_s:.1f} s | {rss} | {r.lost} | "
-            f"{'ok' if r.audit_ok else f'{r.audit_problems} problems'} |"
+            f"{'ok' if r.audit_ok else f'{r.audit_problems} problems'} | {r.load_1m} |"
         )
     return "\n".join(lines)
 
