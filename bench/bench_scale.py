@@ -1,6 +1,6 @@
 """Scale-out: completed generations per second against the number of worker processes.
 
-    .venv/bin/python -m bench.bench_scale                 # N = 1, 2, 4, 8 (~20 min)
+    .venv/bin/python -m bench.bench_scale                 # N = 1, 2, 4, 8 (~50 min here)
     .venv/bin/python -m bench.bench_scale --workers 1 2 --in-flight 2000 --window 30
 
 The deployment is the production one, on one machine: PostgreSQL (a fresh database per
@@ -14,9 +14,11 @@ throughput, as with a real provider.
 For each N: one account (an operator-set limit of 1,000,000 calls a minute and 20,000
 concurrent jobs, so neither limit throttles the submits) submits `--in-flight` (10,000)
 generations through the two API processes, before any worker runs, so all of them are in
-flight at once. Then the N workers start; after `--warmup` seconds (the first jobs take up
-to 10 s) completions are counted over a steady `--window` (the queue never runs dry in
-it: nothing is drained, the run fits in ~20 minutes). Reported per N:
+flight at once. Then the N workers start; once every one of them runs (on a loaded machine
+N processes importing Vivix take minutes) and `--warmup` seconds later (the first jobs
+take up to 10 s) completions are counted over a steady `--window` (the queue never runs dry in
+it: nothing is drained). Each N takes ~12 minutes on a loaded 2-core machine, most of it
+the 10,000 submits. Reported per N:
 
 - completed/s in the window, and its ratio to N = 1 (ideal: N);
 - queue wait p50 / p99 (submit → first claim) and run time p50 / p99 (claim → completed)
@@ -274,6 +276,18 @@ async def wait_listening(process: ServerProcess, within_s: float = 60.0) -> None
     raise BenchError(f"{process.name} did not listen in {within_s:.0f}s:\n{process.log_tail()}")
 
 
+async def wait_worker_running(process: ServerProcess, within_s: float = 600.0) -> None:
+    """Until `vivix worker` says it runs (its first line: `worker <id> running N jobs`)."""
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        process.check_alive()
+        with contextlib.suppress(FileNotFoundError):
+            if " running " in process.log_path.read_text("utf-8", errors="replace"):
+                return
+        await asyncio.sleep(0.5)
+    raise BenchError(f"{process.name} did not start in {within_s:.0f}s:\n{process.log_tail()}")
+
+
 class Database:
     def __init__(self, url: str) -> None:
         import asyncpg  # type: ignore[import-untyped]
@@ -400,6 +414,11 @@ async def run_one(args: argparse.Namespace, workers: int, workdir: Path) -> Figu
                 log(f"N={workers}: {len(ids)} accepted in {submit_seconds:.0f} s; starting workers")
                 for process in worker_processes:
                     process.start()
+                # On a loaded machine N processes importing Vivix at once take minutes:
+                # the warm-up counts from the moment every worker runs.
+                for process in worker_processes:
+                    await wait_worker_running(process)
+                log(f"N={workers}: every worker runs; warming up {args.warmup:.0f} s")
                 db = Database(database_url)
                 await asyncio.sleep(args.warmup)
                 for process in everything:
