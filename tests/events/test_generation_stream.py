@@ -85,10 +85,13 @@ async def test_resuming_with_last_event_id_misses_nothing_and_repeats_nothing(
         ) as again:
             resumed = await again.rest()
         assert resumed, "the resumed stream ends with the final state"
-        async with served.stream(
-            path, headers={**served.headers, "Last-Event-ID": resumed[-1].id or ""}
-        ) as after_final:
-            assert await after_final.rest() == []  # the final state is not sent again
+        async with served.http() as http:
+            after_final = await http.get(
+                path, headers={**served.headers, "Last-Event-ID": resumed[-1].id or ""}
+            )
+        # The final state is not sent again; 204 tells an EventSource to stop reconnecting.
+        assert after_final.status_code == 204
+        assert after_final.content == b""
 
     ids = _ids(resumed)
     assert ids[0] > int(last_id)
