@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from vivix.billing.ledger import Ledger, open_ledger
 from vivix.catalog.service import Catalog
+from vivix.generations.eta import RunTimes
 from vivix.kit.db import Database
 from vivix.kit.egress import Resolver
 from vivix.kit.logging import configure_logging
@@ -40,6 +41,8 @@ class Runtime:
     resolver: Resolver | None = None
     # Other processes' workers (PostgreSQL only).
     jobs_notifier: JobsNotifier | None = None
+    # Recent run times behind `eta_ms` (generations.eta): a snapshot per process.
+    run_times: RunTimes = field(default_factory=RunTimes)
 
     async def notify_enqueued(self) -> None:
         """After a submit commits: wake this process's worker and, on PostgreSQL, others."""

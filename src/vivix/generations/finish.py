@@ -96,6 +96,8 @@ async def commit_final_state(
         runtime.notify_canceled(generation.id)
     if webhooks_queued:
         runtime.notify_webhooks_queued()
+    if final.status == GenerationStatus.COMPLETED:
+        runtime.run_times.ended()  # a new run time: read the history again soon
     observe_finished(
         generation.model,
         generation.status,
