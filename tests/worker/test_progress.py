@@ -136,7 +136,8 @@ async def test_eta_is_null_without_history_and_a_number_after_runs_of_the_same_c
     assert read["status"] == "pending"
     assert read["queue_position"] == 1
     pending_eta = read["eta_ms"]
-    assert isinstance(pending_eta, int) and pending_eta > 0
+    assert isinstance(pending_eta, int)
+    assert pending_eta > 0
     behind = await _read(client, other_class, acct.headers)
     assert behind["queue_position"] == 2
     assert behind["eta_ms"] is None  # three results per run: a class without history
