@@ -243,9 +243,12 @@ class FakeComfyUi:
         if (fault := self._fault("queue")) is not None:
             return fault
         running = [run.queue_item() for run in self.runs.values() if run.state == "running"]
+        # ComfyUI lists its pending heap as stored, in no set order: newest first here,
+        # so a client must order by `number` itself.
         pending = sorted(
             (run for run in self.runs.values() if run.state == "pending"),
             key=lambda run: run.number,
+            reverse=True,
         )
         return JSONResponse(
             {"queue_running": running, "queue_pending": [run.queue_item() for run in pending]}

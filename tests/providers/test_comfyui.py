@@ -484,13 +484,31 @@ async def test_submit_read_timeout_is_retriable_and_never_queues_twice(fake: Fak
     assert fake.submissions == 1
 
 
+async def test_a_pending_run_reports_its_place_in_the_queue_by_number(
+    fake: FakeComfyUi, adapter: ComfyUiAdapter
+) -> None:
+    fake.add_foreign_run(running=True)
+    fake.add_foreign_run(running=False)
+    fake.add_foreign_run(running=False)
+    request = image_request({"workflow_json": small_workflow()})
+    handle = await adapter.submit(request)
+    later = await adapter.submit(image_request({"workflow_json": small_workflow()}))
+
+    # Two foreign runs were queued first; the one queued after ours doesn't count.
+    assert await adapter.poll(handle, request) == Progress(status="queued", queue_position=3)
+    assert await adapter.poll(later, request) == Progress(status="queued", queue_position=4)
+    for prompt_id in list(fake.runs)[1:3]:
+        fake.runs[prompt_id].state = "deleted"  # the two foreign pending runs are gone
+    assert await adapter.poll(handle, request) == Progress(status="queued", queue_position=1)
+
+
 async def test_cancel_of_a_pending_run_deletes_it_from_the_queue(
     fake: FakeComfyUi, adapter: ComfyUiAdapter
 ) -> None:
     foreign = fake.add_foreign_run(running=True)
     request = image_request({"workflow_json": small_workflow()})
     handle = await adapter.submit(request)
-    assert await adapter.poll(handle, request) == Progress(status="queued")
+    assert await adapter.poll(handle, request) == Progress(status="queued", queue_position=1)
 
     await adapter.cancel(handle)
 

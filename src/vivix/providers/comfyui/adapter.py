@@ -289,11 +289,11 @@ class ComfyUiAdapter(UpstreamAdapter):
             raise ProviderRetriableError("comfyui handle lacks prompt_id", resubmit=True)
         entry = await self._history_entry(prompt_id)
         if entry is None:
-            state = await self._queue_state(prompt_id)
+            state, place = await self._queue_place(prompt_id)
             if state == "running":
                 return Progress(status="processing")
             if state == "pending":
-                return Progress(status="queued")
+                return Progress(status="queued", queue_position=place)
             entry = await self._history_entry(prompt_id)  # it may have just finished
             if entry is None:
                 raise ProviderRetriableError(
@@ -403,15 +403,27 @@ class ComfyUiAdapter(UpstreamAdapter):
 
     async def _queue_state(self, prompt_id: str) -> str | None:
         """ "running", "pending", or None when the queue doesn't hold the run."""
+        return (await self._queue_place(prompt_id))[0]
+
+    async def _queue_place(self, prompt_id: str) -> tuple[str | None, int | None]:
+        """The run's state in `/queue` and, while pending, its place (1 = next): the
+        server runs the lowest `number` first, and lists pending runs in no set order."""
         response = await self._http.request("GET", "/queue")
         if not response.is_success:
             raise _http_failure(response, "queue")
         queue = json_object_or_empty(response)
         for state, key in (("running", "queue_running"), ("pending", "queue_pending")):
             items = queue.get(key)
-            if isinstance(items, list) and any(_queue_item_id(item) == prompt_id for item in items):
-                return state
-        return None
+            items = items if isinstance(items, list) else []
+            ours = next((item for item in items if _queue_item_id(item) == prompt_id), None)
+            if ours is None:
+                continue
+            number = _queue_item_number(ours)
+            if state == "running" or number is None:
+                return state, None
+            ahead = [n for n in map(_queue_item_number, items) if n is not None and n < number]
+            return state, len(ahead) + 1
+        return None, None
 
     async def _best_effort(
         self, method: str, path: str, body: dict[str, Any], prompt_id: str
@@ -620,6 +632,14 @@ def _files_of(node: dict[str, Any]) -> list[FileRef]:
 def _queue_item_id(item: Any) -> str | None:
     if isinstance(item, list | tuple) and len(item) > 1:
         return str(item[1])
+    return None
+
+
+def _queue_item_number(item: Any) -> float | None:
+    if isinstance(item, list | tuple) and item:
+        number = item[0]
+        if isinstance(number, int | float) and not isinstance(number, bool):
+            return number
     return None
 
 
