@@ -516,8 +516,9 @@ def _base(request: Request) -> str:
 
 
 @asynccontextmanager
-async def serve_on_loopback(app: Any) -> AsyncIterator[str]:
-    """Run `app` under uvicorn on 127.0.0.1 in this event loop; yields the base URL."""
+async def serve_on_loopback(app: Any, *, websockets: bool = False) -> AsyncIterator[str]:
+    """Run `app` under uvicorn on 127.0.0.1 in this event loop; yields the base URL.
+    `websockets`: serve its websocket routes too."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
@@ -527,7 +528,7 @@ async def serve_on_loopback(app: Any) -> AsyncIterator[str]:
         lifespan="off",
         log_config=None,  # leave the test process's logging alone
         log_level="warning",
-        ws="none",
+        ws="websockets-sansio" if websockets else "none",
         http="h11",
         timeout_graceful_shutdown=1,
     )

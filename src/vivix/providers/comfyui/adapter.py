@@ -22,6 +22,9 @@ and which branch below implements it:
   has no history yet is told apart from one the server forgot: neither in history nor in
   the queue (checked twice, a run may finish between the two calls) → the upstream job
   is gone → ProviderRetriableError(resubmit=True).
+- `GET /ws?clientId=` (websocket) streams `progress` events (`value`/`max`) of the runs
+  queued with that client id: the only place a running run's progress is told
+  (`comfyui.progress`; a poll of a running run returns the last one).
 - `GET /view?filename=&subfolder=&type=` serves an output file.
 - `POST /queue {"delete": [prompt_id]}` removes a *pending* run; `POST /interrupt` stops
   the *running* one. Newer servers take `{"prompt_id"}` and interrupt only that run; older
@@ -102,6 +105,7 @@ from vivix.providers.base import (
     RenderResult,
     UpstreamHandle,
 )
+from vivix.providers.comfyui.progress import ProgressFeed
 from vivix.providers.http import (
     json_object_or_empty,
     parse_retry_after,
@@ -243,15 +247,21 @@ class ComfyUiAdapter(UpstreamAdapter):
 
     def __init__(self, setup: AdapterSetup) -> None:
         super().__init__(setup)
-        # ComfyUI routes websocket events by client id; we only poll, one id per process.
+        # ComfyUI routes websocket events by client id: one per process, whose progress
+        # events our feed listens to (comfyui.progress).
         self._client_id = uuid.uuid4().hex
         self._file_templates: dict[str, tuple[tuple[int, int], WorkflowTemplate]] = {}
+        key = setup.settings.api_key
+        self._progress = ProgressFeed(
+            self.base_url, self._client_id, {"Authorization": f"Bearer {key}"} if key else None
+        )
 
     async def submit(self, request: RenderRequest) -> UpstreamHandle:
         options = ComfyUiRouteOptions.parse(request.options)
         template = await self._template(options)
         uploaded = await self._upload_references(request, template.placeholders)
         values = placeholder_values(request, options, template.placeholders, uploaded)
+        self._progress.start()  # listening before the run can start
         body: dict[str, Any] = {"prompt": template.render(values), "client_id": self._client_id}
         if request.request_key:
             # ComfyUI takes the client's prompt_id: a retried attempt finds the run by it.
@@ -287,11 +297,12 @@ class ComfyUiAdapter(UpstreamAdapter):
         prompt_id = handle.get("prompt_id")
         if not isinstance(prompt_id, str) or not prompt_id:
             raise ProviderRetriableError("comfyui handle lacks prompt_id", resubmit=True)
+        self._progress.start()
         entry = await self._history_entry(prompt_id)
         if entry is None:
             state, place = await self._queue_place(prompt_id)
             if state == "running":
-                return Progress(status="processing")
+                return Progress(fraction=self._progress.fraction(prompt_id), status="processing")
             if state == "pending":
                 return Progress(status="queued", queue_position=place)
             entry = await self._history_entry(prompt_id)  # it may have just finished
@@ -302,6 +313,7 @@ class ComfyUiAdapter(UpstreamAdapter):
                     0.0,
                     resubmit=True,
                 )
+        self._progress.forget(prompt_id)
         status = entry.get("status")
         if isinstance(status, dict) and status.get("status_str") == "error":
             raise execution_failure(status)
@@ -311,6 +323,10 @@ class ComfyUiAdapter(UpstreamAdapter):
         if not files:
             raise ProviderRejectedError("the ComfyUI workflow finished without output files")
         return RenderResult([await self._download(ref) for ref in files])
+
+    async def aclose(self) -> None:
+        await self._progress.aclose()
+        await super().aclose()
 
     async def cancel(self, handle: UpstreamHandle) -> None:
         prompt_id = handle.get("prompt_id")
