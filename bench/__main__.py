@@ -13,7 +13,12 @@ import sys
 
 from bench import bench_api
 
-OTHER_BENCHMARKS = ("bench.bench_engine", "bench.bench_render", "bench.bench_cli")
+OTHER_BENCHMARKS = (
+    "bench.bench_engine",
+    "bench.bench_render",
+    "bench.bench_cli",
+    "bench.bench_studio",
+)
 
 
 def main(argv: list[str]) -> int:

@@ -70,6 +70,7 @@ class Options:
     rounds: int
     client: str = "raw"
     accounts: int = 1
+    scenarios: tuple[str, ...] = SCENARIOS
 
 
 # --- databases ----------------------------------------------------------------------------
@@ -423,7 +424,7 @@ async def bench_one_database(kind: str, opts: Options, report: dict[str, Any]) -
                             opts.seconds / 2,
                         )
                     )
-                for scenario in SCENARIOS:
+                for scenario in opts.scenarios:
                     for concurrency in opts.concurrencies:
                         comparisons.append(
                             await compare(scenario, kind, baseline, vivix, opts, concurrency)
@@ -911,6 +912,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="spread the load over this many accounts (default 1: one hot account, the "
         "worst case for its row lock)",
     )
+    parser.add_argument(
+        "--scenarios",
+        nargs="+",
+        choices=SCENARIOS,
+        default=list(SCENARIOS),
+        help="which figures (default: read submit)",
+    )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--output", type=Path, help="also write the JSON report to this file")
     parser.add_argument("--check", action="store_true", help="exit 2 if a target is missed")
@@ -938,6 +946,7 @@ def main(argv: list[str] | None = None) -> int:
         max(1, args.rounds),
         args.client,
         max(1, args.accounts),
+        tuple(s for s in SCENARIOS if s in args.scenarios),
     )
     try:
         with event_loop_runner() as runner:

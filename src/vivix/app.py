@@ -21,6 +21,7 @@ from vivix.kit.errors import InvalidParams, MethodNotAllowed, NotFound, VivixErr
 from vivix.kit.http import RequestContext, ResponseHeadersMiddleware, json_response
 from vivix.kit.ids import request_id as new_request_id
 from vivix.kit.metrics import MetricsMiddleware
+from vivix.kit.tracing import TracingMiddleware, configure_tracing, shutdown_tracing
 from vivix.openapi.document import openapi_document
 from vivix.openapi.pages import install_docs_pages
 from vivix.operations.endpoints import router as operations_router
@@ -44,6 +45,8 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         owned = runtime is None
+        if settings.otel_endpoint:
+            configure_tracing(settings.otel_endpoint, "vivix-api")
         app.state.runtime = runtime or await build_runtime(settings)
         worker = None
         if embedded_worker:
@@ -58,6 +61,8 @@ def create_app(
                 await worker.stop()
             if owned:
                 await close_runtime(app.state.runtime)
+            if settings.otel_endpoint:
+                shutdown_tracing()
 
     app = FastAPI(
         title="Vivix",
@@ -85,6 +90,8 @@ def create_app(
     app.add_middleware(ResponseHeadersMiddleware)
     app.add_middleware(SecurityHeadersMiddleware, storage_public_url=settings.storage_public_url)
     app.add_middleware(MetricsMiddleware)
+    if settings.otel_endpoint:  # outermost: the span covers the whole request
+        app.add_middleware(TracingMiddleware)
     return app
 
 

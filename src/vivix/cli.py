@@ -342,6 +342,7 @@ def worker(
     import signal
 
     from vivix.kit.metrics import serve_metrics
+    from vivix.kit.tracing import configure_tracing, shutdown_tracing
     from vivix.worker.runner import Worker
 
     settings = _settings(metrics_port=metrics_port)
@@ -349,6 +350,7 @@ def worker(
         serve_metrics(settings.metrics_port)
 
     async def work(runtime: Runtime) -> int:
+        configure_tracing(settings.otel_endpoint, "vivix-worker")
         worker = Worker(runtime, concurrency=concurrency)
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -363,6 +365,7 @@ def worker(
             await worker.run_until_stopped()
         finally:
             await worker.stop()
+            shutdown_tracing()
         return worker.claimed
 
     claimed = _run(as_json, work, settings)

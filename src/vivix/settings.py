@@ -220,7 +220,8 @@ class Settings(BaseSettings):
     # `vivix worker`: serve Prometheus metrics on this port (unset: none). The API serves
     # them at /metrics.
     metrics_port: Annotated[int, Field(ge=1, le=65535)] | None = None
-    # Reserved for OTLP traces; not available yet: a value is refused at start.
+    # OpenTelemetry traces over OTLP/HTTP to this collector (e.g. http://collector:4318;
+    # spans go to <it>/v1/traces). Unset: no tracing, and nothing of OpenTelemetry loaded.
     otel_endpoint: str | None = None
     max_body_bytes: Annotated[int, Field(ge=1024)] = 64 * 1024
     idempotency_window_hours: Annotated[int, Field(ge=1)] = 24
@@ -291,15 +292,15 @@ class Settings(BaseSettings):
 
     @field_validator("otel_endpoint")
     @classmethod
-    def _refuse_otel(cls, value: str | None) -> str | None:
-        # Not built in yet: refusing beats running without the traces the operator asked for.
-        if value:
+    def _check_otel_endpoint(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        if not value.startswith(("http://", "https://")):
             raise ValueError(
-                "OpenTelemetry tracing is not available in this version of Vivix; unset "
-                "VIVIX_OTEL_ENDPOINT (logs carry request_id, account_id and generation_id "
-                "to follow a generation from the API to the worker instead)"
+                "must be an OTLP/HTTP collector URL starting with http:// or https:// "
+                "(e.g. http://otel-collector:4318)"
             )
-        return None
+        return value
 
     @field_validator("public_url")
     @classmethod

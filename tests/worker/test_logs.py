@@ -15,7 +15,6 @@ from tests.worker.conftest import FAST_WORKER
 from tests.worker.helpers import wait_for_status
 from vivix.kit.logging import configure_logging
 from vivix.runtime import Runtime
-from vivix.settings import SettingsError, load_settings
 from vivix.worker.runner import Worker
 
 PROMPT = "a lighthouse painted by a very secret prompt 7f3a"
@@ -95,9 +94,3 @@ def test_library_lines_are_json_too(capsys: pytest.CaptureFixture[str]) -> None:
         assert line["level"] == "info"
     finally:
         configure_logging("info")
-
-
-def test_otel_endpoint_is_refused_with_a_message_naming_it() -> None:
-    with pytest.raises(SettingsError, match="VIVIX_OTEL_ENDPOINT") as refused:
-        load_settings(otel_endpoint="http://collector:4318")
-    assert "not available" in str(refused.value)

@@ -5,8 +5,11 @@ the account's cached totals (`balance`, `held`, `active_jobs`, the cycle counter
 the state change that causes it. The operations:
 
 - `hold`: admission. Takes a concurrency slot and the estimate's credits only if both are
-  there, and inserts the generation row it holds for with its hold entry: all or nothing,
-  in its own transaction (so a refusal leaves no trace).
+  there, and inserts the generation row it holds for with its hold entry: all or nothing
+  (a refusal leaves no trace). Admissions are committed in batches (group commit): the
+  holds waiting while one batch commits go together in the next transaction, each
+  checked in arrival order against its own account's balance and slots as the ones
+  before it left them, so a batch admits exactly what one-by-one admission would.
 - `settle` / `release`: a generation's end. Gives the slot back, releases the whole hold
   and captures the charge (`release`: nothing captured).
 - `grant`, `adjust`, `grant_cycle`, `roll_cycles`: operator credits and billing cycles.
@@ -18,15 +21,17 @@ transaction), so each operation has its SQLite and PostgreSQL forms side by side
 `SqliteLedger` and `PostgresLedger`. `open_ledger` picks one where the database is opened.
 
 Lock order everywhere is generation row → account row, so settlements cannot deadlock
-with each other or with admission (which locks only the account).
+with each other or with admission (which locks only accounts, in id order).
 """
 
 from __future__ import annotations
 
+import asyncio
 from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable, Generator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeAlias
 
 from sqlalchemy import (
     BigInteger,
@@ -35,20 +40,23 @@ from sqlalchemy import (
     bindparam,
     func,
     insert,
-    literal,
     select,
     true,
     update,
 )
 from sqlalchemy.dialects.postgresql import ARRAY
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.dialects.postgresql import insert as postgres_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy.sql import Executable
 
 from vivix.kit.bounds import MAX_BALANCE, MAX_CREDIT_AMOUNT
 from vivix.kit.clock import add_months, utcnow
 from vivix.kit.db import Database
 from vivix.kit.errors import AdminInvalid
-from vivix.kit.metrics import count_credits, credits_on_commit
-from vivix.models import NEW_GENERATION_COLUMNS, Base, LedgerKind, NewGeneration
+from vivix.kit.metrics import count_credits, credits_on_commit, observe_admission
+from vivix.models import Base, LedgerKind, NewGeneration
 
 # Core tables, not ORM entities: these statements must not touch any session's identity map.
 _ACCOUNTS = Base.metadata.tables["accounts"]
@@ -131,22 +139,30 @@ _MOVE = (
     .returning(_ACCOUNTS.c.balance)
 )
 
-# Admission's change to the account row: one slot and `:amount` credits, only if both are
-# there; returns the new balance (no row: refused, nothing changed).
-_TAKE_SLOT_AND_HOLD = (
+# Admission's change to one account: the slots and credits its admitted holds take (the
+# batch decided under the row lock that they are there).
+_TAKE_SLOTS_AND_HOLD = (
     update(_ACCOUNTS)
-    .where(
-        _ACCOUNTS.c.id == bindparam("account_id"),
-        _ACCOUNTS.c.balance >= bindparam("amount", type_=BigInteger),
-        _ACCOUNTS.c.active_jobs < bindparam("concurrent_limit", type_=BigInteger),
-    )
+    .where(_ACCOUNTS.c.id == bindparam("account_id"))
     .values(
         balance=_ACCOUNTS.c.balance - bindparam("amount", type_=BigInteger),
         held=_ACCOUNTS.c.held + bindparam("amount", type_=BigInteger),
-        active_jobs=_ACCOUNTS.c.active_jobs + 1,
+        active_jobs=_ACCOUNTS.c.active_jobs + bindparam("slots", type_=BigInteger),
     )
-    .returning(_ACCOUNTS.c.balance)
 )
+_WALLETS = select(_ACCOUNTS.c.id, _ACCOUNTS.c.balance, _ACCOUNTS.c.active_jobs).where(
+    _ACCOUNTS.c.id.in_(bindparam("ids", expanding=True))
+)
+# A generation whose Idempotency-Key is taken is not inserted (no error: the others in
+# the batch go on); RETURNING names the ones that were.
+_SQLITE_INSERT_GENERATIONS = (
+    sqlite_insert(_GENERATIONS).on_conflict_do_nothing().returning(_GENERATIONS.c.id)
+)
+_POSTGRES_INSERT_GENERATIONS = (
+    postgres_insert(_GENERATIONS).on_conflict_do_nothing().returning(_GENERATIONS.c.id)
+)
+# Most admissions a transaction takes.
+MAX_BATCH = 256
 
 _INSERT_GENERATION = insert(_GENERATIONS)
 _INSERT_ENTRY = insert(_LEDGER)
@@ -182,16 +198,147 @@ def _expiry_params(admission: Admission) -> dict[str, Any]:
     }
 
 
-def _take_params(admission: Admission) -> dict[str, Any]:
-    return {
-        "account_id": admission.generation.account_id,
-        "amount": admission.amount,
-        "concurrent_limit": admission.concurrent_limit,
-    }
+class KeyTaken(IntegrityError):
+    """The admission's Idempotency-Key belongs to a generation of its account committed
+    first (or earlier in its batch): nothing was written for it."""
+
+    def __init__(self) -> None:
+        super().__init__("INSERT INTO generations", None, ValueError("Idempotency-Key taken"))
 
 
-class _Refused(Exception):
-    """Raised inside a write transaction to roll it back."""
+# What a hold comes to: the balance after it, None (refused: no slot or no credits), or
+# the exception to raise in its caller.
+Outcome: TypeAlias = int | Exception | None
+# A batch as a sequence of statements: each step is (statement, parameters); the driver
+# sends back the statement's rows (or None).
+Steps: TypeAlias = Generator[tuple[Executable, Any], Any, list[Outcome]]
+
+
+def _in_order(
+    batch: Sequence[Admission], wallets: dict[str, tuple[int, int]], skipped: set[int]
+) -> list[int | None]:
+    """One-by-one admission, in arrival order, from the accounts' (balance, active jobs)
+    as locked: each admission's balance after its hold, or None where a limit refused it
+    (or it is in `skipped`)."""
+    left = dict(wallets)
+    outcomes: list[int | None] = []
+    for index, admission in enumerate(batch):
+        account_id = admission.generation.account_id
+        balance, active = left.get(account_id, (0, admission.concurrent_limit))
+        if index in skipped or active >= admission.concurrent_limit or balance < admission.amount:
+            outcomes.append(None)
+            continue
+        left[account_id] = (balance - admission.amount, active + 1)
+        outcomes.append(balance - admission.amount)
+    return outcomes
+
+
+def _admit_batch(
+    batch: Sequence[Admission], lock_wallets: Executable, insert_generations: Executable
+) -> Steps:
+    """Admission of a batch in one transaction (the driver's): read (PostgreSQL: lock) the
+    accounts, decide in arrival order, insert the admitted generations, move the accounts,
+    write the hold entries. A generation whose Idempotency-Key turns out taken is left out
+    and the decisions are made again without it (leaving one out only frees credits and
+    slots, so every generation already inserted stays admitted)."""
+    ids = sorted({admission.generation.account_id for admission in batch})
+    rows = yield lock_wallets, {"ids": ids}
+    wallets = {row.id: (int(row.balance), int(row.active_jobs)) for row in rows}
+    taken: set[int] = set()
+    inserted: set[int] = set()
+    while True:
+        balances = _in_order(batch, wallets, taken)
+        new = [i for i, after in enumerate(balances) if after is not None and i not in inserted]
+        if not new:
+            break
+        rows = yield insert_generations, [batch[i].generation.row() for i in new]
+        ids_in = {row.id for row in rows}
+        for i in new:
+            (inserted if batch[i].generation.id in ids_in else taken).add(i)
+    assert inserted == {i for i, after in enumerate(balances) if after is not None}
+    moves: dict[str, list[int]] = {}
+    entries = []
+    for i in sorted(inserted):
+        generation = batch[i].generation
+        move = moves.setdefault(generation.account_id, [0, 0])
+        move[0] += batch[i].amount
+        move[1] += 1
+        if batch[i].amount:
+            entries += Movement(
+                generation.account_id,
+                ((LedgerKind.HOLD, -batch[i].amount),),
+                generation_id=generation.id,
+            ).entry_rows(generation.created_at)
+    if moves:
+        yield (
+            _TAKE_SLOTS_AND_HOLD,
+            [
+                {"account_id": account_id, "amount": amount, "slots": slots}
+                for account_id, (amount, slots) in moves.items()
+            ],
+        )
+    if entries:
+        yield _INSERT_ENTRY, entries
+    return [KeyTaken() if i in taken else after for i, after in enumerate(balances)]
+
+
+def _committed(batch: Sequence[Admission], outcomes: list[Outcome]) -> list[Outcome]:
+    """Count a committed batch in the metrics."""
+    observe_admission(len(batch))
+    count_credits(
+        held=sum(a.amount for a, o in zip(batch, outcomes, strict=True) if isinstance(o, int))
+    )
+    return outcomes
+
+
+class AdmissionQueue:
+    """Group commit: `admit` waits while one batch is being written; whatever waits when it
+    is done goes into the next (at most MAX_BATCH). No timer: an admission alone is
+    written at once. A batch that fails as a whole (a row no constraint expected) is
+    written again one admission at a time, so one bad row fails only its own submit."""
+
+    def __init__(self, write: Callable[[Sequence[Admission]], Awaitable[list[Outcome]]]) -> None:
+        self._write = write
+        self._waiting: list[tuple[Admission, asyncio.Future[Outcome]]] = []
+        self._writer: asyncio.Task[None] | None = None
+
+    async def admit(self, admission: Admission) -> int | None:
+        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        self._waiting.append((admission, future))
+        if self._writer is None:
+            self._writer = asyncio.create_task(self._write_batches())
+        # A caller canceled while its batch is written still gets admitted (as any
+        # request whose commit outran its client); canceled before, it is left out.
+        outcome = await future
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    async def _write_batches(self) -> None:
+        try:
+            while self._waiting:
+                batch = [(a, f) for a, f in self._waiting[:MAX_BATCH] if not f.done()]
+                del self._waiting[:MAX_BATCH]
+                if batch:
+                    outcomes = await self._outcomes([a for a, _ in batch])
+                    for (_, future), outcome in zip(batch, outcomes, strict=True):
+                        if not future.done():
+                            future.set_result(outcome)
+        except BaseException:
+            for _, future in self._waiting:
+                future.cancel()
+            self._waiting.clear()
+            raise
+        finally:
+            self._writer = None
+
+    async def _outcomes(self, batch: Sequence[Admission]) -> list[Outcome]:
+        try:
+            return await self._write(batch)
+        except Exception as exc:
+            if len(batch) == 1:
+                return [exc]
+        return [(await self._outcomes([admission]))[0] for admission in batch]
 
 
 class Ledger(ABC):
@@ -201,15 +348,21 @@ class Ledger(ABC):
 
     def __init__(self, db: Database) -> None:
         self.db = db
+        self._admissions = AdmissionQueue(self._write_batch)
+
+    async def hold(self, admission: Admission) -> int | None:
+        """Admission: the generation row, its hold entry and a concurrency slot, all or
+        nothing, committed (with whatever other admissions were waiting: group commit).
+        The balance after the hold, or None when the slot or the credits were not there
+        (nothing written). Raises IntegrityError (`KeyTaken`) when another request took
+        the same Idempotency-Key first."""
+        return await self._admissions.admit(admission)
 
     # -- dialect-specific forms ----------------------------------------------------------
 
     @abstractmethod
-    async def hold(self, admission: Admission) -> int | None:
-        """Admission: the generation row, its hold entry and a concurrency slot, all or
-        nothing, committed. The balance after the hold, or None when the slot or the
-        credits were not there (nothing written). Raises IntegrityError when another
-        request took the same Idempotency-Key first."""
+    async def _write_batch(self, batch: Sequence[Admission]) -> list[Outcome]:
+        """Admit `batch` in one transaction (`_admit_batch`), committed."""
 
     @abstractmethod
     async def _move(self, session: AsyncSession, movement: Movement) -> int | None:
@@ -359,34 +512,23 @@ class SqliteLedger(Ledger):
     """SQLite: every write transaction holds the database write lock, so statements run
     one after the other inside it; admission is one hand-off to the writer thread."""
 
-    async def hold(self, admission: Admission) -> int | None:
-        def admit(connection: Connection) -> int:
-            generation = admission.generation
-            if generation.idempotency_key is not None:
-                connection.execute(_EXPIRE_IDEMPOTENCY_KEY, _expiry_params(admission))
-            connection.execute(_INSERT_GENERATION, generation.row())
-            if admission.amount:
-                connection.execute(
-                    _INSERT_ENTRY,
-                    Movement(
-                        generation.account_id,
-                        ((LedgerKind.HOLD, -admission.amount),),
-                        generation_id=generation.id,
-                    ).entry_rows(generation.created_at),
-                )
-            balance = connection.execute(
-                _TAKE_SLOT_AND_HOLD, _take_params(admission)
-            ).scalar_one_or_none()
-            if balance is None:
-                raise _Refused()
-            return int(balance)
+    async def _write_batch(self, batch: Sequence[Admission]) -> list[Outcome]:
+        def write(connection: Connection) -> list[Outcome]:
+            keyed = [_expiry_params(a) for a in batch if a.generation.idempotency_key]
+            if keyed:
+                connection.execute(_EXPIRE_IDEMPOTENCY_KEY, keyed)
+            steps = _admit_batch(batch, _WALLETS, _SQLITE_INSERT_GENERATIONS)
+            try:
+                statement, params = next(steps)
+                while True:
+                    result = connection.execute(statement, params)
+                    statement, params = steps.send(result.all() if result.returns_rows else None)
+            except StopIteration as done:
+                outcomes: list[Outcome] = done.value
+            return outcomes
 
-        try:
-            balance = await self.db.run_sqlite_write(admit)
-        except _Refused:
-            return None
-        count_credits(held=admission.amount)  # committed
-        return balance
+        # The write lock is the row lock: the wallets read inside it are current.
+        return _committed(batch, await self.db.run_sqlite_write(write))
 
     async def _move(self, session: AsyncSession, movement: Movement) -> int | None:
         balance = (await session.execute(_MOVE, movement.params())).scalar_one_or_none()
@@ -395,41 +537,6 @@ class SqliteLedger(Ledger):
         if movement.entries:
             await session.execute(_INSERT_ENTRY, movement.entry_rows(utcnow()))
         return int(balance)
-
-
-def _postgres_admission() -> Any:
-    """Admission in one statement: the UPDATE takes the slot and the credits only if both
-    are there; the generation row and the hold entry are inserted from its result, so a
-    refusal inserts nothing. In autocommit it is one round trip and its own transaction,
-    and the account row is locked only while it runs."""
-    account = _TAKE_SLOT_AND_HOLD.cte("account")
-    generation = _INSERT_GENERATION.from_select(
-        list(NEW_GENERATION_COLUMNS),
-        select(
-            *(
-                bindparam(f"g_{name}", type_=_GENERATIONS.c[name].type)
-                for name in NEW_GENERATION_COLUMNS
-            )
-        ).select_from(account),
-    ).cte("generation")
-    amount = bindparam("amount", type_=BigInteger)
-    hold = (
-        insert(_LEDGER)
-        .from_select(
-            ["account_id", "kind", "amount", "generation_id", "created_at"],
-            select(
-                bindparam("account_id", type_=String),
-                literal(LedgerKind.HOLD.value, String),
-                -amount,
-                bindparam("g_id", type_=String),
-                bindparam("g_created_at", type_=_LEDGER.c.created_at.type),
-            )
-            .select_from(account)
-            .where(amount > 0),
-        )
-        .cte("hold")
-    )
-    return select(account.c.balance).add_cte(generation, hold)
 
 
 def _postgres_move() -> Any:
@@ -472,7 +579,6 @@ def _postgres_move() -> Any:
     return select(account.c.balance).add_cte(record)
 
 
-_POSTGRES_ADMISSION = _postgres_admission()
 _POSTGRES_MOVE = _postgres_move()
 
 
@@ -480,18 +586,23 @@ class PostgresLedger(Ledger):
     """PostgreSQL: each operation is one statement (data-modifying CTEs) on the account
     row, which it locks (row lock) until the transaction ends."""
 
-    async def hold(self, admission: Admission) -> int | None:
-        generation = admission.generation
-        values = {f"g_{name}": value for name, value in generation.row().items()}
-        values.update(_take_params(admission))
-        async with self.db.autocommit() as connection:
-            if generation.idempotency_key is not None:
-                await connection.execute(_EXPIRE_IDEMPOTENCY_KEY, _expiry_params(admission))
-            balance = (await connection.execute(_POSTGRES_ADMISSION, values)).scalar_one_or_none()
-        if balance is None:
-            return None
-        count_credits(held=admission.amount)  # committed (autocommit)
-        return int(balance)
+    async def _write_batch(self, batch: Sequence[Admission]) -> list[Outcome]:
+        keyed = [_expiry_params(a) for a in batch if a.generation.idempotency_key]
+        if keyed:
+            # Before the transaction, in autocommit: it locks old generation rows, which
+            # must not be taken after account rows (settlements lock generation → account).
+            async with self.db.autocommit() as connection:
+                await connection.execute(_EXPIRE_IDEMPOTENCY_KEY, keyed)
+        async with self.db.write_connection() as connection:
+            outcomes = await _drive(
+                connection,
+                _admit_batch(
+                    batch,
+                    _WALLETS.order_by(_ACCOUNTS.c.id).with_for_update(),
+                    _POSTGRES_INSERT_GENERATIONS,
+                ),
+            )
+        return _committed(batch, outcomes)
 
     async def _move(self, session: AsyncSession, movement: Movement) -> int | None:
         params = movement.params()
@@ -505,6 +616,17 @@ class PostgresLedger(Ledger):
         )
         balance = (await session.execute(_POSTGRES_MOVE, params)).scalar_one_or_none()
         return None if balance is None else int(balance)
+
+
+async def _drive(connection: AsyncConnection, steps: Steps) -> list[Outcome]:
+    try:
+        statement, params = next(steps)
+        while True:
+            result = await connection.execute(statement, params)
+            statement, params = steps.send(result.all() if result.returns_rows else None)
+    except StopIteration as done:
+        outcomes: list[Outcome] = done.value
+    return outcomes
 
 
 def open_ledger(db: Database) -> Ledger:
@@ -534,7 +656,10 @@ def _months_between(anchor: datetime, moment: datetime) -> int:
 
 
 __all__ = [
+    "MAX_BATCH",
     "Admission",
+    "AdmissionQueue",
+    "KeyTaken",
     "Ledger",
     "Movement",
     "PostgresLedger",

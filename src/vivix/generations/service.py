@@ -29,6 +29,7 @@ from vivix.catalog.service import CatalogModel
 from vivix.generations import repository
 from vivix.generations.eta import RECENT_RUNS, Run
 from vivix.generations.finish import FinalState, commit_final_state
+from vivix.kit import tracing
 from vivix.kit.bounds import MAX_BALANCE
 from vivix.kit.clock import utcnow
 from vivix.kit.egress import UrlRefused, check_url
@@ -45,7 +46,6 @@ from vivix.kit.errors import (
 )
 from vivix.kit.ids import uuid7
 from vivix.kit.logging import bind_generation, current_request_id
-from vivix.kit.metrics import observe_admission
 from vivix.models import ACTIVE_STATUSES, Generation, NewGeneration
 
 if TYPE_CHECKING:
@@ -171,9 +171,11 @@ async def submit(
     now = utcnow()
     generation_id = uuid7()
     bind_generation(generation_id)
+    tracing.annotate(generation_id=generation_id, account_id=account.id, model=model.slug)
     generation = NewGeneration(
         id=generation_id,
         request_id=current_request_id(),
+        traceparent=tracing.current_traceparent(),
         account_id=account.id,
         api_key_id=caller.key_id,
         model=model.slug,
@@ -217,7 +219,6 @@ async def _admit(runtime: Runtime, caller: Caller, generation: NewGeneration) ->
                 raise
             return replay
         if balance is not None:
-            observe_admission(1)  # one generation per admission until batched admission
             return balance
         if key is not None:
             # A duplicate may have taken the last slot or credits: it is the answer.

@@ -19,7 +19,7 @@ The families, and who records them (call the functions below; don't touch the ob
 | `vivix_generations_finished_total{model,status,error_code}` | `generations.finish` |
 | `vivix_provider_requests_total{provider,route,operation,outcome}`, `vivix_provider_request_seconds{provider,route,operation}` | worker, around every adapter call |
 | `vivix_credits_{held,captured,released}_total` | `billing.ledger`, when its transaction commits |
-| `vivix_admission_batch_size` | `generations.service`, per admission (1 until batched admission) |
+| `vivix_admission_batch_size` | `billing.ledger`, per committed admission batch (its number of admissions) |
 | `vivix_webhook_deliveries_total{outcome}`, `vivix_webhook_delivery_lag_seconds` | `observe_webhook_delivery` |
 | `vivix_sse_streams_open` | `sse_stream()` / `sse_stream_opened()` + `sse_stream_closed()` |
 | `vivix_retention_pruned_total{what}` | the retention job |
@@ -128,7 +128,7 @@ credits_released = Counter(
 )
 admission_batch = Histogram(
     "vivix_admission_batch_size",
-    "Generations admitted per admission transaction",
+    "Admissions written per admission transaction (group commit), refused ones included",
     registry=REGISTRY,
     buckets=_BATCH_BUCKETS,
 )

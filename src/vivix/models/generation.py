@@ -86,6 +86,8 @@ class Generation(Base):
     erased_at: Mapped[datetime | None]
     # The X-Request-Id of the submit: the worker's log lines for this job carry it too.
     request_id: Mapped[str | None] = mapped_column(String(128))
+    # The submit's W3C traceparent when tracing is on: the worker's job span is its child.
+    traceparent: Mapped[str | None] = mapped_column(String(64))
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +115,7 @@ class NewGeneration:
     # The price inputs in force at admission (`catalog.pricing.freeze`).
     price_snapshot: dict[str, Any] | None = None
     request_id: str | None = None  # the submit's X-Request-Id, for the job's log lines
+    traceparent: str | None = None  # the submit's span (kit.tracing), for the job's spans
 
     def row(self) -> dict[str, Any]:
         """Column name → value, as the INSERT takes them."""

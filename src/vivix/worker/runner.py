@@ -30,6 +30,7 @@ import structlog
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from vivix.generations.finish import FinalState, LockGeneration, commit_final_state
+from vivix.kit import tracing
 from vivix.kit.clock import utcnow
 from vivix.kit.egress import GuardedFetcher
 from vivix.kit.ids import base62
@@ -203,7 +204,13 @@ class Worker:
         bind_job(generation.request_id, generation.account_id, generation.id)
         heartbeat = asyncio.create_task(self._heartbeat(generation.id))
         try:
-            await self.executor.run(generation)
+            with tracing.span(
+                f"job {generation.model}",
+                kind="CONSUMER",
+                traceparent=generation.traceparent,
+                attributes=_job_attributes(generation, self.owner),
+            ):
+                await self.executor.run(generation)
         except LeaseLost:
             log.info("lease_lost", generation_id=generation.id)
         except asyncio.CancelledError:
@@ -386,3 +393,13 @@ def _lock_expired(generation_id: str, now: datetime) -> LockGeneration:
         return await repository.lock_expired_lease(session, generation_id, now)
 
     return lock
+
+
+def _job_attributes(generation: Generation, owner: str) -> dict[str, str | int]:
+    return {
+        "vivix.generation_id": generation.id,
+        "vivix.account_id": generation.account_id,
+        "vivix.model": generation.model,
+        "vivix.attempt": generation.attempts,
+        "vivix.worker": owner,
+    }

@@ -18,6 +18,8 @@ from __future__ import annotations
 import asyncio
 import random
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -29,6 +31,7 @@ from vivix.accounts.repository import find_account
 from vivix.catalog import pricing
 from vivix.catalog.schemas import RouteSpec
 from vivix.generations.finish import FinalState, commit_final_state
+from vivix.kit import tracing
 from vivix.kit.clock import iso, parse_iso, utcnow
 from vivix.kit.egress import FetchFailed, GuardedFetcher, UrlRefused
 from vivix.kit.logging import redact
@@ -249,7 +252,7 @@ class JobExecutor:
         request.request_key = str(intent["request_key"])
         request.requested_at = parse_iso(str(intent["requested_at"]))
         await self._fetch_reference_images(request)  # lookups rebuild the request body
-        with provider_call(on.route.provider, on.route.upstream_model, "find"):
+        with _provider_call(on.route.provider, on.route.upstream_model, "find"):
             found = await on.adapter.find(request)
         if found is None:
             return None
@@ -270,7 +273,7 @@ class JobExecutor:
             # its key instead of paying for another.
             if not await self._store(on, intent):
                 raise LeaseLost()
-        with provider_call(on.route.provider, on.route.upstream_model, "submit"):
+        with _provider_call(on.route.provider, on.route.upstream_model, "submit"):
             handle = await on.adapter.submit(request)
         persisted = {**{k: v for k, v in handle.items() if k != "result"}, **intent}
         await self._store_handle(on, persisted)
@@ -312,7 +315,7 @@ class JobExecutor:
         recorder = ProgressRecorder(self.runtime, generation.id, self.owner)
         request.on_progress = recorder.report
         while True:
-            with provider_call(adapter.name, request.upstream_model, "poll"):
+            with _provider_call(adapter.name, request.upstream_model, "poll"):
                 outcome = await adapter.poll(handle, request)
             if isinstance(outcome, RenderResult):
                 return await _verified(outcome, request.category)
@@ -372,6 +375,7 @@ class JobExecutor:
             for key in keys:  # lost the race (canceled/reaped): don't leave orphans behind
                 await storage.delete(key)
             raise LeaseLost()
+        tracing.annotate(status=final.status.value, error_code=final.error_code, credits=charge)
         log.info(
             "generation_ended",
             status=final.status.value,
@@ -416,6 +420,7 @@ class JobExecutor:
         final = FinalState.failed(failure.code, failure.public_message)
         if await commit_final_state(self.runtime, lock_and_note, final) is None:
             raise LeaseLost()
+        tracing.annotate(status=final.status.value, error_code=failure.code)
         log.info(
             "generation_failed",
             generation_id=generation.id,
@@ -468,6 +473,17 @@ class ReferenceRefused(Exception):
     def __init__(self, failure: Failure) -> None:
         super().__init__(failure.detail)
         self.failure = failure
+
+
+@contextmanager
+def _provider_call(provider: str, route: str, operation: str) -> Iterator[None]:
+    """One adapter call: timed and counted (metrics), and a CLIENT span when tracing."""
+    attributes = {"vivix.provider": provider, "vivix.route": route}
+    with (
+        tracing.span(f"{provider} {operation}", kind="CLIENT", attributes=attributes),
+        provider_call(provider, route, operation),
+    ):
+        yield
 
 
 def is_intent_only(handle: UpstreamHandle) -> bool:

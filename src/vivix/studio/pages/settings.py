@@ -1,5 +1,6 @@
-"""Settings → API & Webhooks (keys: created and shown once, listed by prefix, revoked)
-and Settings → Account (password, signed-in devices)."""
+"""Settings → API & Webhooks (keys: created and shown once, listed by prefix, revoked;
+the webhook endpoints are in `pages.webhooks`) and Settings → Account (password,
+signed-in devices)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from starlette.responses import Response
 
 from vivix.accounts import repository as accounts_repository
 from vivix.accounts import service as accounts
+from vivix.kit.clock import parse_iso
 from vivix.kit.errors import InvalidParams, KeyNotFound
 from vivix.kit.http import runtime_of
 from vivix.kit.ids import is_uuid
@@ -23,32 +25,40 @@ from vivix.studio.web import (
 )
 from vivix.users import service
 from vivix.users.service import Viewer
+from vivix.webhooks import service as webhooks
 
 router = APIRouter(route_class=StudioRoute)
 FLASHES = {
     "revoked": ("ok", "Key revoked: calls with it now fail with 401."),
+    "webhook-deleted": ("ok", "Webhook endpoint deleted, with its queued deliveries."),
     "password": ("ok", "Password changed. Your other devices were signed out."),
     "signed-out": ("ok", "That device is signed out."),
     "signed-out-others": ("ok", "Every other device is signed out."),
 }
 
 
-def _flash(request: Request) -> dict[str, str] | None:
-    found = FLASHES.get(request.query_params.get("done", ""))
+def flash_of(
+    request: Request, table: dict[str, tuple[str, str]] = FLASHES
+) -> dict[str, str] | None:
+    """The message named by `?done=` after a redirect."""
+    found = table.get(request.query_params.get("done", ""))
     return {"kind": found[0], "text": found[1]} if found else None
 
 
-async def _api_page(
+async def api_settings_page(
     request: Request,
     viewer: Viewer,
     *,
     new_key: dict[str, Any] | None = None,
     errors: dict[str, str] | None = None,
+    webhook: dict[str, Any] | None = None,
     status: int = 200,
 ) -> Response:
+    """The page; `webhook` carries the webhook form's state (errors, values, a new secret)."""
     runtime = runtime_of(request)
     async with runtime.db.read() as session:
         keys = await accounts_repository.list_account_keys(session, viewer.account.id)
+    endpoints = await webhooks.list_endpoints(runtime, viewer.account.id)
     context = {
         "active": "settings-api",
         "account": viewer.account,
@@ -56,7 +66,11 @@ async def _api_page(
         "keys": keys,
         "new_key": new_key,
         "errors": errors or {},
-        "flash": _flash(request),
+        "flash": flash_of(request),
+        "endpoints": [dated(e) for e in endpoints],
+        "max_endpoints": webhooks.MAX_ENDPOINTS,
+        "subscribable": webhooks.SUBSCRIBABLE,
+        "webhook": webhook or {},
     }
     return web_of(request).page(request, "settings_api.html", context, viewer=viewer, status=status)
 
@@ -69,7 +83,7 @@ async def settings_home(request: Request) -> Response:
 
 @router.get("/settings/api")
 async def api_page(request: Request) -> Response:
-    return await _api_page(request, await require_viewer(request))
+    return await api_settings_page(request, await require_viewer(request))
 
 
 @router.post("/settings/api/keys")
@@ -85,8 +99,8 @@ async def create_key(request: Request) -> Response:
             account = await accounts_repository.lock_account(session, viewer.account.id)
             key, plaintext = await accounts.create_key(session, runtime.secret, account, name=name)
     except InvalidParams as exc:
-        return await _api_page(request, viewer, errors={"name": exc.message}, status=422)
-    return await _api_page(
+        return await api_settings_page(request, viewer, errors={"name": exc.message}, status=422)
+    return await api_settings_page(
         request,
         viewer,
         new_key={"name": key.name, "prefix": key.prefix, "key": plaintext},
@@ -113,7 +127,7 @@ async def _account_page(
     context = {
         "active": "settings-account",
         "errors": errors or {},
-        "flash": _flash(request),
+        "flash": flash_of(request),
         "sessions": [
             {
                 "id": s.id,
@@ -167,6 +181,16 @@ async def sign_out_session(request: Request, session_id: str) -> Response:
     await read_form(request, viewer)
     await service.sign_out_session(runtime_of(request), viewer, session_id[:64])
     return redirect("/settings/account?done=signed-out")
+
+
+def dated(values: dict[str, Any]) -> dict[str, Any]:
+    """A service's API-shaped dict with its `…_at` timestamps as datetimes (for the filters)."""
+    return {
+        name: parse_iso(value)
+        if (name == "at" or name.endswith("_at")) and isinstance(value, str)
+        else value
+        for name, value in values.items()
+    }
 
 
 def describe_device(user_agent: str) -> str:
