@@ -278,6 +278,7 @@ def serve(
     if not as_json:
         # uvicorn doesn't announce an address it was handed a socket for: say it here.
         host, port = listener.getsockname()[:2]
+        _print_webhooks_pointer(settings)
         print(f"Listening on http://{host}:{port}; API reference at {url}/docs", flush=True)
     fastapi_app = create_app(settings, embedded_worker=not no_worker)
     # uvicorn's lines through our processors (JSON with VIVIX_LOG_FORMAT=json), from its
@@ -294,6 +295,20 @@ def serve(
         access_log=False,
     )
     uvicorn.Server(config).run(sockets=[listener])
+
+
+def _print_webhooks_pointer(settings: Settings) -> None:
+    local = (
+        ""
+        if settings.webhooks.allow_insecure_targets
+        else " (a receiver on this machine: VIVIX_WEBHOOKS__ALLOW_INSECURE_TARGETS=true)"
+    )
+    print(
+        f"Webhooks: register a receiver with POST /api/v1/webhooks{local}.\n"
+        "A 20-line one that checks both signatures (standard library only):\n"
+        "  vivix webhooks example > receiver.py\n"
+        "  VIVIX_WEBHOOK_SECRET=whsec_… PORT=9000 python receiver.py\n"
+    )
 
 
 def _bind(host: str, port: int, *, port_from_flag: bool) -> socket.socket:
@@ -906,6 +921,24 @@ def webhooks_rotate(
         ),
     )
     _emit(data, as_json, _render_secret)
+
+
+def _receiver_example() -> str:
+    from importlib import resources
+
+    return resources.files("vivix.webhooks").joinpath("receiver_example.txt").read_text("utf-8")
+
+
+@webhooks_app.command("example")
+def webhooks_example(as_json: JsonFlag = False) -> None:
+    """Print a ~20-line webhook receiver (standard library only) that checks both
+    signatures and the timestamp: `vivix webhooks example > receiver.py`, then
+    `VIVIX_WEBHOOK_SECRET=whsec_… PORT=9000 python receiver.py`."""
+    text = _receiver_example()
+    if as_json:
+        print(json.dumps({"example": text}))
+    else:
+        print(text, end="")
 
 
 @webhooks_app.command("disable")

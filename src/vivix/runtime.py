@@ -4,20 +4,26 @@ database dialect picks the ledger and the cross-process notifier."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from vivix.billing.ledger import Ledger, open_ledger
 from vivix.catalog.service import Catalog
+from vivix.events.hub import EventHub
 from vivix.generations.eta import RunTimes
 from vivix.kit.db import Database
 from vivix.kit.egress import Resolver
 from vivix.kit.logging import configure_logging
-from vivix.kit.wakeup import JobsNotifier
+from vivix.kit.wakeup import EVENTS_CHANNEL, JobsNotifier
 from vivix.limits.service import RateLimiter
 from vivix.providers.circuits import CircuitBreakers
 from vivix.settings import Settings
 from vivix.storage.service import OutputStore
+
+if TYPE_CHECKING:
+    from vivix.models import WebhookDelivery, WebhookEndpoint
+    from vivix.webhooks.sender import WebhookSender
 
 
 @dataclass
@@ -30,6 +36,8 @@ class Runtime:
     secret: str
     storage: OutputStore
     circuits: CircuitBreakers
+    # This process's event streams (started by the first one).
+    events: EventHub
     # In-process signals, called after the transaction commits (embedded worker); other
     # processes learn through PostgreSQL NOTIFY (see vivix.kit.wakeup) or polling.
     on_enqueued: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
@@ -37,10 +45,15 @@ class Runtime:
     # This process's webhook senders (other processes hear the NOTIFY sent in the
     # transaction that queued the deliveries).
     on_webhooks_queued: list[Callable[[], None]] = field(default_factory=list)
+    # This process's running sender: deliveries its worker queues are leased to it in the
+    # queueing transaction and sent right after the commit, without a claim.
+    webhook_sender: WebhookSender | None = None
     # DNS for client-supplied URLs; None = the system resolver.
     resolver: Resolver | None = None
     # Other processes' workers (PostgreSQL only).
     jobs_notifier: JobsNotifier | None = None
+    # Other processes' event streams (PostgreSQL only).
+    events_notifier: JobsNotifier | None = None
     # Recent run times behind `eta_ms` (generations.eta): a snapshot per process.
     run_times: RunTimes = field(default_factory=RunTimes)
 
@@ -55,8 +68,13 @@ class Runtime:
         for callback in self.on_canceled:
             callback(generation_id)
 
-    def notify_webhooks_queued(self) -> None:
-        """After deliveries commit: wake this process's webhook sender."""
+    def notify_webhooks_queued(
+        self, leased: Sequence[tuple[WebhookDelivery, WebhookEndpoint]] = ()
+    ) -> None:
+        """After deliveries commit: send those leased to this process's sender, wake it."""
+        if leased and self.webhook_sender is not None:
+            self.webhook_sender.send_leased(leased)
+            return
         for callback in self.on_webhooks_queued:
             callback()
 
@@ -98,10 +116,22 @@ async def build_runtime(settings: Settings) -> Runtime:
         sqlite_busy_timeout_ms=settings.db.sqlite_busy_timeout_ms,
         echo=settings.db.echo,
     )
+    events = EventHub(
+        db,
+        poll_interval_s=settings.events.poll_interval_seconds,
+        gap_wait_s=settings.events.gap_wait_seconds,
+        listen_url=None if db.is_sqlite else settings.resolved_database_url,
+    )
+    db.on_events_committed.append(events.wake)
+    events_notifier = None if db.is_sqlite else JobsNotifier(db, EVENTS_CHANNEL)
+    if events_notifier is not None:
+        db.on_events_committed.append(events_notifier.poke)
     return Runtime(
         settings=settings,
         db=db,
         ledger=open_ledger(db),
+        events=events,
+        events_notifier=events_notifier,
         jobs_notifier=None if db.is_sqlite else JobsNotifier(db),
         circuits=CircuitBreakers(db, settings.circuit),
         catalog=Catalog.load(settings.catalog_path),
@@ -120,7 +150,9 @@ async def build_runtime(settings: Settings) -> Runtime:
 
 
 async def close_runtime(runtime: Runtime) -> None:
-    if runtime.jobs_notifier is not None:
-        await runtime.jobs_notifier.close()
+    await runtime.events.close()
+    for notifier in (runtime.jobs_notifier, runtime.events_notifier):
+        if notifier is not None:
+            await notifier.close()
     await runtime.limiter.close()
     await runtime.db.dispose()

@@ -1,8 +1,11 @@
 """Sending deliveries: runs in worker processes only (`worker.runner.Worker` starts one).
 
 A sender claims due deliveries (`repository.claim_next_delivery`, a lease like jobs'),
-sends up to `webhooks.concurrency` at once and records every attempt. It wakes when this
-process queues deliveries (`Runtime.on_webhooks_queued`), when another process's NOTIFY
+sends up to `webhooks.concurrency` at once and records every attempt. Deliveries its own
+worker queues while it has room come leased to it from the settlement transaction
+(`lease_for`, then `send_leased` after the commit): the common path from a completion to
+the request has no claim query and no NOTIFY. It also wakes when this process queues
+claimable deliveries (`Runtime.on_webhooks_queued`), when another process's NOTIFY
 arrives (PostgreSQL), and otherwise polls (`worker.poll_interval_seconds`), which is also
 how retries that come due are found.
 
@@ -19,8 +22,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 import httpx
@@ -88,8 +92,29 @@ class WebhookSender:
     def wake(self) -> None:
         self._wake.set()
 
+    def lease_for(self, count: int) -> tuple[str, datetime] | None:
+        """(owner, until) for `count` deliveries being queued in this process, if this
+        sender has room for them now; None: queue them claimable."""
+        if self._stopping.is_set() or len(self._running) + count > self.concurrency:
+            return None
+        return self.owner, utcnow() + self.lease
+
+    def send_leased(self, leased: Sequence[tuple[WebhookDelivery, WebhookEndpoint]]) -> None:
+        """Send deliveries leased by `lease_for`, now committed. A stopping sender drops
+        them: their lease expires and a worker claims them."""
+        if self._stopping.is_set():
+            return
+        for claimed in leased:
+            self._spawn(claimed)
+
+    def _spawn(self, claimed: tuple[WebhookDelivery, WebhookEndpoint]) -> None:
+        task = asyncio.create_task(self._deliver(claimed), name=f"webhook-{claimed[0].id}")
+        self._running.add(task)
+        task.add_done_callback(self._done)
+
     async def start(self) -> None:
         self.runtime.on_webhooks_queued.append(self.wake)
+        self.runtime.webhook_sender = self
         self._loop_task = asyncio.create_task(self._claim_loop(), name="vivix-webhooks")
 
     async def stop(self, grace_s: float = 5.0) -> None:
@@ -97,6 +122,8 @@ class WebhookSender:
         expires and another worker sends them again: at least once, never lost)."""
         self._stopping.set()
         self._wake.set()
+        if self.runtime.webhook_sender is self:
+            self.runtime.webhook_sender = None
         if self.wake in self.runtime.on_webhooks_queued:
             self.runtime.on_webhooks_queued.remove(self.wake)
         if self._loop_task is not None:
@@ -123,9 +150,7 @@ class WebhookSender:
                     claimed = None
                 if claimed is None:
                     break
-                task = asyncio.create_task(self._deliver(claimed), name=f"webhook-{claimed[0].id}")
-                self._running.add(task)
-                task.add_done_callback(self._done)
+                self._spawn(claimed)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=poll)
 

@@ -92,6 +92,93 @@
     lastBalance = value;
   }
 
+  // Live cards: a running card polls its own URL every second (htmx, in the markup). Here
+  // the account's event stream takes over, one connection for every card on the page (a
+  // stream per card would use up the browser's six connections to this site): while it
+  // is open the cards stop polling; a status or queue change refreshes its card, progress
+  // moves the bar in place. Without EventSource, or while the stream is down, cards poll.
+  var POLL = "every 1s, vivix:changed";
+  var QUIET = "vivix:changed";
+  var FINAL = { completed: true, failed: true, canceled: true };
+  var stream = null;
+  var streamRefused = false;
+
+  function liveCards(id) {
+    return document.querySelectorAll(
+      id ? '[data-live-generation="' + id + '"]' : "[data-live-generation]"
+    );
+  }
+  function setTrigger(card, trigger) {
+    if (card.getAttribute("hx-trigger") === trigger) return;
+    card.setAttribute("hx-trigger", trigger);
+    window.htmx.process(card);  // re-initialises the element: its poll timer is cleared
+  }
+  function refresh(id) {
+    liveCards(id).forEach(function (card) { window.htmx.trigger(card, "vivix:changed"); });
+  }
+  function showProgress(generation) {
+    if (typeof generation.progress !== "number") return false;
+    var percent = Math.round(generation.progress * 100);
+    var moved = false;
+    liveCards(generation.generation_id).forEach(function (card) {
+      var bar = card.querySelector("progress");
+      var label = card.querySelector("[data-percent]");
+      if (!bar || !label) return;
+      bar.value = percent;
+      label.textContent = " · " + percent + "%";
+      moved = true;
+    });
+    return moved;
+  }
+  function onChange(event) {
+    var generation;
+    try { generation = JSON.parse(event.data); } catch (e) { return; }
+    if (!generation || !generation.generation_id) return;
+    if (event.type === "progress" && !FINAL[generation.status] && showProgress(generation)) return;
+    refresh(generation.generation_id);
+  }
+  function openStream() {
+    var source;
+    try {
+      source = new EventSource("/api/v1/events");
+    } catch (e) {
+      streamRefused = true;
+      return;
+    }
+    stream = { source: source, open: false };
+    source.addEventListener("open", function () {
+      stream.open = true;
+      liveCards().forEach(function (card) {
+        setTrigger(card, QUIET);
+        // Anything that changed between the page and the stream: read it once.
+        window.htmx.trigger(card, "vivix:changed");
+      });
+    });
+    source.addEventListener("generation", onChange);
+    source.addEventListener("progress", onChange);
+    source.addEventListener("error", function () {
+      // Dropped (a restart, a proxy): cards poll while EventSource reconnects; refused
+      // (CLOSED): they poll for good.
+      if (!stream || stream.source !== source) return;
+      stream.open = false;
+      liveCards().forEach(function (card) { setTrigger(card, POLL); });
+      if (source.readyState === EventSource.CLOSED) {
+        stream = null;
+        streamRefused = true;
+      }
+    });
+  }
+  function watchLiveCards() {
+    if (!window.EventSource || !window.htmx || streamRefused) return;
+    var cards = liveCards();
+    if (!cards.length) {
+      if (stream) { stream.source.close(); stream = null; }  // nothing left to watch
+      return;
+    }
+    if (!stream) { openStream(); return; }
+    if (stream.open) cards.forEach(function (card) { setTrigger(card, QUIET); });
+  }
+
   // Close open menus with Escape, and when clicking elsewhere.
   function closeMenus(except) {
     document.querySelectorAll("details.menu[open], details.user-menu[open]").forEach(function (d) {
@@ -118,10 +205,15 @@
     if (event.key === "Escape") closeMenus(null);
   });
   document.addEventListener("DOMContentLoaded", function () {
+    watchLiveCards();
     armSecrets(document);
     watchWallet();
     tick();
     setInterval(tick, 1000);
+  });
+  // Every element htmx swaps in (a new card, a card refreshed by outerHTML).
+  document.addEventListener("htmx:load", function () {
+    watchLiveCards();
   });
   document.addEventListener("htmx:afterSettle", function (event) {
     armSecrets(event.target);

@@ -1,0 +1,37 @@
+"""The live card's markup: while its generation runs it names the generation for the
+event stream (studio.js) and keeps htmx's 1 s poll as the fallback; once final it is
+plain. The stream itself is driven in a real browser (tests/browser/test_live_stream.py)."""
+
+from __future__ import annotations
+
+import re
+
+import httpx
+
+from tests.studio.helpers import signed_in, studio_user
+from vivix.runtime import Runtime
+
+FORM = {"model": "vivix-local-image", "prompt": "a lighthouse in fog", "number_results": "1"}
+
+
+async def test_a_running_card_is_marked_live_with_polling_as_the_fallback(
+    runtime: Runtime, browser: httpx.AsyncClient
+) -> None:
+    user = await studio_user(runtime)
+    csrf = await signed_in(browser, user)
+    submitted = await browser.post(
+        "/generate", data=FORM, headers={"HX-Request": "true", "X-CSRF-Token": csrf}
+    )
+    found = re.search(r'data-generation-id="([0-9a-f-]{36})"', submitted.text)
+    assert found is not None
+    generation_id = found.group(1)
+    live = (await browser.get(f"/history/{generation_id}/card")).text
+    assert f'data-live-generation="{generation_id}"' in live
+    assert 'hx-trigger="every 1s, vivix:changed"' in live
+    page = (await browser.get("/generate")).text
+    assert page.count(f'data-live-generation="{generation_id}"') == 1
+    await browser.post(f"/history/{generation_id}/cancel", data={"csrf_token": csrf})
+    done = (await browser.get(f"/history/{generation_id}/card")).text
+    assert 'data-status="canceled"' in done
+    assert "data-live-generation" not in done
+    assert "hx-trigger" not in done
