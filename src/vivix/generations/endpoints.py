@@ -29,7 +29,7 @@ router = APIRouter(prefix="/api/v1", tags=["generations"], route_class=PlainRout
 @router.post("/generate", status_code=201, summary="Submit a generation")
 async def generate(request: Request) -> Response:
     runtime = runtime_of(request)
-    async with runtime.db.autocommit() as connection:
+    async with runtime.db.reader() as connection:
         caller = await authorize(request, connection)
     body, _raw = await read_json_object(request, runtime.settings.max_body_bytes)
     wait_s = _prefer_wait(request.headers.get("prefer"))
@@ -60,7 +60,7 @@ async def read_generation(request: Request, generation_id: str) -> Response:
     wanted = generation_id.lower() if is_uuid(generation_id) else None
     if wanted is not None:
         bind_generation(wanted)
-    async with runtime.db.autocommit() as connection:
+    async with runtime.db.reader() as connection:
         row = await repository.read_with_caller(connection, key_hash, wanted)
     await pass_gate(request, row)
     if row is None or row.id is None:

@@ -19,6 +19,7 @@ from sqlalchemy.orm import aliased
 from vivix.accounts.repository import select_caller
 from vivix.events.repository import last_for_generation
 from vivix.generations.eta import Run
+from vivix.kit.db import ReadConnection
 from vivix.models import Account, Generation, GenerationStatus
 
 QUEUE_POSITION_CAP = 1000
@@ -141,7 +142,7 @@ async def active_with_last_event(
 
 
 async def read_with_caller(
-    connection: AsyncConnection, key_hash: str, generation_id: str | None
+    connection: ReadConnection, key_hash: str, generation_id: str | None
 ) -> Row[Any] | None:
     """The status read, the call clients poll, in one statement: the caller's row
     (`accounts.repository.select_caller`) with the generation's columns, which are NULL
