@@ -123,8 +123,13 @@
     liveCards(generation.generation_id).forEach(function (card) {
       var bar = card.querySelector("progress");
       var label = card.querySelector("[data-percent]");
+      var eta = card.querySelector("[data-eta]");
       if (bar) bar.value = percent;
       if (label) label.textContent = " · " + percent + "%";
+      if (eta && "eta_ms" in generation) {
+        var left = generation.eta_ms ? Math.round(generation.eta_ms / 1000) : 0;
+        eta.textContent = left > 0 ? " · about " + left + " s left" : "";
+      }
     });
   }
   function onChange(event) {
