@@ -31,7 +31,7 @@ from vivix.events import repository as feed_repository
 from vivix.events.feed import FINAL_STATUSES, GENERATION
 from vivix.events.hub import Subscription
 from vivix.generations import repository
-from vivix.generations.endpoints import shown
+from vivix.generations.endpoints import shown_with_eta
 from vivix.kit.errors import GenerationNotFound, InvalidParams
 from vivix.kit.http import PlainRoute, runtime_of
 from vivix.kit.ids import is_uuid
@@ -128,17 +128,17 @@ def _event(event_id: int, name: str, data: dict[str, object]) -> ServerSentEvent
     return ServerSentEvent(data=text, event=name, id=str(event_id))
 
 
-def _as_of(runtime: Runtime, current: Row[Any], change: Row[Any]) -> dict[str, object]:
+async def _as_of(runtime: Runtime, current: Row[Any], change: Row[Any]) -> dict[str, object]:
     """The generation as shown at `change`: a final state is the row as it is now (it
     no longer changes), an earlier one the row with that change's status and progress."""
     if change.status in FINAL_STATUSES:
-        return shown(runtime, current)
+        return await shown_with_eta(runtime, current)
     values = dict(current._mapping)
     values["status"] = change.status
     values["progress"] = change.progress
     if change.status != PENDING or current.status != PENDING:
         values["queue_position"] = None
-    return shown(runtime, SimpleNamespace(**values))
+    return await shown_with_eta(runtime, SimpleNamespace(**values))
 
 
 async def _generation_stream(
@@ -156,7 +156,7 @@ async def _generation_stream(
             hub.watch_queue(subscription, current.status == PENDING)
             if resume_after is None:
                 cursor = int(current.last_event_id)
-                yield _event(cursor, GENERATION, shown(runtime, current))
+                yield _event(cursor, GENERATION, await shown_with_eta(runtime, current))
                 if current.status in FINAL_STATUSES:
                     return
                 catch_up = False
@@ -180,7 +180,7 @@ async def _generation_stream(
                         return
                     for row in rows:
                         cursor = row.id
-                        yield _event(cursor, row.kind, _as_of(runtime, current, row))
+                        yield _event(cursor, row.kind, await _as_of(runtime, current, row))
                         if row.status in FINAL_STATUSES:
                             return
                     position, refreshed = current.queue_position, time.monotonic()
@@ -194,7 +194,7 @@ async def _generation_stream(
                         refreshed = time.monotonic()
                         if current.status == PENDING and current.queue_position != position:
                             cursor, position = max(cursor, moved), current.queue_position
-                            yield _event(cursor, GENERATION, shown(runtime, current))
+                            yield _event(cursor, GENERATION, await shown_with_eta(runtime, current))
                 hub.watch_queue(subscription, current.status == PENDING)
                 if not subscription.rows and not subscription.overflowed:
                     with contextlib.suppress(TimeoutError):
@@ -229,7 +229,7 @@ async def _account_stream(
                     )
                 for current in active:
                     if status is None or current.status == status:
-                        yield _event(cursor, GENERATION, shown(runtime, current))
+                        yield _event(cursor, GENERATION, await shown_with_eta(runtime, current))
             else:
                 cursor = resume_after
             while True:
@@ -266,7 +266,7 @@ async def _account_events(
         current = generations.get(row.generation_id)
         if current is None or (model is not None and current.model != model):
             continue
-        yield _event(row.id, row.kind, _as_of(runtime, current, row))
+        yield _event(row.id, row.kind, await _as_of(runtime, current, row))
 
 
 async def _read_feed(
