@@ -71,3 +71,17 @@ def test_when_the_stream_is_refused_the_card_polls_and_still_finishes(
     page.wait_for_selector(f"{card}[data-live-generation]")
     page.wait_for_selector(f"{card}[data-status=completed]", timeout=120_000)
     assert _card_requests(pages.requests, generation_id) >= 2  # it polled
+
+
+def test_a_running_tile_in_history_turns_into_its_result_without_a_reload(
+    pages: Pages, studio: Studio
+) -> None:
+    user = studio.user(tier="pro")
+    page = pages.signed_in(user)
+    generation_id = _submit(studio, user.account, VIDEO)
+    page.goto("/history")
+    page.evaluate("window.__sameDocument = true")
+    tile = f"a.tile[data-generation-id='{generation_id}']"
+    page.wait_for_selector(f"{tile}[data-live-generation][hx-trigger='vivix:changed']")
+    page.wait_for_selector(f"{tile}[data-status=completed] video", timeout=120_000)
+    assert page.evaluate("window.__sameDocument === true")

@@ -35,3 +35,26 @@ async def test_a_running_card_is_marked_live_with_polling_as_the_fallback(
     assert 'data-status="canceled"' in done
     assert "data-live-generation" not in done
     assert "hx-trigger" not in done
+
+
+async def test_a_running_tile_in_the_gallery_is_live_and_only_its_owner_can_read_it(
+    runtime: Runtime, browser: httpx.AsyncClient, other_browser: httpx.AsyncClient
+) -> None:
+    user = await studio_user(runtime)
+    csrf = await signed_in(browser, user)
+    submitted = await browser.post("/generate", data={**FORM, "csrf_token": csrf})
+    generation_id = submitted.headers["location"].rsplit("/", 1)[1]
+    gallery = (await browser.get("/history")).text
+    assert f'data-live-generation="{generation_id}"' in gallery
+    assert f'hx-get="/history/{generation_id}/tile"' in gallery
+    tile = await browser.get(f"/history/{generation_id}/tile")
+    assert tile.status_code == 200
+    assert tile.text.startswith('<a class="tile"')
+    assert f'data-live-generation="{generation_id}"' in tile.text
+    stranger = await studio_user(runtime)
+    await signed_in(other_browser, stranger)
+    assert (await other_browser.get(f"/history/{generation_id}/tile")).status_code == 404
+    await browser.post(f"/history/{generation_id}/cancel", data={"csrf_token": csrf})
+    done = (await browser.get(f"/history/{generation_id}/tile")).text
+    assert 'data-status="canceled"' in done
+    assert "data-live-generation" not in done

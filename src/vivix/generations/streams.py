@@ -62,11 +62,18 @@ async def generation_events(request: Request, generation_id: str) -> Response:
     if wanted is None:
         raise GenerationNotFound()
     bind_generation(wanted)
-    async with runtime.db.autocommit() as connection:
-        found = await repository.read_for_account(connection, account_id, wanted)
+    found = await _read(runtime, account_id, wanted)
     if found is None:
         raise GenerationNotFound()
-    stream = _generation_stream(runtime, account_id, wanted, _last_event_id(request))
+    resume_after = _last_event_id(request)
+    if (
+        resume_after is not None
+        and found.status in FINAL_STATUSES
+        and found.last_event_id <= resume_after
+    ):
+        # The final state was seen: 204 tells an EventSource to stop reconnecting.
+        return Response(status_code=204, headers=STREAM_HEADERS)
+    stream = _generation_stream(runtime, account_id, wanted, resume_after)
     return _response(runtime, stream)
 
 
@@ -145,6 +152,8 @@ async def _generation_stream(
             current = await _read(runtime, account_id, generation_id)
             if current is None:
                 return
+            # Before anything is sent: a queue move from now on is not missed.
+            hub.watch_queue(subscription, current.status == PENDING)
             if resume_after is None:
                 cursor = int(current.last_event_id)
                 yield _event(cursor, GENERATION, shown(runtime, current))

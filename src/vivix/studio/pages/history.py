@@ -151,6 +151,15 @@ async def run_card(request: Request, generation_id: str) -> Response:
     return web_of(request).fragment(request, "partials/run_card_live.html", {"gen": gen}, viewer)
 
 
+@router.get("/history/{generation_id}/tile")
+async def gallery_tile(request: Request, generation_id: str) -> Response:
+    """A running generation's tile in the gallery, refreshed when it changes."""
+    viewer = await require_viewer(request)
+    runtime = runtime_of(request)
+    gen = views.generation_view(runtime, await _generation(runtime, viewer, generation_id))
+    return web_of(request).fragment(request, "partials/tile.html", {"gen": gen}, viewer)
+
+
 @router.post("/history/{generation_id}/cancel")
 async def cancel(request: Request, generation_id: str) -> Response:
     viewer = await require_viewer(request)

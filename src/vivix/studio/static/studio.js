@@ -92,7 +92,8 @@
     lastBalance = value;
   }
 
-  // Live cards: a running card polls its own URL every second (htmx, in the markup). Here
+  // Live cards (Generate, a generation's page) and gallery tiles (History): a running one
+  // polls its own URL every second (htmx, in the markup). Here
   // the account's event stream takes over, one connection for every card on the page (a
   // stream per card would use up the browser's six connections to this site): while it
   // is open the cards stop polling; a status or queue change refreshes its card, progress
@@ -117,24 +118,30 @@
     liveCards(id).forEach(function (card) { window.htmx.trigger(card, "vivix:changed"); });
   }
   function showProgress(generation) {
-    if (typeof generation.progress !== "number") return false;
+    if (typeof generation.progress !== "number") return;
     var percent = Math.round(generation.progress * 100);
-    var moved = false;
     liveCards(generation.generation_id).forEach(function (card) {
       var bar = card.querySelector("progress");
       var label = card.querySelector("[data-percent]");
-      if (!bar || !label) return;
-      bar.value = percent;
-      label.textContent = " · " + percent + "%";
-      moved = true;
+      var eta = card.querySelector("[data-eta]");
+      if (bar) bar.value = percent;
+      if (label) label.textContent = " · " + percent + "%";
+      if (eta && "eta_ms" in generation) {
+        var left = generation.eta_ms ? Math.round(generation.eta_ms / 1000) : 0;
+        eta.textContent = left > 0 ? " · about " + left + " s left" : "";
+      }
     });
-    return moved;
   }
   function onChange(event) {
     var generation;
     try { generation = JSON.parse(event.data); } catch (e) { return; }
     if (!generation || !generation.generation_id) return;
-    if (event.type === "progress" && !FINAL[generation.status] && showProgress(generation)) return;
+    // Progress moves bars in place; only a new status or queue position re-reads the
+    // card (a gallery tile shows no progress).
+    if (event.type === "progress" && !FINAL[generation.status]) {
+      showProgress(generation);
+      return;
+    }
     refresh(generation.generation_id);
   }
   function openStream() {
