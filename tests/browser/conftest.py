@@ -32,6 +32,8 @@ MODELS = ("vivix-local-image", "vivix-local-audio", "vivix-local-video")
 DESKTOP = {"width": 1280, "height": 800}
 PHONE = {"width": 390, "height": 844}
 GROUP = "browser"
+# A render can wait behind others on a loaded 2-core machine: waits for a result allow this.
+RENDER_MS = 120_000
 SCREENSHOTS = Path(__file__).parents[2] / "docs" / "screenshots"
 
 
@@ -44,7 +46,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if here in Path(str(item.fspath)).parents:
             item.add_marker(pytest.mark.xdist_group(GROUP))
-            if config.getvalue("loadgroup") and hasattr(item, "_id"):
+            if config.getoption("loadgroup", default=False) and hasattr(item, "_id"):
                 from _pytest.nodeid import coerce_node_id
 
                 item._id = coerce_node_id(f"{item.nodeid}@{GROUP}")
