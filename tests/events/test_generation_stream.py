@@ -38,6 +38,7 @@ async def test_a_stream_shows_pending_processing_progress_and_completed_then_clo
         assert first.event == "generation"
         assert first.data["status"] == "pending"
         assert first.data["queue_position"] == 1
+        assert first.data["eta_ms"] is None  # as GET shows it: no run of this model yet
         async with served.worker():
             rest = await stream.rest()
             async with served.http() as http:
@@ -57,6 +58,7 @@ async def test_a_stream_shows_pending_processing_progress_and_completed_then_clo
     assert fractions == sorted(fractions)
     assert 0 < fractions[0] <= 1
     assert all(event.data["status"] == "processing" for event in progress)
+    assert all("eta_ms" in event.data for event in progress)
     # Ids grow, and each is a change-feed row of this generation: none was skipped.
     ids = _ids(events)
     assert ids == sorted(set(ids))
