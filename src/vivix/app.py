@@ -17,6 +17,7 @@ from vivix.admin.endpoints import router as admin_router
 from vivix.billing.endpoints import router as credits_router
 from vivix.catalog.endpoints import router as models_router
 from vivix.generations.endpoints import router as generations_router
+from vivix.generations.streams import router as streams_router
 from vivix.kit.errors import InvalidParams, MethodNotAllowed, NotFound, VivixError
 from vivix.kit.http import RequestContext, ResponseHeadersMiddleware, json_response
 from vivix.kit.ids import request_id as new_request_id
@@ -76,6 +77,7 @@ def create_app(
     if runtime is not None:
         app.state.runtime = runtime
     app.include_router(generations_router)
+    app.include_router(streams_router)
     app.include_router(models_router)
     app.include_router(credits_router)
     app.include_router(webhooks_router)

@@ -10,10 +10,11 @@ from typing import TYPE_CHECKING
 
 from vivix.billing.ledger import Ledger, open_ledger
 from vivix.catalog.service import Catalog
+from vivix.events.hub import EventHub
 from vivix.kit.db import Database
 from vivix.kit.egress import Resolver
 from vivix.kit.logging import configure_logging
-from vivix.kit.wakeup import JobsNotifier
+from vivix.kit.wakeup import EVENTS_CHANNEL, JobsNotifier
 from vivix.limits.service import RateLimiter
 from vivix.providers.circuits import CircuitBreakers
 from vivix.settings import Settings
@@ -34,6 +35,8 @@ class Runtime:
     secret: str
     storage: OutputStore
     circuits: CircuitBreakers
+    # This process's event streams (started by the first one).
+    events: EventHub
     # In-process signals, called after the transaction commits (embedded worker); other
     # processes learn through PostgreSQL NOTIFY (see vivix.kit.wakeup) or polling.
     on_enqueued: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
@@ -48,6 +51,8 @@ class Runtime:
     resolver: Resolver | None = None
     # Other processes' workers (PostgreSQL only).
     jobs_notifier: JobsNotifier | None = None
+    # Other processes' event streams (PostgreSQL only).
+    events_notifier: JobsNotifier | None = None
 
     async def notify_enqueued(self) -> None:
         """After a submit commits: wake this process's worker and, on PostgreSQL, others."""
@@ -108,10 +113,22 @@ async def build_runtime(settings: Settings) -> Runtime:
         sqlite_busy_timeout_ms=settings.db.sqlite_busy_timeout_ms,
         echo=settings.db.echo,
     )
+    events = EventHub(
+        db,
+        poll_interval_s=settings.events.poll_interval_seconds,
+        gap_wait_s=settings.events.gap_wait_seconds,
+        listen_url=None if db.is_sqlite else settings.resolved_database_url,
+    )
+    db.on_events_committed.append(events.wake)
+    events_notifier = None if db.is_sqlite else JobsNotifier(db, EVENTS_CHANNEL)
+    if events_notifier is not None:
+        db.on_events_committed.append(events_notifier.poke)
     return Runtime(
         settings=settings,
         db=db,
         ledger=open_ledger(db),
+        events=events,
+        events_notifier=events_notifier,
         jobs_notifier=None if db.is_sqlite else JobsNotifier(db),
         circuits=CircuitBreakers(db, settings.circuit),
         catalog=Catalog.load(settings.catalog_path),
@@ -130,7 +147,9 @@ async def build_runtime(settings: Settings) -> Runtime:
 
 
 async def close_runtime(runtime: Runtime) -> None:
-    if runtime.jobs_notifier is not None:
-        await runtime.jobs_notifier.close()
+    await runtime.events.close()
+    for notifier in (runtime.jobs_notifier, runtime.events_notifier):
+        if notifier is not None:
+            await notifier.close()
     await runtime.limiter.close()
     await runtime.db.dispose()

@@ -147,6 +147,19 @@ class WebhookSettings(BaseModel):
         return parse_duration_list(value)
 
 
+class EventSettings(BaseModel):
+    """Event streams (API.md §5.2)."""
+
+    # A `: ping` comment this often keeps proxies from closing an idle stream.
+    ping_seconds: Annotated[float, Field(gt=0, le=15)] = 15.0
+    # While streams are open, new events are also looked for this often (several
+    # processes sharing one SQLite file have no notifications; on PostgreSQL a safety net).
+    poll_interval_seconds: Annotated[float, Field(gt=0)] = 1.0
+    # PostgreSQL: how long a missing event id (a transaction still committing) holds back
+    # the ones after it before it is taken as rolled back.
+    gap_wait_seconds: Annotated[float, Field(gt=0)] = 1.0
+
+
 class CircuitSettings(BaseModel):
     failure_threshold: Annotated[int, Field(ge=1)] = 5
     cooldown_seconds: Annotated[float, Field(gt=0)] = 30.0
@@ -232,6 +245,7 @@ class Settings(BaseSettings):
     circuit: CircuitSettings = CircuitSettings()
     fetch: FetchSettings = FetchSettings()
     webhooks: WebhookSettings = WebhookSettings()
+    events: EventSettings = EventSettings()
     studio: StudioSettings = StudioSettings()
 
     retention: RetentionSettings = RetentionSettings()

@@ -81,11 +81,12 @@ class Service:
         self.processes.append(process)
         return process
 
-    def serve(self, name: str) -> ServerProcess:
+    def serve(self, name: str, *, worker: bool = True) -> ServerProcess:
         port = free_port()
         log = self.tmp_path / f"{name}.log"
         self.env["VIVIX_PUBLIC_URL"] = f"http://127.0.0.1:{port}"
-        process = self._spawn(["serve", "--host", "127.0.0.1", "--port", str(port), "--json"], log)
+        args = ["serve", "--host", "127.0.0.1", "--port", str(port), "--json"]
+        process = self._spawn(args if worker else [*args, "--no-worker"], log)
         server = ServerProcess(name, port, log, process)
         server.wait_ready()
         return server

@@ -51,9 +51,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.sql import Executable
 
+from vivix.events.feed import INSERT_EVENT, event_row
 from vivix.kit.bounds import MAX_BALANCE, MAX_CREDIT_AMOUNT
 from vivix.kit.clock import add_months, utcnow
-from vivix.kit.db import Database
+from vivix.kit.db import Database, mark_events_written
 from vivix.kit.errors import AdminInvalid
 from vivix.kit.metrics import count_credits, credits_on_commit, observe_admission
 from vivix.models import Base, LedgerKind, NewGeneration
@@ -279,6 +280,15 @@ def _admit_batch(
         )
     if entries:
         yield _INSERT_ENTRY, entries
+    if inserted:
+        # Each one's first change-feed event (`events.feed`), next to its hold; not money.
+        yield (
+            INSERT_EVENT,
+            [
+                event_row(g.account_id, g.id, g.status)
+                for g in (batch[i].generation for i in sorted(inserted))
+            ],
+        )
     return [KeyTaken() if i in taken else after for i, after in enumerate(balances)]
 
 
@@ -525,6 +535,8 @@ class SqliteLedger(Ledger):
                     statement, params = steps.send(result.all() if result.returns_rows else None)
             except StopIteration as done:
                 outcomes: list[Outcome] = done.value
+            if any(isinstance(outcome, int) for outcome in outcomes):
+                mark_events_written(connection)
             return outcomes
 
         # The write lock is the row lock: the wallets read inside it are current.
@@ -602,6 +614,8 @@ class PostgresLedger(Ledger):
                     _POSTGRES_INSERT_GENERATIONS,
                 ),
             )
+            if any(isinstance(outcome, int) for outcome in outcomes):
+                mark_events_written(connection)
         return _committed(batch, outcomes)
 
     async def _move(self, session: AsyncSession, movement: Movement) -> int | None:

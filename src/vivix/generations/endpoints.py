@@ -4,7 +4,6 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter
-from sqlalchemy import Row
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -39,7 +38,7 @@ async def generate(request: Request) -> Response:
     location = f"/api/v1/generations/{result.generation_id}"
     if result.replay is not None:
         return json_response(
-            _shown(runtime, result.replay),
+            shown(runtime, result.replay),
             200,
             {"Location": location, "Idempotent-Replayed": "true"},
         )
@@ -49,7 +48,7 @@ async def generate(request: Request) -> Response:
         )
         if waited is not None:
             headers = {"Location": location, "Preference-Applied": f"wait={wait_s:g}"}
-            return json_response(_shown(runtime, waited), 201, headers)
+            return json_response(shown(runtime, waited), 201, headers)
     assert result.created is not None
     return json_response(submitted_out(result.created), 201, {"Location": location})
 
@@ -66,7 +65,7 @@ async def read_generation(request: Request, generation_id: str) -> Response:
     await pass_gate(request, row)
     if row is None or row.id is None:
         raise GenerationNotFound()
-    return json_response(_shown(runtime, row))
+    return json_response(shown(runtime, row))
 
 
 @router.post("/generations/{generation_id}/cancel", summary="Cancel a generation")
@@ -167,7 +166,9 @@ def _timestamp(raw: str | None, field: str) -> datetime | None:
         ) from None
 
 
-def _shown(runtime: Runtime, row: Row[Any]) -> dict[str, object]:
+def shown(runtime: Runtime, row: Any) -> dict[str, object]:
+    """The generation as GET /generations/{id} shows it, from a `generations.repository`
+    row (event streams show every change this way too)."""
     return generation_out(
         row, output_url=runtime.storage.url_for, queue_position=row.queue_position
     )

@@ -4,7 +4,7 @@
 hold (`billing.ledger`) in one transaction, then, after the commit, tells a canceled job's
 worker. The API's cancel, the worker's complete and fail, and the reaper all end
 generations here and nowhere else, so whatever must commit together with a final state
-(webhook outbox rows, change-feed events) belongs in this transaction.
+(webhook outbox rows, the change-feed event of `events.feed`) belongs in this transaction.
 
 Lock order is generation row → account row (the ledger's update), as everywhere.
 """
@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from vivix.events import feed
 from vivix.generations.schemas import webhook_payload
 from vivix.kit.clock import utcnow
 from vivix.kit.metrics import observe_finished
@@ -73,6 +74,7 @@ async def commit_final_state(
             and generation.status == GenerationStatus.PROCESSING
         )
         _apply(generation, final)
+        await feed.append(session, generation.account_id, generation.id, generation.status)
         await runtime.ledger.settle(
             session,
             generation.account_id,

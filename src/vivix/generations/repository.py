@@ -12,11 +12,12 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, and_, bindparam, case, exists, func, select
+from sqlalchemy import Row, and_, bindparam, case, exists, func, null, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm import aliased
 
 from vivix.accounts.repository import select_caller
+from vivix.events.repository import last_for_generation
 from vivix.models import Account, Generation, GenerationStatus
 
 QUEUE_POSITION_CAP = 1000
@@ -58,6 +59,8 @@ def _queue_position(generation_id: Any) -> Any:
 _READ = select(*_SHOWN_COLUMNS, _queue_position(bindparam("generation_id"))).where(
     Generation.id == bindparam("generation_id"), Generation.account_id == bindparam("account_id")
 )
+# As `_READ`, with the generation's newest event id read in the same snapshot.
+_READ_WITH_LAST_EVENT = _READ.add_columns(last_for_generation(Generation.id))
 _READ_WITH_CALLER = select_caller(
     *_SHOWN_COLUMNS, _queue_position(bindparam("generation_id"))
 ).outerjoin(
@@ -96,6 +99,39 @@ async def read_for_account(
     return (
         await connection.execute(_READ, {"generation_id": generation_id, "account_id": account_id})
     ).first()
+
+
+async def read_with_last_event(
+    connection: AsyncConnection, account_id: str, generation_id: str
+) -> Row[Any] | None:
+    """As `read_for_account`, plus `last_event_id`: the newest change-feed id of the state
+    read (0 if none), where an event stream goes on from."""
+    return (
+        await connection.execute(
+            _READ_WITH_LAST_EVENT, {"generation_id": generation_id, "account_id": account_id}
+        )
+    ).first()
+
+
+async def active_with_last_event(
+    connection: AsyncConnection, account_id: str, model: str | None, limit: int
+) -> list[Row[Any]]:
+    """The account's pending and processing generations (oldest first), as
+    `read_with_last_event` shows them but without queue positions: where an account's
+    event stream starts."""
+    query = (
+        select(
+            *_SHOWN_COLUMNS,
+            null().label("queue_position"),
+            last_for_generation(Generation.id),
+        )
+        .where(Generation.account_id == account_id, Generation.status.in_(ACTIVE))
+        .order_by(Generation.id)
+        .limit(limit)
+    )
+    if model is not None:
+        query = query.where(Generation.model == model)
+    return list((await connection.execute(query)).all())
 
 
 async def read_with_caller(

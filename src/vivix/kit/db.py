@@ -34,6 +34,13 @@ T = TypeVar("T")
 
 _WRITE_OPTION = "vivix_write"
 _AUTOCOMMIT_OPTION = "vivix_autocommit"
+_EVENTS_WRITTEN = "vivix_events_written"
+
+
+def mark_events_written(target: Any) -> None:
+    """Tell the transaction boundary that `target` (a session or connection) appended
+    change-feed rows: once it commits, `Database.on_events_committed` runs."""
+    target.info[_EVENTS_WRITTEN] = True
 
 
 class Database:
@@ -86,6 +93,14 @@ class Database:
             )
             _install_sqlite_hooks(writer, sqlite_busy_timeout_ms, always_immediate=True)
             self._sqlite_writer = (writer, ThreadPoolExecutor(1, "vivix-sqlite-writer"))
+        # Called (synchronously, on the event loop) after a transaction that appended
+        # change-feed rows commits: wakes this process's event streams, NOTIFYs others.
+        self.on_events_committed: list[Callable[[], None]] = []
+
+    def _committed(self, written: bool) -> None:
+        if written:
+            for callback in self.on_events_committed:
+                callback()
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncSession]:
@@ -97,11 +112,15 @@ class Database:
     async def transaction(self) -> AsyncIterator[AsyncSession]:
         """A write transaction, committed when the block exits without an exception."""
         if self._sqlite_write_lock is not None:
-            async with self._sqlite_write_lock, self._write_sessions() as session, session.begin():
-                yield session
+            async with self._sqlite_write_lock, self._write_sessions() as session:
+                async with session.begin():
+                    yield session
+                self._committed(session.info.pop(_EVENTS_WRITTEN, False))
         else:
-            async with self._write_sessions() as session, session.begin():
-                yield session
+            async with self._write_sessions() as session:
+                async with session.begin():
+                    yield session
+                self._committed(session.info.pop(_EVENTS_WRITTEN, False))
 
     @asynccontextmanager
     async def autocommit(self) -> AsyncIterator[AsyncConnection]:
@@ -109,18 +128,25 @@ class Database:
         (each sees its own snapshot), and on PostgreSQL for writes done in one statement.
         Not for writes on SQLite, which go through `write_connection` (its write lock)."""
         async with self._autocommit_engine.connect() as connection:
-            yield connection
+            try:
+                yield connection
+            finally:
+                written = connection.info.pop(_EVENTS_WRITTEN, False)
+        self._committed(bool(written))
 
     @asynccontextmanager
     async def write_connection(self) -> AsyncIterator[AsyncConnection]:
         """A Core write transaction (same locking as `transaction()`), committed when the
         block exits without an exception."""
         if self._sqlite_write_lock is not None:
-            async with self._sqlite_write_lock, self._write_engine.begin() as connection:
-                yield connection
+            async with self._sqlite_write_lock:
+                async with _flagged(self._write_engine) as (connection, written):
+                    yield connection
+                self._committed(written[0])
         else:
-            async with self._write_engine.begin() as connection:
+            async with _flagged(self._write_engine) as (connection, written):
                 yield connection
+            self._committed(written[0])
 
     async def run_sqlite_write(self, work: Callable[[Connection], T]) -> T:
         """SQLite: `work` (synchronous Core statements) in one write transaction on a
@@ -133,17 +159,25 @@ class Database:
             raise RuntimeError("run_sqlite_write is for SQLite databases")
         writer, thread = self._sqlite_writer
 
-        def run() -> T:
+        def run() -> tuple[T, bool]:
             with writer.begin() as connection:
-                return work(connection)
+                try:
+                    result = work(connection)
+                finally:
+                    written = bool(connection.info.pop(_EVENTS_WRITTEN, False))
+            return result, written
 
         async with self._sqlite_write_lock:
             future = asyncio.get_running_loop().run_in_executor(thread, run)
             try:
-                return await asyncio.shield(future)
+                result, events_written = await asyncio.shield(future)
             finally:
                 if not future.done():  # canceled: keep the lock until the thread is done
                     await asyncio.wait([future])
+        if events_written:
+            for callback in self.on_events_committed:
+                callback()
+        return result
 
     async def dispose(self) -> None:
         if self._sqlite_writer is not None:
@@ -152,6 +186,18 @@ class Database:
             thread.shutdown(wait=True)
             self._sqlite_writer = None
         await self.engine.dispose()
+
+
+@asynccontextmanager
+async def _flagged(engine: AsyncEngine) -> AsyncIterator[tuple[AsyncConnection, list[bool]]]:
+    """A Core transaction; `written[0]` says, once it committed, whether it appended
+    change-feed rows (the flag lives on the pooled DBAPI connection: always cleared)."""
+    written = [False]
+    async with engine.begin() as connection:
+        try:
+            yield connection, written
+        finally:
+            written[0] = bool(connection.info.pop(_EVENTS_WRITTEN, False))
 
 
 def _install_sqlite_hooks(

@@ -26,6 +26,7 @@ log = structlog.get_logger(__name__)
 JOBS_CHANNEL = "vivix_jobs"
 CANCEL_CHANNEL = "vivix_cancel"
 WEBHOOKS_CHANNEL = "vivix_webhooks"
+EVENTS_CHANNEL = "vivix_events"  # change-feed rows committed (event streams)
 
 
 class JobsNotifier:
@@ -36,8 +37,9 @@ class JobsNotifier:
     serializes the commits of notifying transactions. If a NOTIFY fails, workers still
     find the job by polling."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, channel: str = JOBS_CHANNEL) -> None:
         self._db = db
+        self._channel = channel
         self._sending = False
         self._again = False
         self._task: asyncio.Task[None] | None = None
@@ -47,18 +49,18 @@ class JobsNotifier:
             self._again = True
             return
         self._sending = True
-        self._task = asyncio.create_task(self._send(), name="vivix-jobs-notify")
+        self._task = asyncio.create_task(self._send(), name=f"{self._channel}-notify")
 
     async def _send(self) -> None:
         try:
             while True:
                 self._again = False
                 async with self._db.autocommit() as connection:
-                    await connection.execute(text(f"NOTIFY {JOBS_CHANNEL}"))
+                    await connection.execute(text(f"NOTIFY {self._channel}"))
                 if not self._again:
                     return
         except Exception as exc:
-            log.warning("jobs_notify_failed", error=repr(exc))
+            log.warning("notify_failed", channel=self._channel, error=repr(exc))
         finally:
             self._sending = False
 
@@ -95,16 +97,44 @@ class PostgresListener:
         on_cancel: Callable[[str], None],
         on_webhooks: Callable[[], None] | None = None,
     ) -> None:
+        channels: dict[str, Callable[[str], None]] = {
+            JOBS_CHANNEL: lambda _payload: on_job(),
+            CANCEL_CHANNEL: on_cancel,
+        }
+        catch_up = [on_job]  # anything enqueued while we weren't listening
+        if on_webhooks is not None:
+            channels[WEBHOOKS_CHANNEL] = lambda _payload: on_webhooks()
+            catch_up.append(on_webhooks)
+        self._listener = ChannelListener(database_url, channels, catch_up)
+        self.connected = self._listener.connected
+
+    def start(self) -> None:
+        self._listener.start()
+
+    async def stop(self) -> None:
+        await self._listener.stop()
+
+
+class ChannelListener:
+    """A dedicated asyncpg connection LISTENing on `channels` (name → callback taking the
+    payload); `catch_up` callbacks run on every (re)connect, for what was sent while
+    nobody listened. Reconnects on loss."""
+
+    def __init__(
+        self,
+        database_url: str,
+        channels: dict[str, Callable[[str], None]],
+        catch_up: list[Callable[[], None]],
+    ) -> None:
         url = make_url(database_url).set(drivername="postgresql")
         self._dsn = url.render_as_string(hide_password=False)
-        self._on_job = on_job
-        self._on_cancel = on_cancel
-        self._on_webhooks = on_webhooks
+        self._channels = channels
+        self._catch_up = catch_up
         self._task: asyncio.Task[None] | None = None
         self.connected = asyncio.Event()
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="vivix-pg-listener")
+        self._task = asyncio.create_task(self._run(), name="vivix-pg-channels")
 
     async def _run(self) -> None:
         import asyncpg
@@ -113,19 +143,13 @@ class PostgresListener:
             connection = None
             try:
                 connection = await asyncpg.connect(self._dsn)
-                await connection.add_listener(JOBS_CHANNEL, lambda *_: self._on_job())
-                await connection.add_listener(
-                    CANCEL_CHANNEL, lambda _c, _p, _ch, payload: self._on_cancel(str(payload))
-                )
-                on_webhooks = self._on_webhooks
-                if on_webhooks is not None:
+                for channel, callback in self._channels.items():
                     await connection.add_listener(
-                        WEBHOOKS_CHANNEL, lambda *_, wake=on_webhooks: wake()
+                        channel, lambda _c, _p, _ch, payload, call=callback: call(str(payload))
                     )
                 self.connected.set()
-                self._on_job()  # catch up on anything enqueued while we weren't listening
-                if on_webhooks is not None:
-                    on_webhooks()
+                for catch_up in self._catch_up:
+                    catch_up()
                 lost = asyncio.Event()
                 connection.add_termination_listener(lambda *_, event=lost: event.set())
                 await lost.wait()

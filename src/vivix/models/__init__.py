@@ -11,6 +11,7 @@ from vivix.models.generation import (
     GenerationStatus,
     NewGeneration,
 )
+from vivix.models.generation_event import GenerationEvent
 from vivix.models.ledger_entry import LedgerEntry, LedgerKind
 from vivix.models.provider_circuit import ProviderCircuit
 from vivix.models.studio_session import StudioSession
@@ -26,6 +27,7 @@ __all__ = [
     "Base",
     "DeliveryStatus",
     "Generation",
+    "GenerationEvent",
     "GenerationStatus",
     "LedgerEntry",
     "LedgerKind",

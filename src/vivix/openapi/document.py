@@ -12,6 +12,7 @@ from vivix import __version__
 from vivix.kit import errors as error_classes
 from vivix.openapi import shapes
 from vivix.openapi.operations import (
+    EVENT_OPERATIONS,
     FILE_OPERATIONS,
     OPERATIONS,
     WEBHOOK_OPERATIONS,
@@ -156,6 +157,8 @@ def _success(success: Success, operation: Operation) -> dict[str, Any]:
     }
     if success.binary:
         out["content"] = {"*/*": {"schema": {"type": "string", "format": "binary"}}}
+    elif success.stream:
+        out["content"] = {"text/event-stream": {"schema": {"type": "string"}}}
     elif success.body is not None:
         out["content"] = {"application/json": {"schema": _ref(success.body)}}
     return out
@@ -218,7 +221,7 @@ def openapi_document() -> dict[str, Any]:
     )
     statuses = _error_statuses()
     paths: dict[str, dict[str, Any]] = {}
-    for operation in (*OPERATIONS, *WEBHOOK_OPERATIONS, *FILE_OPERATIONS):
+    for operation in (*OPERATIONS, *EVENT_OPERATIONS, *WEBHOOK_OPERATIONS, *FILE_OPERATIONS):
         paths.setdefault(operation.path, {})[operation.method] = _operation(operation, statuses)
     return {
         "openapi": "3.1.0",
@@ -239,6 +242,7 @@ def openapi_document() -> dict[str, Any]:
             {"name": "generations", "description": "Submit, read, list and cancel."},
             {"name": "models", "description": "What this key can call, and at what price."},
             {"name": "credits", "description": "The wallet."},
+            {"name": "events", "description": "Live changes as server-sent events."},
             {"name": "webhooks", "description": "Signed pushes when generations end."},
             {"name": "files", "description": "Rendered outputs (public capability URLs)."},
         ],

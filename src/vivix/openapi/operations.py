@@ -34,6 +34,7 @@ class Success:
     description: str
     headers: tuple[str, ...] = ()  # names from document.RESPONSE_HEADERS
     binary: bool = False  # a file's bytes, any content type
+    stream: bool = False  # server-sent events (text/event-stream)
 
 
 @dataclass(frozen=True)
@@ -405,5 +406,64 @@ WEBHOOK_OPERATIONS: tuple[Operation, ...] = (
         responses=(Success(200, shapes.WebhookDelivery, "The delivery, pending again."),),
         errors=(*GATE_ERRORS, "WEBHOOK_NOT_FOUND"),
         params=(WEBHOOK_ID, DELIVERY_ID),
+    ),
+)
+
+
+LAST_EVENT_ID = Param(
+    "Last-Event-ID",
+    "header",
+    {"type": "string", "pattern": "^[0-9]+$"},
+    "Resume after this event id (what a browser's EventSource sends by itself when it "
+    "reconnects): every later change is sent, and a final state already seen is not sent "
+    "again.",
+)
+_STREAM_FORMAT = (
+    " Each event is `id: <n>` (grows; usable as `Last-Event-ID`), `event: generation` (a "
+    "status or queue position change) or `event: progress` (same status, new progress), and "
+    "`data:` the generation exactly as `GET /api/v1/generations/{generation_id}` shows it "
+    "at that change. A `: ping` comment comes at least every 15 s. Opening a stream counts "
+    "one call against the rate limit. Without an Authorization header the Studio's session "
+    "cookie is accepted."
+)
+
+EVENT_OPERATIONS: tuple[Operation, ...] = (
+    Operation(
+        "get",
+        "/api/v1/generations/{generation_id}/events",
+        "streamGenerationEvents",
+        "events",
+        "Stream a generation's changes",
+        "Server-sent events: the current state first, then every change (queue position, "
+        "processing, progress, the final state); the stream ends after the final state."
+        + _STREAM_FORMAT,
+        responses=(Success(200, None, "The event stream.", stream=True),),
+        errors=(*GATE_ERRORS, "GENERATION_NOT_FOUND"),
+        params=(GENERATION_ID, LAST_EVENT_ID),
+    ),
+    Operation(
+        "get",
+        "/api/v1/events",
+        "streamAccountEvents",
+        "events",
+        "Stream the changes of every generation of the account",
+        "Server-sent events: the account's pending and processing generations first, then "
+        "every change of any of its generations (queue positions only on a generation's "
+        "own stream); it stays open." + _STREAM_FORMAT,
+        responses=(Success(200, None, "The event stream.", stream=True),),
+        errors=(*GATE_ERRORS, "INVALID_PARAMS"),
+        params=(
+            Param("model", "query", {"type": "string"}, "Only generations of this model."),
+            Param(
+                "status",
+                "query",
+                {
+                    "type": "string",
+                    "enum": ["pending", "processing", "completed", "failed", "canceled"],
+                },
+                "Only changes to this status.",
+            ),
+            LAST_EVENT_ID,
+        ),
     ),
 )

@@ -140,6 +140,8 @@ def render_markdown(document: dict[str, Any]) -> str:
                 if "application/json" in content:
                     schema = content["application/json"]["schema"]
                     shown = _type_of(schema["allOf"][0]) if "allOf" in schema else _type_of(schema)
+                elif "text/event-stream" in content:
+                    shown = "server-sent events"
                 elif content:
                     shown = "the file's bytes"
                 else:

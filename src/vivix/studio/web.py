@@ -29,12 +29,11 @@ from vivix.kit.errors import CsrfRejected, VivixError
 from vivix.kit.http import runtime_of
 from vivix.kit.logging import bind_account
 from vivix.users import service
-from vivix.users.service import Viewer
+from vivix.users.service import SESSION_COOKIE, Viewer
 
 if TYPE_CHECKING:
     from vivix.runtime import Runtime
 
-SESSION_COOKIE = "vivix_session"
 # Before sign-in there is no session: the sign-in and sign-up forms use a double-submit
 # token (this cookie must equal the form's hidden field).
 FORM_COOKIE = "vivix_form"

@@ -37,6 +37,7 @@ from vivix.users import passwords, repository
 if TYPE_CHECKING:
     from vivix.runtime import Runtime
 
+SESSION_COOKIE = "vivix_session"  # the Studio's session token
 SESSION_TOKEN_BYTES = 32
 # last_seen_at is written at most this often per session (not on every page view).
 TOUCH_EVERY = timedelta(minutes=5)

@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, func, literal, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from vivix.events import feed
 from vivix.models import Generation, GenerationStatus
 
 PENDING = GenerationStatus.PENDING.value
@@ -25,7 +26,8 @@ async def claim_next_generation(
     session: AsyncSession, owner: str, now: datetime, lease: timedelta
 ) -> Generation | None:
     """One statement: lease the oldest due pending row and return it. It sits on the
-    dispatch path (wake-up → claim), so no separate SELECT and ORM flush."""
+    dispatch path (wake-up → claim), so no separate SELECT and ORM flush. The claim is a
+    change event streams show (`processing`)."""
     due = (
         select(Generation.id)
         .where(Generation.status == PENDING, Generation.run_after <= now)
@@ -49,7 +51,10 @@ async def claim_next_generation(
         .returning(Generation)
         .execution_options(synchronize_session=False)
     )
-    return claimed.scalar_one_or_none()
+    generation = claimed.scalar_one_or_none()
+    if generation is not None:
+        await feed.append(session, generation.account_id, generation.id, PROCESSING)
+    return generation
 
 
 async def extend_lease(
@@ -80,19 +85,28 @@ async def record_progress(
     """Store a running generation's fraction done (clamped to 0..1), only upward: a lower
     or equal value (a late poll, a retried attempt starting over) changes nothing, so every
     reader sees progress that never goes back. True when it was stored. The one place
-    progress is written (change feeds hook here)."""
+    progress is written: a stored value is a change event streams show (`events.feed`),
+    appended with it."""
     fraction = min(1.0, max(0.0, fraction))
-    result = await session.execute(
-        update(Generation)
-        .where(
-            Generation.id == generation_id,
-            Generation.lease_owner == owner,
-            Generation.status == PROCESSING,
-            or_(Generation.progress.is_(None), Generation.progress < fraction),
+    account_id = (
+        await session.execute(
+            update(Generation)
+            .where(
+                Generation.id == generation_id,
+                Generation.lease_owner == owner,
+                Generation.status == PROCESSING,
+                or_(Generation.progress.is_(None), Generation.progress < fraction),
+            )
+            .values(progress=fraction)
+            .returning(Generation.account_id)
         )
-        .values(progress=fraction)
+    ).scalar_one_or_none()
+    if account_id is None:
+        return False
+    await feed.append(
+        session, account_id, generation_id, PROCESSING, kind=feed.PROGRESS, progress=fraction
     )
-    return (result.rowcount or 0) == 1  # type: ignore[attr-defined]
+    return True
 
 
 async def lock_leased_generation(

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from vivix.events import feed
 from vivix.generations.finish import FinalState, LockGeneration, commit_final_state
 from vivix.kit import tracing
 from vivix.kit.clock import utcnow
@@ -304,6 +305,7 @@ class Worker:
                 locked.lease_expires_at = None
                 locked.attempts = max(0, locked.attempts - 1)
                 locked.run_after = utcnow()
+                await feed.append(session, locked.account_id, locked.id, locked.status)
         log.info("worker_released_jobs", count=len(generation_ids))
 
 
@@ -348,6 +350,7 @@ async def end_attempt(
             generation.lease_owner = None
             generation.lease_expires_at = None
             generation.run_after = utcnow() + timedelta(seconds=delay)
+            await feed.append(session, generation.account_id, generation.id, generation.status)
             return None
     # The note is committed; the ending is its own transaction (the lock checks again).
     ended = await commit_final_state(runtime, lock, final)

@@ -9,7 +9,6 @@ from starlette.responses import RedirectResponse, Response
 from vivix.kit.errors import InvalidParams, SignInFailed, SignupClosed, VivixError
 from vivix.kit.http import runtime_of
 from vivix.studio.web import (
-    SESSION_COOKIE,
     StudioRoute,
     client_address,
     cookie_secure,
@@ -21,6 +20,7 @@ from vivix.studio.web import (
     web_of,
 )
 from vivix.users import service
+from vivix.users.service import SESSION_COOKIE
 
 router = APIRouter(route_class=StudioRoute)
 
