@@ -19,6 +19,7 @@ OTHER_BENCHMARKS = (
     "bench.bench_cli",
     "bench.bench_studio",
     "bench.bench_webhooks",
+    "bench.bench_sse",
 )
 
 
