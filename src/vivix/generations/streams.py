@@ -8,7 +8,9 @@ GET /generations/{id} shows the generation with that row's status and progress. 
 (`Last-Event-ID`) reads the rows after the id from the table, so nothing is missed and a
 final state already seen is not sent again. While its generation is pending, a
 generation's stream also shows queue position changes (with the id of the change that
-moved the queue). The stream holds no database connection while it waits."""
+moved the queue). The stream holds no database connection while it waits. The streams of
+a process that got the same change read the generation once and build its event once
+(`EventHub.shared` / `built`): a change reaching 1,000 streams costs one query, not 1,000."""
 
 from __future__ import annotations
 
