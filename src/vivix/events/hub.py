@@ -21,9 +21,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Hashable
-from typing import Any, TypeVar
+from collections.abc import Callable
+from typing import Any
 
 import structlog
 from sqlalchemy import Row
@@ -39,10 +38,6 @@ BATCH = 500
 # A stream that falls this far behind drops its buffer and reads the feed itself.
 MAX_BUFFERED = 256
 GAP_RETRY_S = 0.02
-# Reads shared between streams (`EventHub.shared`): the newest this many are kept.
-SHARED_READS = 256
-
-T = TypeVar("T")
 
 
 class Subscription:
@@ -102,8 +97,6 @@ class EventHub:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._listener: ChannelListener | None = None
-        self._shared: OrderedDict[Hashable, asyncio.Future[Any]] = OrderedDict()
-        self._built: OrderedDict[Hashable, Any] = OrderedDict()
 
     def wake(self) -> None:
         self._wake.set()
@@ -159,39 +152,6 @@ class EventHub:
             self._queue_watchers.add(subscription)
         else:
             self._queue_watchers.discard(subscription)
-
-    async def shared(self, key: Hashable, load: Callable[[], Awaitable[T]]) -> T:
-        """`load()` once for all the streams asking with the same `key`: a change handed
-        to a thousand streams wakes them together, and each needs the generation as of that
-        change or later, which one read started after the hand-out gives them all. A
-        failed read is forgotten (the next asker reads again)."""
-        future = self._shared.get(key)
-        if future is None:
-            future = asyncio.ensure_future(load())
-            self._shared[key] = future
-            if len(self._shared) > SHARED_READS:
-                self._shared.popitem(last=False)
-            future.add_done_callback(lambda done: self._forget_failed(key, done))
-        result: T = await asyncio.shield(future)
-        return result
-
-    def built(self, key: Hashable, build: Callable[[], T]) -> T:
-        """`build()` once per `key` for all the streams (an event as every stream that got
-        the same change from the same shared read sends it); the newest SHARED_READS kept."""
-        if key in self._built:
-            value: T = self._built[key]
-            return value
-        value = build()
-        self._built[key] = value
-        if len(self._built) > SHARED_READS:
-            self._built.popitem(last=False)
-        return value
-
-    def _forget_failed(self, key: Hashable, future: asyncio.Future[Any]) -> None:
-        if (future.cancelled() or future.exception() is not None) and (
-            self._shared.get(key) is future
-        ):
-            del self._shared[key]
 
     def _start(self) -> None:
         if self._task is not None:

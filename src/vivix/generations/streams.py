@@ -8,9 +8,7 @@ GET /generations/{id} shows the generation with that row's status and progress. 
 (`Last-Event-ID`) reads the rows after the id from the table, so nothing is missed and a
 final state already seen is not sent again. While its generation is pending, a
 generation's stream also shows queue position changes (with the id of the change that
-moved the queue). The stream holds no database connection while it waits. The streams of
-a process that got the same change read the generation once and build its event once
-(`EventHub.shared` / `built`): a change reaching 1,000 streams costs one query, not 1,000."""
+moved the queue). The stream holds no database connection while it waits."""
 
 from __future__ import annotations
 
@@ -123,17 +121,6 @@ def _event(event_id: int, name: str, data: dict[str, object]) -> ServerSentEvent
     return ServerSentEvent(data=text, event=name, id=str(event_id))
 
 
-def _change(
-    runtime: Runtime, account_id: str, current: Row[Any], change: Row[Any], read_at: int
-) -> ServerSentEvent:
-    """The event of `change` given the generation read once at `read_at` (`_read_after`):
-    the same for every stream that got both, so it is built once for all of them."""
-    return runtime.events.built(
-        (account_id, change.id, read_at),
-        lambda: _event(change.id, change.kind, _as_of(runtime, current, change)),
-    )
-
-
 def _as_of(runtime: Runtime, current: Row[Any], change: Row[Any]) -> dict[str, object]:
     """The generation as shown at `change`: a final state is the row as it is now (it
     no longer changes), an earlier one the row with that change's status and progress."""
@@ -179,13 +166,12 @@ async def _generation_stream(
                 rows = [row for row in rows if row.id > cursor]
                 wait: float | None = None
                 if rows:
-                    read_at = rows[-1].id
-                    current = await _read_after(runtime, account_id, generation_id, read_at)
+                    current = await _read(runtime, account_id, generation_id)
                     if current is None:
                         return
                     for row in rows:
                         cursor = row.id
-                        yield _change(runtime, account_id, current, row, read_at)
+                        yield _event(cursor, row.kind, _as_of(runtime, current, row))
                         if row.status in FINAL_STATUSES:
                             return
                     position, refreshed = current.queue_position, time.monotonic()
@@ -211,17 +197,6 @@ async def _generation_stream(
 async def _read(runtime: Runtime, account_id: str, generation_id: str) -> Row[Any] | None:
     async with runtime.db.autocommit() as connection:
         return await repository.read_with_last_event(connection, account_id, generation_id)
-
-
-async def _read_after(
-    runtime: Runtime, account_id: str, generation_id: str, change_id: int
-) -> Row[Any] | None:
-    """The generation as of change `change_id` (handed out by the hub) or later, read once
-    for every stream of this process that got that change."""
-    return await runtime.events.shared(
-        (account_id, generation_id, change_id),
-        lambda: _read(runtime, account_id, generation_id),
-    )
 
 
 async def _account_stream(
@@ -272,17 +247,17 @@ async def _account_events(
     status: str | None,
 ) -> AsyncIterator[ServerSentEvent]:
     wanted = [row for row in rows if status is None or row.status == status]
-    newest = {row.generation_id: row.id for row in wanted}  # rows come in id order
     generations: dict[str, Row[Any] | None] = {}
-    for generation_id, change_id in newest.items():
-        generations[generation_id] = await _read_after(
-            runtime, account_id, generation_id, change_id
-        )
+    async with runtime.db.autocommit() as connection:
+        for generation_id in dict.fromkeys(row.generation_id for row in wanted):
+            generations[generation_id] = await repository.read_with_last_event(
+                connection, account_id, generation_id
+            )
     for row in wanted:
         current = generations.get(row.generation_id)
         if current is None or (model is not None and current.model != model):
             continue
-        yield _change(runtime, account_id, current, row, newest[row.generation_id])
+        yield _event(row.id, row.kind, _as_of(runtime, current, row))
 
 
 async def _read_feed(
