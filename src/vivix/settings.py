@@ -158,6 +158,9 @@ class EventSettings(BaseModel):
     # PostgreSQL: how long a missing event id (a transaction still committing) holds back
     # the ones after it before it is taken as rolled back.
     gap_wait_seconds: Annotated[float, Field(gt=0)] = 1.0
+    # Changes are kept this long for streams resuming with Last-Event-ID (workers delete
+    # older ones every `retention.sweep_interval_seconds`).
+    keep_hours: Annotated[float, Field(gt=0)] = 24.0
 
 
 class CircuitSettings(BaseModel):

@@ -10,6 +10,7 @@ a batch admits exactly what one-by-one admission would.
 from __future__ import annotations
 
 import asyncio
+import random
 from collections import Counter
 from datetime import timedelta
 
@@ -112,6 +113,7 @@ async def test_a_batch_admits_what_one_by_one_admission_would(runtime: Runtime) 
     acct = await account_with_key(runtime, credits=25)
     other = await account_with_key(runtime, credits=5)
     amounts = [10, 20, 5, 10, 1]
+    batches_before, admissions_before = batch_metric()
 
     outcomes = await hold_together(
         runtime,
@@ -121,6 +123,8 @@ async def test_a_batch_admits_what_one_by_one_admission_would(runtime: Runtime) 
     )
 
     assert outcomes == [15, None, 0, 10, 0, None]
+    batches, admissions = batch_metric()
+    assert (batches - batches_before, admissions - admissions_before) == (1, 6)  # one batch
     assert await stored_counts(runtime, acct.id) == (0, 25, 3, 3)
     assert await stored_counts(runtime, other.id) == (0, 5, 1, 1)
     await assert_ledger_consistent(runtime)
@@ -156,4 +160,26 @@ async def test_a_taken_idempotency_key_in_a_batch_frees_its_credits_for_the_next
     assert isinstance(outcomes[1], KeyTaken)
     assert outcomes[2] == 0
     assert await stored_counts(runtime, acct.id) == (0, 20, 2, 2)
+    await assert_ledger_consistent(runtime)
+
+
+async def test_random_batches_match_the_same_holds_made_one_at_a_time(runtime: Runtime) -> None:
+    rng = random.Random(9)
+    credits = [rng.randint(0, 60) for _ in range(3)]
+    plan = [(rng.randrange(3), rng.randint(0, 15), rng.randint(1, 6)) for _ in range(40)]
+    batched = [await account_with_key(runtime, credits=c) for c in credits]
+    one_by_one = [await account_with_key(runtime, credits=c) for c in credits]
+
+    together = await hold_together(
+        runtime, [admission(batched[i].id, amount, limit=limit) for i, amount, limit in plan]
+    )
+    alone = [
+        await runtime.ledger.hold(admission(one_by_one[i].id, amount, limit=limit))
+        for i, amount, limit in plan
+    ]
+
+    assert together == alone
+    assert any(outcome is None for outcome in alone)  # some were refused: the test bites
+    for a, b in zip(batched, one_by_one, strict=True):
+        assert (await stored_counts(runtime, a.id)) == (await stored_counts(runtime, b.id))
     await assert_ledger_consistent(runtime)

@@ -68,11 +68,17 @@ class Studio:
         return origin_of(self.base_url)
 
     def user(
-        self, *, tier: str = "free", credits: int | None = 1000, operator: bool = False
+        self,
+        *,
+        tier: str = "free",
+        credits: int | None = 1000,
+        operator: bool = False,
+        name: str | None = None,
+        email: str | None = None,
     ) -> User:
         """A user in a fresh account of its own, with the local models allowed."""
         n = next(self._names)
-        name = f"browser-{n}"
+        name = name or f"browser-{n}"
         created = self.admin.post(
             "/admin/v1/accounts", json={"name": name, "tier": tier, "credits": credits}
         )
@@ -81,7 +87,7 @@ class Studio:
             f"/admin/v1/accounts/{name}/models/allow", json={"slugs": list(MODELS)}
         )
         assert allowed.status_code == 200, allowed.text
-        email = f"person{n}.{self._run}@example.com"
+        email = email or f"person{n}.{self._run}@example.com"
         made = self.admin.post(
             "/admin/v1/users",
             json={"email": email, "account": name, "operator": operator, "password": PASSWORD},

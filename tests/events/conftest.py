@@ -118,8 +118,8 @@ class Served:
                 yield Stream(response)
 
     @asynccontextmanager
-    async def worker(self) -> AsyncIterator[Worker]:
-        worker = Worker(self.runtime, concurrency=2, registry=self.registry)
+    async def worker(self, concurrency: int = 2) -> AsyncIterator[Worker]:
+        worker = Worker(self.runtime, concurrency=concurrency, registry=self.registry)
         await worker.start()
         try:
             yield worker

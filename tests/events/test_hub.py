@@ -4,14 +4,19 @@ whose lower neighbour is still being committed (sequence ids are taken before co
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 
 import pytest
+from sqlalchemy import select, update
 
 from tests.factories import account_with_key
 from vivix.events import feed
 from vivix.events.hub import EventHub, Subscription
+from vivix.kit.clock import utcnow
 from vivix.kit.ids import uuid7
+from vivix.models import GenerationEvent
 from vivix.runtime import Runtime
+from vivix.worker.runner import prune_feed
 
 
 async def _append(runtime: Runtime, account_id: str, generation_id: str) -> None:
@@ -87,6 +92,22 @@ async def test_a_row_waits_for_a_lower_id_still_being_committed(runtime: Runtime
         release_first.set()
         hub.unsubscribe(watcher)
         await hub.close()
+
+
+async def test_workers_delete_changes_older_than_the_kept_window(runtime: Runtime) -> None:
+    account = await account_with_key(runtime)
+    for _ in range(5):
+        await _append(runtime, account.id, str(uuid7()))
+    async with runtime.db.transaction() as session:
+        ids = list((await session.execute(select(GenerationEvent.id).order_by("id"))).scalars())
+        old = utcnow() - timedelta(hours=30)
+        await session.execute(
+            update(GenerationEvent).where(GenerationEvent.id.in_(ids[:3])).values(created_at=old)
+        )
+    assert await prune_feed(runtime, utcnow() - timedelta(hours=24), batch=2) == 3
+    async with runtime.db.read() as session:
+        left = list((await session.execute(select(GenerationEvent.id).order_by("id"))).scalars())
+    assert left == ids[3:]
 
 
 async def test_streams_that_got_the_same_change_share_one_read(runtime: Runtime) -> None:

@@ -9,7 +9,6 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Row
-from sqlalchemy.ext.asyncio import AsyncConnection
 from starlette.requests import Request
 
 from vivix.accounts import repository
@@ -21,6 +20,7 @@ from vivix.accounts.service import (
     require_api_access,
 )
 from vivix.kit.clock import utcnow
+from vivix.kit.db import ReadConnection
 from vivix.kit.errors import RateLimited
 from vivix.kit.http import context_of, runtime_of
 from vivix.kit.logging import bind_account
@@ -33,7 +33,7 @@ KEY_TOUCH_EVERY = timedelta(minutes=5)
 __all__ = ["Caller", "authorize", "pass_gate", "roll_cycle"]
 
 
-async def authorize(request: Request, connection: AsyncConnection) -> Caller:
+async def authorize(request: Request, connection: ReadConnection) -> Caller:
     """The gate, reading the caller on the request's connection."""
     runtime = runtime_of(request)
     key_hash = key_hash_from_header(runtime.secret, request.headers.get("authorization"))

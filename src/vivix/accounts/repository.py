@@ -6,6 +6,7 @@ from typing import Any
 from sqlalchemy import Row, Select, bindparam, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
+from vivix.kit.db import ReadConnection
 from vivix.models import Account, ApiKey
 
 # The account as `AccountView` reads it (`account_id` and the columns by name), for the
@@ -50,7 +51,7 @@ def select_caller(*more_columns: Any) -> Select[*tuple[Any, ...]]:
 _CALLER_BY_KEY_HASH = select_caller()
 
 
-async def get_caller(connection: AsyncConnection, key_hash: str) -> Row[Any] | None:
+async def get_caller(connection: ReadConnection, key_hash: str) -> Row[Any] | None:
     return (await connection.execute(_CALLER_BY_KEY_HASH, {"key_hash": key_hash})).first()
 
 

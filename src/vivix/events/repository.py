@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, func, select
+from sqlalchemy import Row, delete, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from vivix.models import GenerationEvent
@@ -63,3 +64,24 @@ def last_for_generation(generation_id: Any) -> Any:
         .scalar_subquery()
         .label("last_event_id")
     )
+
+
+async def prune_before(connection: AsyncConnection, cutoff: datetime, limit: int) -> int:
+    """Delete up to `limit` of the oldest rows created before `cutoff`; how many went.
+    Walks the primary key from the oldest row (ids follow time), never the whole table."""
+    oldest = (
+        await connection.execute(
+            select(GenerationEvent.id, GenerationEvent.created_at)
+            .order_by(GenerationEvent.id)
+            .limit(limit)
+        )
+    ).all()
+    upto = None
+    for row in oldest:
+        if row.created_at >= cutoff:
+            break
+        upto = row.id
+    if upto is None:
+        return 0
+    result = await connection.execute(delete(GenerationEvent).where(GenerationEvent.id <= upto))
+    return int(result.rowcount or 0)

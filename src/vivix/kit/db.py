@@ -19,7 +19,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import Connection, Engine, Executable, Result, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
@@ -31,6 +31,35 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.pool import NullPool, StaticPool
 
 T = TypeVar("T")
+
+# Threads (and connections) of the SQLite reader: statements run with the GIL released.
+SQLITE_READERS = 4
+
+
+class SqliteReader:
+    """Single-statement reads on SQLite in one hand-off each: the statement runs and its
+    rows are buffered on a reader thread's own pysqlite connection (WAL: readers see the
+    last commit and don't wait for the writer). Through aiosqlite the same read costs
+    four or five hand-offs between the event loop and its thread, each waiting its turn
+    on a busy loop."""
+
+    def __init__(self, engine: Engine, threads: ThreadPoolExecutor) -> None:
+        self._engine = engine
+        self._threads = threads
+
+    async def execute(
+        self, statement: Executable, parameters: dict[str, Any] | None = None
+    ) -> Result[Any]:
+        def run() -> Any:
+            with self._engine.connect() as connection:
+                return connection.execute(statement, parameters).freeze()
+
+        frozen = await asyncio.get_running_loop().run_in_executor(self._threads, run)
+        return frozen()  # type: ignore[no-any-return]
+
+
+# What `Database.reader()` yields: both execute a statement and buffer its rows.
+ReadConnection = AsyncConnection | SqliteReader
 
 _WRITE_OPTION = "vivix_write"
 _AUTOCOMMIT_OPTION = "vivix_autocommit"
@@ -80,7 +109,9 @@ class Database:
         self._write_sessions = async_sessionmaker(self._write_engine, expire_on_commit=False)
         self._sqlite_write_lock = asyncio.Lock() if self.is_sqlite else None
         self._sqlite_writer: tuple[Engine, ThreadPoolExecutor] | None = None
+        self._sqlite_reader: SqliteReader | None = None
         if self.is_sqlite:
+            self._sqlite_reader = _sqlite_reader(url, sqlite_busy_timeout_ms, echo)
             # One connection, used only from one thread (see run_sqlite_write).
             writer = create_engine(
                 make_url(url).set(drivername="sqlite+pysqlite"),
@@ -135,6 +166,16 @@ class Database:
         self._committed(bool(written))
 
     @asynccontextmanager
+    async def reader(self) -> AsyncIterator[ReadConnection]:
+        """For single-statement reads on hot paths: `autocommit()` on PostgreSQL; on SQLite
+        a `SqliteReader` (one hand-off per statement). Only `execute` is offered."""
+        if self._sqlite_reader is not None:
+            yield self._sqlite_reader
+        else:
+            async with self.autocommit() as connection:
+                yield connection
+
+    @asynccontextmanager
     async def write_connection(self) -> AsyncIterator[AsyncConnection]:
         """A Core write transaction (same locking as `transaction()`), committed when the
         block exits without an exception."""
@@ -180,12 +221,30 @@ class Database:
         return result
 
     async def dispose(self) -> None:
+        if self._sqlite_reader is not None:
+            reader, self._sqlite_reader = self._sqlite_reader, None
+            reader._threads.shutdown(wait=True)
+            reader._engine.dispose()
         if self._sqlite_writer is not None:
             writer, thread = self._sqlite_writer
             await asyncio.get_running_loop().run_in_executor(thread, writer.dispose)
             thread.shutdown(wait=True)
             self._sqlite_writer = None
         await self.engine.dispose()
+
+
+def _sqlite_reader(url: str, busy_timeout_ms: int, echo: bool) -> SqliteReader:
+    engine = create_engine(
+        make_url(url).set(drivername="sqlite+pysqlite"),
+        pool_size=SQLITE_READERS,
+        max_overflow=0,
+        connect_args={"timeout": busy_timeout_ms / 1000, "check_same_thread": False},
+        echo=echo,
+    )
+    _install_sqlite_hooks(engine, busy_timeout_ms)
+    # No BEGIN: each statement is its own read transaction.
+    autocommit = engine.execution_options(**{_AUTOCOMMIT_OPTION: True})
+    return SqliteReader(autocommit, ThreadPoolExecutor(SQLITE_READERS, "vivix-sqlite-reader"))
 
 
 @asynccontextmanager

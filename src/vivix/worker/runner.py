@@ -30,6 +30,7 @@ import structlog
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from vivix.events import feed
+from vivix.events import repository as events_repository
 from vivix.generations.finish import FinalState, LockGeneration, commit_final_state
 from vivix.kit import tracing
 from vivix.kit.clock import utcnow
@@ -90,6 +91,7 @@ class Worker:
         self._main: asyncio.Task[None] | None = None
         self._reaper: asyncio.Task[None] | None = None
         self._retention: asyncio.Task[None] | None = None
+        self._feed: asyncio.Task[None] | None = None
         self.claimed = 0
 
     # -- signals -------------------------------------------------------------------------
@@ -127,12 +129,13 @@ class Worker:
         self._reaper = asyncio.create_task(self._reap_loop(), name="vivix-reaper")
         if retention.enabled(self.runtime.settings.retention):
             self._retention = asyncio.create_task(self._retention_loop(), name="vivix-retention")
+        self._feed = asyncio.create_task(self._feed_loop(), name="vivix-feed-prune")
 
     async def stop(self, grace_s: float | None = None) -> None:
         grace = self.runtime.settings.worker.shutdown_grace_seconds if grace_s is None else grace_s
         self._stopping.set()
         self._wake.set()
-        for task in (self._main, self._reaper, self._retention):
+        for task in (self._main, self._reaper, self._retention, self._feed):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -293,6 +296,18 @@ class Worker:
             except Exception as exc:
                 log.warning("retention_failed", error=repr(exc))
 
+    async def _feed_loop(self) -> None:
+        """Delete change-feed rows older than `events.keep_hours` (streams resume only
+        from recent ones)."""
+        every = self.runtime.settings.retention.sweep_interval_seconds
+        keep = timedelta(hours=self.runtime.settings.events.keep_hours)
+        while True:
+            await asyncio.sleep(every * (0.75 + random.random() / 2))
+            try:
+                await prune_feed(self.runtime, utcnow() - keep)
+            except Exception as exc:
+                log.warning("feed_prune_failed", error=repr(exc))
+
     async def _release(self, generation_ids: list[str]) -> None:
         """Hand unfinished jobs back to the queue without spending an attempt."""
         async with self.runtime.db.transaction() as session:
@@ -307,6 +322,17 @@ class Worker:
                 locked.run_after = utcnow()
                 await feed.append(session, locked.account_id, locked.id, locked.status)
         log.info("worker_released_jobs", count=len(generation_ids))
+
+
+async def prune_feed(runtime: Runtime, cutoff: datetime, batch: int = 1000) -> int:
+    """Delete every change-feed row created before `cutoff`, a batch per transaction."""
+    deleted = 0
+    while True:
+        async with runtime.db.write_connection() as connection:
+            count = await events_repository.prune_before(connection, cutoff, batch)
+        deleted += count
+        if count < batch:
+            return deleted
 
 
 @dataclass(frozen=True, slots=True)
