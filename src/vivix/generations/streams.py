@@ -62,7 +62,7 @@ async def generation_events(request: Request, generation_id: str) -> Response:
     if wanted is None:
         raise GenerationNotFound()
     bind_generation(wanted)
-    found = await _read(runtime, account_id, wanted)
+    found = await _read(runtime, account_id, wanted, shared=False)
     if found is None:
         raise GenerationNotFound()
     resume_after = _last_event_id(request)
@@ -149,7 +149,7 @@ async def _generation_stream(
     await hub.subscribe(subscription)
     try:
         with sse_stream():
-            current = await _read(runtime, account_id, generation_id)
+            current = await _read(runtime, account_id, generation_id, shared=False)
             if current is None:
                 return
             # Before anything is sent: a queue move from now on is not missed.
@@ -175,7 +175,7 @@ async def _generation_stream(
                 rows = [row for row in rows if row.id > cursor]
                 wait: float | None = None
                 if rows:
-                    current = await _read(runtime, account_id, generation_id)
+                    current = await _read(runtime, account_id, generation_id, rows[-1].id)
                     if current is None:
                         return
                     for row in rows:
@@ -203,9 +203,29 @@ async def _generation_stream(
         hub.unsubscribe(subscription)
 
 
-async def _read(runtime: Runtime, account_id: str, generation_id: str) -> Row[Any] | None:
-    async with runtime.db.autocommit() as connection:
-        return await repository.read_with_last_event(connection, account_id, generation_id)
+async def _read(
+    runtime: Runtime,
+    account_id: str,
+    generation_id: str,
+    at_least: int = 0,
+    *,
+    shared: bool = True,
+) -> Row[Any] | None:
+    """The generation with its newest event id, as of event `at_least` or later. Streams
+    reading it at the same moment share one query; a shared read begun before that event
+    committed is not good enough, and is made again. A stream's starting state is never
+    shared (it must be read after the stream subscribed)."""
+
+    async def read() -> Row[Any] | None:
+        async with runtime.db.autocommit() as connection:
+            return await repository.read_with_last_event(connection, account_id, generation_id)
+
+    if not shared:
+        return await read()
+    row = await runtime.events.shared((account_id, generation_id), read)
+    if row is not None and row.last_event_id < at_least:
+        row = await read()
+    return row
 
 
 async def _account_stream(
@@ -256,12 +276,13 @@ async def _account_events(
     status: str | None,
 ) -> AsyncIterator[ServerSentEvent]:
     wanted = [row for row in rows if status is None or row.status == status]
-    generations: dict[str, Row[Any] | None] = {}
-    async with runtime.db.autocommit() as connection:
-        for generation_id in dict.fromkeys(row.generation_id for row in wanted):
-            generations[generation_id] = await repository.read_with_last_event(
-                connection, account_id, generation_id
-            )
+    newest: dict[str, int] = {}
+    for row in wanted:
+        newest[row.generation_id] = row.id
+    generations = {
+        generation_id: await _read(runtime, account_id, generation_id, at_least)
+        for generation_id, at_least in newest.items()
+    }
     for row in wanted:
         current = generations.get(row.generation_id)
         if current is None or (model is not None and current.model != model):
