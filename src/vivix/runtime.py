@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from vivix.billing.ledger import Ledger, open_ledger
 from vivix.catalog.service import Catalog
 from vivix.events.hub import EventHub
+from vivix.generations.eta import RunTimes
 from vivix.kit.db import Database
 from vivix.kit.egress import Resolver
 from vivix.kit.logging import configure_logging
@@ -53,6 +54,8 @@ class Runtime:
     jobs_notifier: JobsNotifier | None = None
     # Other processes' event streams (PostgreSQL only).
     events_notifier: JobsNotifier | None = None
+    # Recent run times behind `eta_ms` (generations.eta): a snapshot per process.
+    run_times: RunTimes = field(default_factory=RunTimes)
 
     async def notify_enqueued(self) -> None:
         """After a submit commits: wake this process's worker and, on PostgreSQL, others."""

@@ -10,20 +10,18 @@ a batch admits exactly what one-by-one admission would.
 from __future__ import annotations
 
 import asyncio
+import random
 from collections import Counter
-from datetime import timedelta
 
 import httpx
 
 from tests.audit import assert_ledger_consistent, stored_counts
 from tests.billing.test_admission_races import IMAGE, error_of, price_of
+from tests.billing.test_ledger import admission
 from tests.factories import account_with_key
 from vivix.billing.audit import audit_money
 from vivix.billing.ledger import Admission, KeyTaken
-from vivix.kit.clock import utcnow
-from vivix.kit.ids import uuid7
 from vivix.kit.metrics import REGISTRY
-from vivix.models import NewGeneration
 from vivix.runtime import Runtime
 
 ACCOUNTS = 10
@@ -78,27 +76,6 @@ async def test_a_thousand_submits_over_ten_accounts_admit_exactly_n_each(
     assert batches - batches_before < SUBMITS  # and some were written together
 
 
-def admission(
-    account_id: str, amount: int, *, limit: int = 100, key: str | None = None
-) -> Admission:
-    now = utcnow()
-    generation = NewGeneration(
-        id=uuid7(),
-        account_id=account_id,
-        api_key_id="key",
-        model="vivix-local-image",
-        is_test=False,
-        params={"prompt": "batch"},
-        metadata={},
-        credits_estimate=amount,
-        idempotency_key=key,
-        request_hash=None if key is None else "hash",
-        created_at=now,
-        run_after=now,
-    )
-    return Admission(generation, limit, now - timedelta(hours=24))
-
-
 async def hold_together(runtime: Runtime, admissions: list[Admission]) -> list[object]:
     """Hand every admission to the ledger in one go: they all wait for the same writer,
     so all but (at most) the first are written in one batch."""
@@ -112,6 +89,7 @@ async def test_a_batch_admits_what_one_by_one_admission_would(runtime: Runtime) 
     acct = await account_with_key(runtime, credits=25)
     other = await account_with_key(runtime, credits=5)
     amounts = [10, 20, 5, 10, 1]
+    batches_before, admissions_before = batch_metric()
 
     outcomes = await hold_together(
         runtime,
@@ -121,6 +99,8 @@ async def test_a_batch_admits_what_one_by_one_admission_would(runtime: Runtime) 
     )
 
     assert outcomes == [15, None, 0, 10, 0, None]
+    batches, admissions = batch_metric()
+    assert (batches - batches_before, admissions - admissions_before) == (1, 6)  # one batch
     assert await stored_counts(runtime, acct.id) == (0, 25, 3, 3)
     assert await stored_counts(runtime, other.id) == (0, 5, 1, 1)
     await assert_ledger_consistent(runtime)
@@ -156,4 +136,26 @@ async def test_a_taken_idempotency_key_in_a_batch_frees_its_credits_for_the_next
     assert isinstance(outcomes[1], KeyTaken)
     assert outcomes[2] == 0
     assert await stored_counts(runtime, acct.id) == (0, 20, 2, 2)
+    await assert_ledger_consistent(runtime)
+
+
+async def test_random_batches_match_the_same_holds_made_one_at_a_time(runtime: Runtime) -> None:
+    rng = random.Random(9)
+    credits = [rng.randint(0, 60) for _ in range(3)]
+    plan = [(rng.randrange(3), rng.randint(0, 15), rng.randint(1, 6)) for _ in range(40)]
+    batched = [await account_with_key(runtime, credits=c) for c in credits]
+    one_by_one = [await account_with_key(runtime, credits=c) for c in credits]
+
+    together = await hold_together(
+        runtime, [admission(batched[i].id, amount, limit=limit) for i, amount, limit in plan]
+    )
+    alone = [
+        await runtime.ledger.hold(admission(one_by_one[i].id, amount, limit=limit))
+        for i, amount, limit in plan
+    ]
+
+    assert together == alone
+    assert any(outcome is None for outcome in alone)  # some were refused: the test bites
+    for a, b in zip(batched, one_by_one, strict=True):
+        assert (await stored_counts(runtime, a.id)) == (await stored_counts(runtime, b.id))
     await assert_ledger_consistent(runtime)

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+
 import pytest
+from sqlalchemy import event
 
 from tests.events.conftest import Served
 from tests.factories import account_with_key
@@ -132,3 +136,30 @@ async def test_the_account_stream_shows_its_generations_changes_with_filters(
     assert mine <= {waiting, clip, other}
     assert {event.data["model"] for event in other_model.events} == {"other"}
     assert all(event.data["status"] == "completed" for event in completions.events)
+
+
+async def test_streams_of_one_account_share_the_read_of_a_change(served: Served) -> None:
+    reads: list[str] = []
+
+    def count(_conn: object, _cursor: object, statement: str, *_: object) -> None:
+        if "last_event_id" in statement and "FROM generations" in statement:
+            reads.append(statement)
+
+    engine = served.runtime.db.engine.sync_engine
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            streams = [
+                await stack.enter_async_context(served.stream("/api/v1/events")) for _ in range(5)
+            ]
+            await asyncio.sleep(0.5)  # every stream has read where it starts
+            before = len(reads)
+            generation_id = await served.submit()
+            for stream in streams:
+                seen = await stream.next()
+                assert seen is not None
+                assert seen.data["generation_id"] == generation_id
+            shared = len(reads) - before
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+    assert shared == 1, f"{shared} reads for one change seen by 5 streams"

@@ -38,6 +38,7 @@ async def test_a_stream_shows_pending_processing_progress_and_completed_then_clo
         assert first.event == "generation"
         assert first.data["status"] == "pending"
         assert first.data["queue_position"] == 1
+        assert first.data["eta_ms"] is None  # as GET shows it: no run of this model yet
         async with served.worker():
             rest = await stream.rest()
             async with served.http() as http:
@@ -57,6 +58,7 @@ async def test_a_stream_shows_pending_processing_progress_and_completed_then_clo
     assert fractions == sorted(fractions)
     assert 0 < fractions[0] <= 1
     assert all(event.data["status"] == "processing" for event in progress)
+    assert all("eta_ms" in event.data for event in progress)
     # Ids grow, and each is a change-feed row of this generation: none was skipped.
     ids = _ids(events)
     assert ids == sorted(set(ids))
@@ -85,10 +87,13 @@ async def test_resuming_with_last_event_id_misses_nothing_and_repeats_nothing(
         ) as again:
             resumed = await again.rest()
         assert resumed, "the resumed stream ends with the final state"
-        async with served.stream(
-            path, headers={**served.headers, "Last-Event-ID": resumed[-1].id or ""}
-        ) as after_final:
-            assert await after_final.rest() == []  # the final state is not sent again
+        async with served.http() as http:
+            after_final = await http.get(
+                path, headers={**served.headers, "Last-Event-ID": resumed[-1].id or ""}
+            )
+        # The final state is not sent again; 204 tells an EventSource to stop reconnecting.
+        assert after_final.status_code == 204
+        assert after_final.content == b""
 
     ids = _ids(resumed)
     assert ids[0] > int(last_id)

@@ -41,7 +41,8 @@ from typing import Any, Literal
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from tests.fakes.fal import serve_on_loopback
 from tests.fakes.media import mp4_bytes, png_bytes
@@ -144,6 +145,7 @@ class FakeComfyUi:
         self.client_ids: list[str | None] = []
         self.deleted: list[str] = []
         self.interrupts: list[dict[str, Any]] = []
+        self.sockets: dict[str, WebSocket] = {}  # by clientId
         self._number = 0
         self._counter = 0
         self._faults: dict[str, deque[InjectedFault]] = defaultdict(deque)
@@ -156,6 +158,7 @@ class FakeComfyUi:
                 Route("/interrupt", self._interrupt, methods=["POST"]),
                 Route("/view", self._view, methods=["GET"]),
                 Route("/upload/image", self._upload, methods=["POST"]),
+                WebSocketRoute("/ws", self._websocket),
             ]
         )
 
@@ -194,7 +197,7 @@ class FakeComfyUi:
     @asynccontextmanager
     async def serve(self) -> AsyncIterator[str]:
         """Serve the fake with uvicorn on 127.0.0.1 (a free port); yields its base URL."""
-        async with serve_on_loopback(self.app) as base_url:
+        async with serve_on_loopback(self.app, websockets=True) as base_url:
             yield base_url
 
     # --- endpoints -------------------------------------------------------------------
@@ -234,6 +237,8 @@ class FakeComfyUi:
         run = self.runs.get(prompt_id)
         if run is not None and run.state in ("pending", "running"):
             self._advance(request, run)
+            if run.state == "running":
+                await self._send_progress(run)
         entry = self.history.get(prompt_id)
         return JSONResponse({prompt_id: entry} if entry is not None else {})
 
@@ -243,9 +248,12 @@ class FakeComfyUi:
         if (fault := self._fault("queue")) is not None:
             return fault
         running = [run.queue_item() for run in self.runs.values() if run.state == "running"]
+        # ComfyUI lists its pending heap as stored, in no set order: newest first here,
+        # so a client must order by `number` itself.
         pending = sorted(
             (run for run in self.runs.values() if run.state == "pending"),
             key=lambda run: run.number,
+            reverse=True,
         )
         return JSONResponse(
             {"queue_running": running, "queue_pending": [run.queue_item() for run in pending]}
@@ -336,6 +344,48 @@ class FakeComfyUi:
         self._number += 1
         self.runs[run.prompt_id] = run
         return run
+
+    async def _websocket(self, websocket: WebSocket) -> None:
+        """`/ws?clientId=`: a `status` message on connect, then the `progress` events of
+        runs queued with that client id (and a binary preview frame, as samplers send)."""
+        if self.api_key and websocket.headers.get("authorization") != f"Bearer {self.api_key}":
+            await websocket.close(code=1008)
+            return
+        client_id = websocket.query_params.get("clientId") or uuid.uuid4().hex
+        await websocket.accept()
+        self.sockets[client_id] = websocket
+        pending = sum(run.state in ("pending", "running") for run in self.runs.values())
+        status = {"status": {"exec_info": {"queue_remaining": pending}}, "sid": client_id}
+        await websocket.send_json({"type": "status", "data": status})
+        try:
+            while True:
+                await websocket.receive_text()
+        except WebSocketDisconnect:
+            pass
+        finally:
+            if self.sockets.get(client_id) is websocket:
+                del self.sockets[client_id]
+
+    async def _send_progress(self, run: ComfyRun) -> None:
+        socket = self.sockets.get(str(run.extra_data.get("client_id")))
+        if socket is None:
+            return
+        done = run.polls - run.started_at
+        await socket.send_json(
+            {"type": "executing", "data": {"node": "3", "prompt_id": run.prompt_id}}
+        )
+        await socket.send_bytes(b"\x00\x00\x00\x01\x00\x00\x00\x02" + png_bytes(8, 8))
+        await socket.send_json(
+            {
+                "type": "progress",
+                "data": {
+                    "value": done,
+                    "max": run.polls_running,
+                    "prompt_id": run.prompt_id,
+                    "node": "3",
+                },
+            }
+        )
 
     def _advance(self, request: Request, run: ComfyRun) -> None:
         run.polls += 1

@@ -66,6 +66,7 @@ class FalJob:
     outputs: int
     failure: Failure | None
     polls_before_done: int
+    queue_ahead: int = 0
     submitted_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     polls: int = 0
     done: bool = False
@@ -75,17 +76,19 @@ class FalJob:
 
 class FakeFal:
     """In-memory fal queue. Scenario knobs (read at submit time, per job):
-    `output_kind`, `outputs` (images per job), `polls_before_done` (status checks that
-    answer IN_QUEUE/IN_PROGRESS before COMPLETED; huge = never finishes), `failure`,
-    `submit_delay_s` (answer the submit late, after accepting it). `inject()` queues
-    HTTP faults (e.g. 429 with Retry-After, 503) in front of an endpoint; `inject_file()`
-    replaces the next downloaded files' bytes.
+        `output_kind`, `outputs` (images per job), `polls_before_done` (status checks that
+        answer IN_QUEUE/IN_PROGRESS before COMPLETED; huge = never finishes), `failure`,
+        `submit_delay_s` (answer the submit late, after accepting it), `queue_ahead` (requests
+    ahead in the queue: its first status checks count `queue_position` down to 0; running
+    checks return tqdm bars in the logs). `inject()` queues
+        HTTP faults (e.g. 429 with Retry-After, 503) in front of an endpoint; `inject_file()`
+        replaces the next downloaded files' bytes.
 
-    `submit_gate`: when set, each submit waits for that event before it is answered.
+        `submit_gate`: when set, each submit waits for that event before it is answered.
 
-    Observations: `submissions` (accepted submits), `submit_attempts`, `received`
-    (accepted input bodies), `received_models`, `poll_counts`, `result_requests`, `cancels`,
-    `most_submits_at_once` (submits in progress at the same moment).
+        Observations: `submissions` (accepted submits), `submit_attempts`, `received`
+        (accepted input bodies), `received_models`, `poll_counts`, `result_requests`, `cancels`,
+        `most_submits_at_once` (submits in progress at the same moment).
     """
 
     image_size = (64, 48)
@@ -110,6 +113,7 @@ class FakeFal:
         self.kinds_by_model = dict(kinds_by_model or {})
         self.failure: Failure | None = None
         self.submit_delay_s = 0.0
+        self.queue_ahead = 0  # requests ahead of each new one in fal's queue
         self.submit_gate: asyncio.Event | None = None
         self.submits_now = 0
         self.most_submits_at_once = 0
@@ -215,6 +219,7 @@ class FakeFal:
             else 1,
             failure=self.failure,
             polls_before_done=self.polls_before_done,
+            queue_ahead=self.queue_ahead,
         )
         self.jobs[request_id] = job
         self.submissions += 1
@@ -280,22 +285,31 @@ class FakeFal:
         urls = self._urls(request, job)
         with_logs = request.query_params.get("logs") in ("1", "true", "True")
         if not job.done and job.polls <= job.polls_before_done:
-            if job.polls == 1:
+            if job.polls <= job.queue_ahead + 1:
+                # Queued: `queue_position` counts down to 0 (next), no logs yet.
                 return JSONResponse(
                     {
                         "status": "IN_QUEUE",
-                        "queue_position": 0,
+                        "queue_position": job.queue_ahead + 1 - job.polls,
                         "response_url": urls["response_url"],
                     },
                     status_code=202,
                 )
+            # Running: the logs so far (fal returns them all each time), a model's own
+            # line, then a tqdm bar redrawn once per status check, over 10 steps.
+            steps = min(10, job.polls - job.queue_ahead - 1)
+            lines = ["Loading weights"] + [
+                f"{step * 10:3d}%|{'#' * step}{' ' * (10 - step)}| {step}/10 [00:01<00:01, 8.00it/s]"
+                for step in range(1, steps + 1)
+            ]
             logs = [
                 {
-                    "message": f"step {job.polls}",
+                    "message": line,
                     "level": "INFO",
                     "source": "user",
                     "timestamp": "2026-01-01T00:00:00Z",
                 }
+                for line in lines
             ]
             return JSONResponse(
                 {
@@ -502,8 +516,9 @@ def _base(request: Request) -> str:
 
 
 @asynccontextmanager
-async def serve_on_loopback(app: Any) -> AsyncIterator[str]:
-    """Run `app` under uvicorn on 127.0.0.1 in this event loop; yields the base URL."""
+async def serve_on_loopback(app: Any, *, websockets: bool = False) -> AsyncIterator[str]:
+    """Run `app` under uvicorn on 127.0.0.1 in this event loop; yields the base URL.
+    `websockets`: serve its websocket routes too."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
@@ -513,7 +528,7 @@ async def serve_on_loopback(app: Any) -> AsyncIterator[str]:
         lifespan="off",
         log_config=None,  # leave the test process's logging alone
         log_level="warning",
-        ws="none",
+        ws="websockets-sansio" if websockets else "none",
         http="h11",
         timeout_graceful_shutdown=1,
     )

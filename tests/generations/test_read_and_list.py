@@ -28,6 +28,7 @@ PENDING_FIELDS = {
     "elapsed_ms",
     "created_at",
     "queue_position",
+    "eta_ms",  # null: no run of this model yet
     "source",
     "params",
     "metadata",
@@ -81,6 +82,7 @@ async def test_pending_generation_shows_the_documented_fields(
     assert response.status_code == 200
     body = response.json()
     assert set(body) == PENDING_FIELDS
+    assert body["eta_ms"] is None
     assert body["generation_id"] == generation_id
     assert body["status"] == "pending"
     assert body["model"] == "vivix-local-image"

@@ -29,6 +29,7 @@ from vivix.providers.base import (
 )
 from vivix.providers.comfyui import ComfyUiAdapter
 from vivix.providers.comfyui.adapter import builtin_template
+from vivix.providers.comfyui.progress import fraction_of
 from vivix.settings import ProviderSettings
 
 FAKE_HOST = "http://comfyui.test:8188"
@@ -484,13 +485,31 @@ async def test_submit_read_timeout_is_retriable_and_never_queues_twice(fake: Fak
     assert fake.submissions == 1
 
 
+async def test_a_pending_run_reports_its_place_in_the_queue_by_number(
+    fake: FakeComfyUi, adapter: ComfyUiAdapter
+) -> None:
+    fake.add_foreign_run(running=True)
+    fake.add_foreign_run(running=False)
+    fake.add_foreign_run(running=False)
+    request = image_request({"workflow_json": small_workflow()})
+    handle = await adapter.submit(request)
+    later = await adapter.submit(image_request({"workflow_json": small_workflow()}))
+
+    # Two foreign runs were queued first; the one queued after ours doesn't count.
+    assert await adapter.poll(handle, request) == Progress(status="queued", queue_position=3)
+    assert await adapter.poll(later, request) == Progress(status="queued", queue_position=4)
+    for prompt_id in list(fake.runs)[1:3]:
+        fake.runs[prompt_id].state = "deleted"  # the two foreign pending runs are gone
+    assert await adapter.poll(handle, request) == Progress(status="queued", queue_position=1)
+
+
 async def test_cancel_of_a_pending_run_deletes_it_from_the_queue(
     fake: FakeComfyUi, adapter: ComfyUiAdapter
 ) -> None:
     foreign = fake.add_foreign_run(running=True)
     request = image_request({"workflow_json": small_workflow()})
     handle = await adapter.submit(request)
-    assert await adapter.poll(handle, request) == Progress(status="queued")
+    assert await adapter.poll(handle, request) == Progress(status="queued", queue_position=1)
 
     await adapter.cancel(handle)
 
@@ -638,3 +657,50 @@ def test_shipped_template_uses_only_the_documented_placeholders() -> None:
         "height",
         "number_results",
     }
+
+
+async def test_a_running_run_reports_the_progress_events_of_its_websocket(
+    fake: FakeComfyUi,
+) -> None:
+    fake.polls_running = 5
+    async with fake.serve() as base_url:
+        adapter = ComfyUiAdapter.standalone(
+            ProviderSettings(api_key="", base_url=base_url, retry_backoff_seconds=0.001)
+        )
+        try:
+            request = image_request({"workflow_json": small_workflow()})
+            handle = await adapter.submit(request)
+            fractions: list[float | None] = []
+            for _ in range(40):
+                outcome = await adapter.poll(handle, request)
+                if isinstance(outcome, RenderResult):
+                    break
+                if outcome.status == "processing":
+                    fractions.append(outcome.fraction)
+                await asyncio.sleep(0.05)  # the event arrives beside the HTTP answer
+            else:
+                raise AssertionError("the run never finished")
+        finally:
+            await adapter.aclose()
+
+    # The fake sends step k of 5 at the run's (k+1)-th status check while it runs; a
+    # poll reports the newest event received by then.
+    seen = [f for f in fractions if f is not None]
+    assert set(seen) <= {0.0, 0.2, 0.4, 0.6, 0.8}
+    assert [f for f in seen if f > 0], fractions
+    assert seen == sorted(seen)
+    assert fake.sockets == {}  # closed with the adapter
+
+
+def test_progress_events_are_read_as_comfyui_sends_them() -> None:
+    progress = {"value": 3, "max": 12, "prompt_id": "p1", "node": "3"}
+    assert fraction_of({"type": "progress", "data": progress}) == ("p1", 0.25)
+    state = {
+        "prompt_id": "p2",
+        "nodes": {"3": {"value": 10, "max": 10, "state": "finished"}, "8": {"value": 5, "max": 30}},
+    }
+    assert fraction_of({"type": "progress_state", "data": state}) == ("p2", 0.375)
+    assert fraction_of({"type": "progress", "data": {**progress, "max": 0}}) is None
+    assert fraction_of({"type": "executing", "data": {"node": "3", "prompt_id": "p1"}}) is None
+    assert fraction_of({"type": "status", "data": {"status": {}, "sid": "x"}}) is None
+    assert fraction_of(["progress"]) is None

@@ -25,6 +25,7 @@ from vivix.providers.base import (
     UpstreamHandle,
 )
 from vivix.providers.fal import FalAdapter
+from vivix.providers.fal.adapter import progress_from_logs as fal_progress_from_logs
 from vivix.settings import ProviderSettings
 
 FAKE_HOST = "http://fal.test"
@@ -115,6 +116,37 @@ async def test_image_job_with_three_results_delivers_the_served_files(
     assert {(o.width, o.height) for o in result.outputs} == {fake.image_size}
     assert fake.submissions == 1
     assert fake.poll_counts == {job.request_id: 3}
+
+
+async def test_queue_position_while_queued_then_the_logs_tqdm_bar_while_running(
+    fake: FakeFal, adapter: FalAdapter
+) -> None:
+    fake.queue_ahead = 2
+    fake.polls_before_done = 6
+    request = image_request()
+
+    handle = await adapter.submit(request)
+    result, progress = await poll_until_done(adapter, handle, request)
+
+    assert result.outputs
+    # fal counts from 0 (next); ours from 1. No fraction until the model logs a bar.
+    assert [(p.status, p.queue_position, p.fraction) for p in progress] == [
+        ("queued", 3, None),
+        ("queued", 2, None),
+        ("queued", 1, None),
+        ("processing", None, 0.1),
+        ("processing", None, 0.2),
+        ("processing", None, 0.3),
+    ]
+
+
+def test_fal_log_progress_ignores_lines_without_a_bar_and_reads_the_newest() -> None:
+    assert fal_progress_from_logs(None) is None
+    assert fal_progress_from_logs([]) is None
+    assert fal_progress_from_logs([{"message": "Loading weights"}, "junk", {"message": 5}]) is None
+    redrawn = " 20%|##        | 2/10 [00:01<00:04]\r 70%|#######   | 7/10 [00:03<00:01]"
+    logs = [{"message": redrawn}, {"message": "saving output"}]
+    assert fal_progress_from_logs(logs) == 0.7
 
 
 async def test_video_job_delivers_the_mp4_with_its_dimensions_and_duration(

@@ -25,6 +25,7 @@ from vivix.providers.base import (
     UpstreamHandle,
 )
 from vivix.providers.replicate import ReplicateAdapter
+from vivix.providers.replicate.adapter import progress_from_logs
 from vivix.settings import ProviderSettings
 
 FAKE_HOST = "http://replicate.test"
@@ -607,3 +608,14 @@ async def test_stored_urls_on_another_host_are_sent_to_the_configured_api_host(
     result, _ = await poll_until_done(adapter, {**handle, **public}, request)
 
     assert len(result.outputs) == 1
+
+
+def test_log_progress_reads_the_newest_tqdm_bar_done_over_total() -> None:
+    assert progress_from_logs(None) is None
+    assert progress_from_logs("Using seed: 1\nloading") is None
+    # tqdm redraws one line with carriage returns; later non-bar lines don't hide it.
+    logs = (
+        "Using seed: 1\n  5%|5         | 1/20 [00:00<00:09]\r 35%|###5      | 7/20 [00:03<00:06]\n"
+    )
+    assert progress_from_logs(logs + "saving\n") == 0.35
+    assert progress_from_logs(" 0%|          | 0/0 [00:00<?]") == 0.0

@@ -4,12 +4,21 @@ plain. The stream itself is driven in a real browser (tests/browser/test_live_st
 
 from __future__ import annotations
 
+import asyncio
 import re
+from datetime import timedelta
 
 import httpx
 
 from tests.studio.helpers import signed_in, studio_user
+from tests.worker.conftest import local_registry
+from vivix.generations.eta import RunTimes
+from vivix.kit.clock import parse_iso, utcnow
+from vivix.providers.registry import ProviderRegistry
 from vivix.runtime import Runtime
+from vivix.worker.runner import Worker
+
+__all__ = ["local_registry"]
 
 FORM = {"model": "vivix-local-image", "prompt": "a lighthouse in fog", "number_results": "1"}
 
@@ -58,3 +67,34 @@ async def test_a_running_tile_in_the_gallery_is_live_and_only_its_owner_can_read
     done = (await browser.get(f"/history/{generation_id}/tile")).text
     assert 'data-status="canceled"' in done
     assert "data-live-generation" not in done
+
+
+async def test_a_queued_card_shows_the_time_left_from_the_same_estimate_as_the_api(
+    runtime: Runtime, browser: httpx.AsyncClient, local_registry: ProviderRegistry
+) -> None:
+    # Reads after this process ends a generation see it at once (not after 1 s).
+    runtime.run_times = RunTimes(settle_s=0.0)
+    user = await studio_user(runtime, concurrent_jobs=5)
+    csrf = await signed_in(browser, user)
+    first = await browser.post("/generate", data={**FORM, "csrf_token": csrf})
+    first_id = first.headers["location"].rsplit("/", 1)[1]
+    worker = Worker(runtime, concurrency=1, registry=local_registry)
+    await worker.start()
+    try:
+        for _ in range(600):
+            card = (await browser.get(f"/history/{first_id}/card")).text
+            if 'data-status="completed"' in card:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        await worker.stop(grace_s=0)
+    assert 'data-status="completed"' in card
+    runtime.run_times.ended()  # this process ended one: read the history again
+    second = await browser.post("/generate", data={**FORM, "csrf_token": csrf})
+    second_id = second.headers["location"].rsplit("/", 1)[1]
+    live = (await browser.get(f"/history/{second_id}/card")).text
+    eta = re.search(r'<span data-eta data-eta-until="([^"]+)"> · about (\d+) s left</span>', live)
+    assert eta is not None, live
+    # A moment from now (the attribute is in whole seconds).
+    until = parse_iso(eta.group(1)) - utcnow()
+    assert timedelta(seconds=-1) < until < timedelta(hours=1)

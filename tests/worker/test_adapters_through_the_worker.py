@@ -280,13 +280,14 @@ class Scenario:
         raise AssertionError(what)  # pragma: no cover - the timeout raises first
 
     async def handle_stored(self, generation_id: str) -> bool:
+        """The provider's handle is stored: more than the intent written before the submit."""
         async with self.runtime.db.read() as session:
             handle = (
                 await session.execute(
                     select(Generation.upstream_handle).where(Generation.id == generation_id)
                 )
             ).scalar_one()
-        return handle is not None
+        return handle is not None and not _is_intent(handle)
 
 
 @pytest.fixture
@@ -446,9 +447,7 @@ async def test_a_worker_lost_between_the_providers_submit_and_storing_its_id_pay
             return upstream.submissions() >= 1
 
         await scenario.until(accepted_upstream, "the submit never reached the provider")
-        assert not await scenario.handle_stored(generation_id) or await _intent_only(
-            scenario, generation_id
-        )
+        assert not await scenario.handle_stored(generation_id)
     finally:
         await first.stop(grace_s=0)  # gone mid-submit: only our intent is stored
     assert await _intent_only(scenario, generation_id)
@@ -475,4 +474,40 @@ async def _intent_only(scenario: Scenario, generation_id: str) -> bool:
                 select(Generation.upstream_handle).where(Generation.id == generation_id)
             )
         ).scalar_one()
+    return _is_intent(handle)
+
+
+def _is_intent(handle: object) -> bool:
     return isinstance(handle, dict) and set(handle) == {"request_key", "requested_at"}
+
+
+@pytest.mark.parametrize("upstream", ["fal", "xai"], indirect=True)
+async def test_a_providers_progress_reaches_the_status_read_and_only_goes_up(
+    scenario: Scenario,
+) -> None:
+    """fal's tqdm bars in its status logs and xAI's `progress` percent, through the
+    worker's store, as clients read them (the fakes count up on every status check)."""
+    upstream = scenario.upstream
+    upstream.hang()
+    worker = scenario.worker()
+    await worker.start()
+    seen: list[float] = []
+    try:
+        generation_id = await scenario.submit(upstream.provider)
+        url = f"/api/v1/generations/{generation_id}"
+        async with asyncio.timeout(60):
+            while len(set(seen)) < 2:
+                body = (await scenario.client.get(url, headers=scenario.headers)).json()
+                assert body["status"] in ("pending", "processing"), body
+                if body.get("progress") is not None:
+                    seen.append(body["progress"])
+                await asyncio.sleep(0.2)
+        canceled = await scenario.client.post(f"{url}/cancel", headers=scenario.headers)
+        assert canceled.status_code == 200, canceled.text
+    finally:
+        await worker.stop(grace_s=0)
+
+    assert seen == sorted(seen), seen
+    assert all(0 < fraction <= 1 for fraction in seen), seen
+    assert await scenario.wallet() == (CREDITS, 0)
+    await assert_ledger_consistent(scenario.runtime)

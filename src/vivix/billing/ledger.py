@@ -610,7 +610,8 @@ class PostgresLedger(Ledger):
                 connection,
                 _admit_batch(
                     batch,
-                    _WALLETS.order_by(_ACCOUNTS.c.id).with_for_update(),
+                    # NO KEY UPDATE: inserts referencing the accounts needn't wait.
+                    _WALLETS.order_by(_ACCOUNTS.c.id).with_for_update(key_share=True),
                     _POSTGRES_INSERT_GENERATIONS,
                 ),
             )

@@ -21,8 +21,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Hashable
+from typing import Any, TypeVar
 
 import structlog
 from sqlalchemy import Row
@@ -33,6 +33,7 @@ from vivix.kit.db import Database
 from vivix.kit.wakeup import EVENTS_CHANNEL, JOBS_CHANNEL, ChannelListener
 
 log = structlog.get_logger(__name__)
+T = TypeVar("T")
 
 BATCH = 500
 # A stream that falls this far behind drops its buffer and reads the feed itself.
@@ -97,6 +98,7 @@ class EventHub:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._listener: ChannelListener | None = None
+        self._reads: dict[Hashable, asyncio.Future[Any]] = {}  # reads under way
 
     def wake(self) -> None:
         self._wake.set()
@@ -152,6 +154,18 @@ class EventHub:
             self._queue_watchers.add(subscription)
         else:
             self._queue_watchers.discard(subscription)
+
+    async def shared(self, key: Hashable, read: Callable[[], Awaitable[T]]) -> T:
+        """`read()`, or the result of the same read already under way: one change seen by
+        many streams (an account's) costs one query, and no result outlives its read. The
+        read runs as its own task: a stream that goes away doesn't take it from others."""
+        task = self._reads.get(key)
+        if task is None:
+            task = asyncio.ensure_future(read())
+            self._reads[key] = task
+            task.add_done_callback(lambda _done: self._reads.pop(key, None))
+        result: T = await asyncio.shield(task)
+        return result
 
     def _start(self) -> None:
         if self._task is not None:

@@ -38,7 +38,7 @@ async def generate(request: Request) -> Response:
     location = f"/api/v1/generations/{result.generation_id}"
     if result.replay is not None:
         return json_response(
-            shown(runtime, result.replay),
+            await shown_with_eta(runtime, result.replay),
             200,
             {"Location": location, "Idempotent-Replayed": "true"},
         )
@@ -48,7 +48,7 @@ async def generate(request: Request) -> Response:
         )
         if waited is not None:
             headers = {"Location": location, "Preference-Applied": f"wait={wait_s:g}"}
-            return json_response(shown(runtime, waited), 201, headers)
+            return json_response(await shown_with_eta(runtime, waited), 201, headers)
     assert result.created is not None
     return json_response(submitted_out(result.created), 201, {"Location": location})
 
@@ -65,7 +65,7 @@ async def read_generation(request: Request, generation_id: str) -> Response:
     await pass_gate(request, row)
     if row is None or row.id is None:
         raise GenerationNotFound()
-    return json_response(shown(runtime, row))
+    return json_response(await shown_with_eta(runtime, row))
 
 
 @router.post("/generations/{generation_id}/cancel", summary="Cancel a generation")
@@ -166,9 +166,14 @@ def _timestamp(raw: str | None, field: str) -> datetime | None:
         ) from None
 
 
-def shown(runtime: Runtime, row: Any) -> dict[str, object]:
+def shown(runtime: Runtime, row: Any, eta: tuple[int | None] | None = None) -> dict[str, object]:
     """The generation as GET /generations/{id} shows it, from a `generations.repository`
-    row (event streams show every change this way too)."""
+    row (event streams show every change this way too); `eta`: see `generation_out`."""
     return generation_out(
-        row, output_url=runtime.storage.url_for, queue_position=row.queue_position
+        row, output_url=runtime.storage.url_for, queue_position=row.queue_position, eta=eta
     )
+
+
+async def shown_with_eta(runtime: Runtime, row: Any) -> dict[str, object]:
+    """`shown` with `eta_ms` while pending or processing (the status read)."""
+    return shown(runtime, row, (await service.eta_ms(runtime, row),))

@@ -99,6 +99,8 @@ async def commit_final_state(
         runtime.notify_canceled(generation.id)
     if webhooks_queued:
         runtime.notify_webhooks_queued(webhooks_queued if leased else ())
+    if final.status == GenerationStatus.COMPLETED:
+        runtime.run_times.ended()  # a new run time: read the history again soon
     observe_finished(
         generation.model,
         generation.status,

@@ -18,11 +18,14 @@ from sqlalchemy.orm import aliased
 
 from vivix.accounts.repository import select_caller
 from vivix.events.repository import last_for_generation
+from vivix.generations.eta import Run
 from vivix.kit.db import ReadConnection
 from vivix.models import Account, Generation, GenerationStatus
 
 QUEUE_POSITION_CAP = 1000
 PENDING = GenerationStatus.PENDING.value
+PROCESSING = GenerationStatus.PROCESSING.value
+COMPLETED = GenerationStatus.COMPLETED.value
 ACTIVE = (PENDING, GenerationStatus.PROCESSING.value)
 
 _SHOWN = (
@@ -41,8 +44,11 @@ _SHOWN = (
     Generation.metadata_,
     Generation.source,
     Generation.expired_at,
+    Generation.started_at,  # for `eta_ms` (generations.eta), with `generation_is_test`
 )
-_SHOWN_COLUMNS = [attribute.label(attribute.key) for attribute in _SHOWN]
+_SHOWN_COLUMNS = [attribute.label(attribute.key) for attribute in _SHOWN] + [
+    Generation.is_test.label("generation_is_test")  # the caller's row has the key's `is_test`
+]
 
 
 def _queue_position(generation_id: Any) -> Any:
@@ -285,3 +291,29 @@ async def active_generations(connection: AsyncConnection, limit: int) -> list[Ro
         .limit(limit)
     )
     return list((await connection.execute(query)).all())
+
+
+async def recent_runs(connection: AsyncConnection, limit: int) -> tuple[list[Run], int]:
+    """The newest `limit` completed generations' run facts, newest first (by id: the
+    (status, id) index serves it), and how many generations are processing now."""
+    rows = await connection.execute(
+        select(
+            Generation.model,
+            Generation.is_test,
+            Generation.params,
+            Generation.started_at,
+            Generation.completed_at,
+        )
+        .where(Generation.status == COMPLETED)
+        .order_by(Generation.id.desc())
+        .limit(limit)
+    )
+    runs = [
+        Run(row.model, row.is_test, row.params or {}, row.started_at, row.completed_at)
+        for row in rows
+        if row.started_at is not None and row.completed_at is not None
+    ]
+    processing = await connection.scalar(
+        select(func.count()).select_from(Generation).where(Generation.status == PROCESSING)
+    )
+    return runs, int(processing or 0)

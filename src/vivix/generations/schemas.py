@@ -21,10 +21,12 @@ def generation_out(
     *,
     output_url: Callable[[str], str],
     queue_position: int | None = None,
+    eta: tuple[int | None] | None = None,
 ) -> dict[str, Any]:
     """From the model or a `generations.repository` row (same attribute names).
     `output_url` turns a stored output's storage key into its public URL
-    (`OutputStore.url_for`), so URLs follow the current public URL settings."""
+    (`OutputStore.url_for`), so URLs follow the current public URL settings. `eta`:
+    `(eta_ms,)` where it was estimated (`service.eta_ms`), shown while running."""
     out: dict[str, Any] = {
         "generation_id": gen.id,
         "status": gen.status,
@@ -39,6 +41,8 @@ def generation_out(
             out["queue_position"] = queue_position
         if status == GenerationStatus.PROCESSING and gen.progress is not None:
             out["progress"] = round(gen.progress, 3)
+        if eta is not None:
+            out["eta_ms"] = eta[0]
     else:
         completed = gen.completed_at or gen.created_at
         out["completed_at"] = iso(completed)

@@ -27,6 +27,7 @@ from vivix.catalog.availability import availability_of
 from vivix.catalog.params import validate_metadata, validate_params
 from vivix.catalog.service import CatalogModel
 from vivix.generations import repository
+from vivix.generations.eta import RECENT_RUNS, Run
 from vivix.generations.finish import FinalState, commit_final_state
 from vivix.kit import tracing
 from vivix.kit.bounds import MAX_BALANCE
@@ -309,3 +310,18 @@ async def wait_until_settled(
             return generation
         await asyncio.sleep(min(delay, left))
         delay = min(0.5, delay * 1.5)
+
+
+async def eta_ms(runtime: Runtime, row: Row[Any]) -> int | None:
+    """`eta_ms` of a pending or processing generation from this process's run-time
+    history (`generations.eta`, refreshed when stale); None for others or without
+    history."""
+    if row.status not in ACTIVE_STATUSES:
+        return None
+
+    async def load() -> tuple[list[Run], int]:
+        async with runtime.db.autocommit() as connection:
+            return await repository.recent_runs(connection, RECENT_RUNS)
+
+    history = await runtime.run_times.current(load)
+    return history.eta_ms(row, utcnow())

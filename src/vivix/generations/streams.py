@@ -31,7 +31,7 @@ from vivix.events import repository as feed_repository
 from vivix.events.feed import FINAL_STATUSES, GENERATION
 from vivix.events.hub import Subscription
 from vivix.generations import repository
-from vivix.generations.endpoints import shown
+from vivix.generations.endpoints import shown_with_eta
 from vivix.kit.errors import GenerationNotFound, InvalidParams
 from vivix.kit.http import PlainRoute, runtime_of
 from vivix.kit.ids import is_uuid
@@ -62,11 +62,18 @@ async def generation_events(request: Request, generation_id: str) -> Response:
     if wanted is None:
         raise GenerationNotFound()
     bind_generation(wanted)
-    async with runtime.db.autocommit() as connection:
-        found = await repository.read_for_account(connection, account_id, wanted)
+    found = await _read(runtime, account_id, wanted, shared=False)
     if found is None:
         raise GenerationNotFound()
-    stream = _generation_stream(runtime, account_id, wanted, _last_event_id(request))
+    resume_after = _last_event_id(request)
+    if (
+        resume_after is not None
+        and found.status in FINAL_STATUSES
+        and found.last_event_id <= resume_after
+    ):
+        # The final state was seen: 204 tells an EventSource to stop reconnecting.
+        return Response(status_code=204, headers=STREAM_HEADERS)
+    stream = _generation_stream(runtime, account_id, wanted, resume_after)
     return _response(runtime, stream)
 
 
@@ -121,17 +128,17 @@ def _event(event_id: int, name: str, data: dict[str, object]) -> ServerSentEvent
     return ServerSentEvent(data=text, event=name, id=str(event_id))
 
 
-def _as_of(runtime: Runtime, current: Row[Any], change: Row[Any]) -> dict[str, object]:
+async def _as_of(runtime: Runtime, current: Row[Any], change: Row[Any]) -> dict[str, object]:
     """The generation as shown at `change`: a final state is the row as it is now (it
     no longer changes), an earlier one the row with that change's status and progress."""
     if change.status in FINAL_STATUSES:
-        return shown(runtime, current)
+        return await shown_with_eta(runtime, current)
     values = dict(current._mapping)
     values["status"] = change.status
     values["progress"] = change.progress
     if change.status != PENDING or current.status != PENDING:
         values["queue_position"] = None
-    return shown(runtime, SimpleNamespace(**values))
+    return await shown_with_eta(runtime, SimpleNamespace(**values))
 
 
 async def _generation_stream(
@@ -142,14 +149,14 @@ async def _generation_stream(
     await hub.subscribe(subscription)
     try:
         with sse_stream():
-            current = await _read(runtime, account_id, generation_id)
+            current = await _read(runtime, account_id, generation_id, shared=False)
             if current is None:
                 return
             # Before anything is sent: a queue move from now on is not missed.
             hub.watch_queue(subscription, current.status == PENDING)
             if resume_after is None:
                 cursor = int(current.last_event_id)
-                yield _event(cursor, GENERATION, shown(runtime, current))
+                yield _event(cursor, GENERATION, await shown_with_eta(runtime, current))
                 if current.status in FINAL_STATUSES:
                     return
                 catch_up = False
@@ -168,12 +175,12 @@ async def _generation_stream(
                 rows = [row for row in rows if row.id > cursor]
                 wait: float | None = None
                 if rows:
-                    current = await _read(runtime, account_id, generation_id)
+                    current = await _read(runtime, account_id, generation_id, rows[-1].id)
                     if current is None:
                         return
                     for row in rows:
                         cursor = row.id
-                        yield _event(cursor, row.kind, _as_of(runtime, current, row))
+                        yield _event(cursor, row.kind, await _as_of(runtime, current, row))
                         if row.status in FINAL_STATUSES:
                             return
                     position, refreshed = current.queue_position, time.monotonic()
@@ -187,7 +194,7 @@ async def _generation_stream(
                         refreshed = time.monotonic()
                         if current.status == PENDING and current.queue_position != position:
                             cursor, position = max(cursor, moved), current.queue_position
-                            yield _event(cursor, GENERATION, shown(runtime, current))
+                            yield _event(cursor, GENERATION, await shown_with_eta(runtime, current))
                 hub.watch_queue(subscription, current.status == PENDING)
                 if not subscription.rows and not subscription.overflowed:
                     with contextlib.suppress(TimeoutError):
@@ -196,9 +203,29 @@ async def _generation_stream(
         hub.unsubscribe(subscription)
 
 
-async def _read(runtime: Runtime, account_id: str, generation_id: str) -> Row[Any] | None:
-    async with runtime.db.autocommit() as connection:
-        return await repository.read_with_last_event(connection, account_id, generation_id)
+async def _read(
+    runtime: Runtime,
+    account_id: str,
+    generation_id: str,
+    at_least: int = 0,
+    *,
+    shared: bool = True,
+) -> Row[Any] | None:
+    """The generation with its newest event id, as of event `at_least` or later. Streams
+    reading it at the same moment share one query; a shared read begun before that event
+    committed is not good enough, and is made again. A stream's starting state is never
+    shared (it must be read after the stream subscribed)."""
+
+    async def read() -> Row[Any] | None:
+        async with runtime.db.autocommit() as connection:
+            return await repository.read_with_last_event(connection, account_id, generation_id)
+
+    if not shared:
+        return await read()
+    row = await runtime.events.shared((account_id, generation_id), read)
+    if row is not None and row.last_event_id < at_least:
+        row = await read()
+    return row
 
 
 async def _account_stream(
@@ -222,7 +249,7 @@ async def _account_stream(
                     )
                 for current in active:
                     if status is None or current.status == status:
-                        yield _event(cursor, GENERATION, shown(runtime, current))
+                        yield _event(cursor, GENERATION, await shown_with_eta(runtime, current))
             else:
                 cursor = resume_after
             while True:
@@ -249,17 +276,18 @@ async def _account_events(
     status: str | None,
 ) -> AsyncIterator[ServerSentEvent]:
     wanted = [row for row in rows if status is None or row.status == status]
-    generations: dict[str, Row[Any] | None] = {}
-    async with runtime.db.autocommit() as connection:
-        for generation_id in dict.fromkeys(row.generation_id for row in wanted):
-            generations[generation_id] = await repository.read_with_last_event(
-                connection, account_id, generation_id
-            )
+    newest: dict[str, int] = {}
+    for row in wanted:
+        newest[row.generation_id] = row.id
+    generations = {
+        generation_id: await _read(runtime, account_id, generation_id, at_least)
+        for generation_id, at_least in newest.items()
+    }
     for row in wanted:
         current = generations.get(row.generation_id)
         if current is None or (model is not None and current.model != model):
             continue
-        yield _event(row.id, row.kind, _as_of(runtime, current, row))
+        yield _event(row.id, row.kind, await _as_of(runtime, current, row))
 
 
 async def _read_feed(

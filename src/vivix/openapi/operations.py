@@ -437,7 +437,15 @@ EVENT_OPERATIONS: tuple[Operation, ...] = (
         "Server-sent events: the current state first, then every change (queue position, "
         "processing, progress, the final state); the stream ends after the final state."
         + _STREAM_FORMAT,
-        responses=(Success(200, None, "The event stream.", stream=True),),
+        responses=(
+            Success(200, None, "The event stream.", stream=True),
+            Success(
+                204,
+                None,
+                "`Last-Event-ID` is at or past the final state: nothing more will come (an "
+                "EventSource stops reconnecting).",
+            ),
+        ),
         errors=(*GATE_ERRORS, "GENERATION_NOT_FOUND"),
         params=(GENERATION_ID, LAST_EVENT_ID),
     ),

@@ -154,18 +154,32 @@ class _GenerationBase(_Open):
     expired_at: Timestamp | None = Field(None, description="When retention deleted the outputs.")
 
 
+ETA_MS = (
+    "Estimated milliseconds until the generation ends, from the recent run times of the "
+    "same model and params class (resolution, duration bucket, number of results, live or "
+    "test); null when there is no such history. Shown by the status read."
+)
+
+
 class PendingGeneration(_GenerationBase):
     status: Literal["pending"]
     elapsed_ms: int
-    queue_position: int | None = Field(None, ge=1, description="1 = next.")
-    eta_ms: int | None = None
+    queue_position: int | None = Field(
+        None, ge=1, description="Place among all pending generations, 1 = next (capped at 1000)."
+    )
+    eta_ms: int | None = Field(None, ge=0, description=ETA_MS)
 
 
 class ProcessingGeneration(_GenerationBase):
     status: Literal["processing"]
     elapsed_ms: int
-    progress: float | None = Field(None, ge=0, le=1)
-    eta_ms: int | None = None
+    progress: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="Fraction done when the renderer or provider reports it; never goes down.",
+    )
+    eta_ms: int | None = Field(None, ge=0, description=ETA_MS)
 
 
 class CompletedGeneration(_GenerationBase):

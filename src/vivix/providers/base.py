@@ -80,8 +80,10 @@ class RenderRequest:
 
 @dataclass(frozen=True, slots=True)
 class Progress:
-    """A running job: `fraction` done (0..1) when the provider reports one;
-    `queue_position` (1 = next) while the provider still has it queued, when it says."""
+    """A running job: `fraction` done (0..1) when the provider reports one (the worker
+    stores it, only upward); `queue_position` (1 = next) while the provider still has it
+    queued, when it says. That one is not stored: to our clients the job is `processing`,
+    and upstream queueing is part of the run times behind `eta_ms`."""
 
     fraction: float | None = None
     status: str = "processing"

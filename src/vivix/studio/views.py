@@ -6,13 +6,16 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Row
 
 from vivix.catalog import pricing
 from vivix.catalog.service import CatalogModel
+from vivix.generations import service as generations
 from vivix.generations.schemas import generation_out
+from vivix.kit.clock import iso, utcnow
 from vivix.models import ACTIVE_STATUSES
 from vivix.providers.circuits import route_key
 from vivix.providers.registry import LOCAL, is_configured
@@ -78,12 +81,19 @@ def grouped(choices: list[ModelChoice]) -> list[tuple[str, list[ModelChoice]]]:
     ]
 
 
-def generation_view(runtime: Runtime, row: Row[Any]) -> dict[str, Any]:
+async def live_view(runtime: Runtime, row: Row[Any]) -> dict[str, Any]:
+    """`generation_view` with the API's `eta_ms` while it runs (for the live card)."""
+    eta = await generations.eta_ms(runtime, row) if row.status in ACTIVE_STATUSES else None
+    return generation_view(runtime, row, eta)
+
+
+def generation_view(runtime: Runtime, row: Row[Any], eta_ms: int | None = None) -> dict[str, Any]:
     """The API's generation object plus what a page needs to draw it."""
     out = generation_out(
         row,
         output_url=runtime.storage.url_for,
         queue_position=getattr(row, "queue_position", None),
+        eta=(eta_ms,) if eta_ms is not None else None,
     )
     model: CatalogModel | None = runtime.catalog.get(row.model)
     params = row.params or {}
@@ -114,6 +124,8 @@ def generation_view(runtime: Runtime, row: Row[Any]) -> dict[str, Any]:
         is_active=row.status in ACTIVE_STATUSES,
         percent=None if progress is None else round(progress * 100),
         outputs_view=outputs,
+        # When the estimate runs out, for studio.js to count down between updates.
+        eta_until=iso(utcnow() + timedelta(milliseconds=eta_ms)) if eta_ms else None,
         created=row.created_at,
         completed=row.completed_at,
         results=int(params.get("number_results") or 1),

@@ -22,6 +22,9 @@ and which branch below implements it:
   has no history yet is told apart from one the server forgot: neither in history nor in
   the queue (checked twice, a run may finish between the two calls) → the upstream job
   is gone → ProviderRetriableError(resubmit=True).
+- `GET /ws?clientId=` (websocket) streams `progress` events (`value`/`max`) of the runs
+  queued with that client id: the only place a running run's progress is told
+  (`comfyui.progress`; a poll of a running run returns the last one).
 - `GET /view?filename=&subfolder=&type=` serves an output file.
 - `POST /queue {"delete": [prompt_id]}` removes a *pending* run; `POST /interrupt` stops
   the *running* one. Newer servers take `{"prompt_id"}` and interrupt only that run; older
@@ -102,6 +105,7 @@ from vivix.providers.base import (
     RenderResult,
     UpstreamHandle,
 )
+from vivix.providers.comfyui.progress import ProgressFeed
 from vivix.providers.http import (
     json_object_or_empty,
     parse_retry_after,
@@ -243,15 +247,21 @@ class ComfyUiAdapter(UpstreamAdapter):
 
     def __init__(self, setup: AdapterSetup) -> None:
         super().__init__(setup)
-        # ComfyUI routes websocket events by client id; we only poll, one id per process.
+        # ComfyUI routes websocket events by client id: one per process, whose progress
+        # events our feed listens to (comfyui.progress).
         self._client_id = uuid.uuid4().hex
         self._file_templates: dict[str, tuple[tuple[int, int], WorkflowTemplate]] = {}
+        key = setup.settings.api_key
+        self._progress = ProgressFeed(
+            self.base_url, self._client_id, {"Authorization": f"Bearer {key}"} if key else None
+        )
 
     async def submit(self, request: RenderRequest) -> UpstreamHandle:
         options = ComfyUiRouteOptions.parse(request.options)
         template = await self._template(options)
         uploaded = await self._upload_references(request, template.placeholders)
         values = placeholder_values(request, options, template.placeholders, uploaded)
+        self._progress.start()  # listening before the run can start
         body: dict[str, Any] = {"prompt": template.render(values), "client_id": self._client_id}
         if request.request_key:
             # ComfyUI takes the client's prompt_id: a retried attempt finds the run by it.
@@ -287,13 +297,14 @@ class ComfyUiAdapter(UpstreamAdapter):
         prompt_id = handle.get("prompt_id")
         if not isinstance(prompt_id, str) or not prompt_id:
             raise ProviderRetriableError("comfyui handle lacks prompt_id", resubmit=True)
+        self._progress.start()
         entry = await self._history_entry(prompt_id)
         if entry is None:
-            state = await self._queue_state(prompt_id)
+            state, place = await self._queue_place(prompt_id)
             if state == "running":
-                return Progress(status="processing")
+                return Progress(fraction=self._progress.fraction(prompt_id), status="processing")
             if state == "pending":
-                return Progress(status="queued")
+                return Progress(status="queued", queue_position=place)
             entry = await self._history_entry(prompt_id)  # it may have just finished
             if entry is None:
                 raise ProviderRetriableError(
@@ -302,6 +313,7 @@ class ComfyUiAdapter(UpstreamAdapter):
                     0.0,
                     resubmit=True,
                 )
+        self._progress.forget(prompt_id)
         status = entry.get("status")
         if isinstance(status, dict) and status.get("status_str") == "error":
             raise execution_failure(status)
@@ -311,6 +323,10 @@ class ComfyUiAdapter(UpstreamAdapter):
         if not files:
             raise ProviderRejectedError("the ComfyUI workflow finished without output files")
         return RenderResult([await self._download(ref) for ref in files])
+
+    async def aclose(self) -> None:
+        await self._progress.aclose()
+        await super().aclose()
 
     async def cancel(self, handle: UpstreamHandle) -> None:
         prompt_id = handle.get("prompt_id")
@@ -403,15 +419,27 @@ class ComfyUiAdapter(UpstreamAdapter):
 
     async def _queue_state(self, prompt_id: str) -> str | None:
         """ "running", "pending", or None when the queue doesn't hold the run."""
+        return (await self._queue_place(prompt_id))[0]
+
+    async def _queue_place(self, prompt_id: str) -> tuple[str | None, int | None]:
+        """The run's state in `/queue` and, while pending, its place (1 = next): the
+        server runs the lowest `number` first, and lists pending runs in no set order."""
         response = await self._http.request("GET", "/queue")
         if not response.is_success:
             raise _http_failure(response, "queue")
         queue = json_object_or_empty(response)
         for state, key in (("running", "queue_running"), ("pending", "queue_pending")):
             items = queue.get(key)
-            if isinstance(items, list) and any(_queue_item_id(item) == prompt_id for item in items):
-                return state
-        return None
+            items = items if isinstance(items, list) else []
+            ours = next((item for item in items if _queue_item_id(item) == prompt_id), None)
+            if ours is None:
+                continue
+            number = _queue_item_number(ours)
+            if state == "running" or number is None:
+                return state, None
+            ahead = [n for n in map(_queue_item_number, items) if n is not None and n < number]
+            return state, len(ahead) + 1
+        return None, None
 
     async def _best_effort(
         self, method: str, path: str, body: dict[str, Any], prompt_id: str
@@ -620,6 +648,14 @@ def _files_of(node: dict[str, Any]) -> list[FileRef]:
 def _queue_item_id(item: Any) -> str | None:
     if isinstance(item, list | tuple) and len(item) > 1:
         return str(item[1])
+    return None
+
+
+def _queue_item_number(item: Any) -> float | None:
+    if isinstance(item, list | tuple) and item:
+        number = item[0]
+        if isinstance(number, int | float) and not isinstance(number, bool):
+            return number
     return None
 
 

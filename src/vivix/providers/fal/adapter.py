@@ -4,8 +4,10 @@ Protocol (fal docs, "Queue API" / "Inference API" reference):
 - submit  `POST {queue}/{model_id}` with the model's input as the JSON body, header
   `Authorization: Key <FAL_KEY>`; the answer carries `request_id`, `status_url`,
   `response_url` and `cancel_url`.
-- status  `GET status_url` → `{"status": "IN_QUEUE" | "IN_PROGRESS" | "COMPLETED", ...}`
-  (HTTP 202 while queued or running, 200 when complete; `queue_position` while queued).
+- status  `GET status_url?logs=1` → `{"status": "IN_QUEUE" | "IN_PROGRESS" | "COMPLETED",
+  ...}` (HTTP 202 while queued or running, 200 when complete); `queue_position` while
+  queued (0 = next: reported as position + 1), `logs: [{message, level, source,
+  timestamp}]` so far once running, whose last tqdm bar is the progress we report.
 - result  `GET response_url` → the model's own status code, headers and body: the output
   JSON on success, or the model's error (e.g. 422 with a `detail` list) on failure.
 - cancel  `PUT cancel_url` → 202 `CANCELLATION_REQUESTED`, 400 `ALREADY_COMPLETED`,
@@ -61,6 +63,7 @@ from vivix.providers.http import (
     json_object_or_empty,
     known_content_type,
 )
+from vivix.providers.progress import fraction_from_log_lines
 from vivix.providers.route_options import (
     IMAGE_SIZE,
     IMAGE_SIZE_ENUM,
@@ -183,14 +186,19 @@ class FalAdapter(UpstreamAdapter):
 
     async def poll(self, handle: UpstreamHandle, request: RenderRequest) -> Progress | RenderResult:
         urls = self._urls(handle)
-        response = await self._http.request("GET", urls["status_url"])
+        response = await self._http.request("GET", urls["status_url"], params={"logs": "1"})
         if not response.is_success:  # 202 while queued or running, 200 once completed
             raise poll_error(response, "status check")
-        status = str(json_object_or_empty(response).get("status", ""))
+        answer = json_object_or_empty(response)
+        status = str(answer.get("status", ""))
         if status == "IN_QUEUE":
-            return Progress(status="queued")
+            position = answer.get("queue_position")
+            ahead = (
+                position if isinstance(position, int) and not isinstance(position, bool) else None
+            )
+            return Progress(status="queued", queue_position=None if ahead is None else ahead + 1)
         if status == "IN_PROGRESS":
-            return Progress(status="processing")
+            return Progress(fraction=progress_from_logs(answer.get("logs")), status="processing")
         if status.upper() in ("CANCELED", "CANCELLED"):
             raise ProviderRejectedError("canceled upstream")
         if status not in ("COMPLETED", "FAILED", "ERROR"):
@@ -309,6 +317,14 @@ def _file_refs(value: Any) -> list[FileRef]:
             duration_s=float(duration) if isinstance(duration, int | float) else None,
         )
     ]
+
+
+def progress_from_logs(logs: Any) -> float | None:
+    """The last tqdm bar among the status answer's log messages, if any."""
+    if not isinstance(logs, list):
+        return None
+    messages = [entry.get("message") for entry in logs if isinstance(entry, dict)]
+    return fraction_from_log_lines(m for m in messages if isinstance(m, str))
 
 
 def submit_error(response: httpx.Response, model: str) -> ProviderError:

@@ -62,6 +62,7 @@ from vivix.providers.http import (
     json_object_or_empty,
     known_content_type,
 )
+from vivix.providers.progress import fraction_from_log_lines
 from vivix.providers.route_options import (
     USUAL_FIELDS,
     WIDTH_HEIGHT,
@@ -89,8 +90,6 @@ REPLICATE_INPUT = InputConventions(
 
 TERMINAL = frozenset({"succeeded", "failed", "canceled", "aborted"})
 VERSION_ID = re.compile(r"^[0-9a-f]{64}$")
-# tqdm bars in the logs ("42%|████      | 21/50 [...]"), parsed as replicate-python does.
-PROGRESS_LINE = re.compile(r"^\s*(\d+)%\s*\|.+?\|\s*(\d+)/(\d+)")
 # A failed prediction's `error` is free text (sometimes with an E#### code). These mark a
 # moderation refusal (E005 is Replicate's "flagged as sensitive")...
 CONTENT_MARKERS = (
@@ -323,13 +322,8 @@ def output_urls(output: Any) -> list[str]:
 
 
 def progress_from_logs(logs: Any) -> float | None:
-    if not isinstance(logs, str):
-        return None
-    for line in reversed(logs.splitlines()):
-        match = PROGRESS_LINE.match(line)
-        if match:
-            return min(1.0, int(match.group(1)) / 100.0)
-    return None
+    """The prediction's `logs` text: its last tqdm bar, if any."""
+    return fraction_from_log_lines([logs]) if isinstance(logs, str) else None
 
 
 def failure_error(error: Any) -> ProviderError:

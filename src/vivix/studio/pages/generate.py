@@ -135,7 +135,7 @@ async def submit(request: Request) -> Response:
     context = await _form_context(
         request, runtime, viewer, model.slug, forms.values_from_form(model.spec, form), {}
     )
-    context["new_run"] = views.generation_view(runtime, row)
+    context["new_run"] = await views.live_view(runtime, row)
     return web_of(request).fragment(
         request, "partials/generate_submitted.html", context, viewer, 201
     )
@@ -154,7 +154,7 @@ async def _recent_runs(runtime: Runtime, viewer: Viewer) -> list[dict[str, Any]]
             created_before=None,
             metadata={},
         )
-    return [views.generation_view(runtime, row) for row in rows]
+    return [await views.live_view(runtime, row) for row in rows]
 
 
 def _pick_model(runtime: Runtime, viewer: Viewer, slug: str | None) -> CatalogModel | None:

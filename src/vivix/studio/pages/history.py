@@ -130,7 +130,7 @@ async def _generation(runtime: Runtime, viewer: Viewer, generation_id: str) -> A
 async def detail_page(request: Request, generation_id: str) -> Response:
     viewer = await require_viewer(request)
     runtime = runtime_of(request)
-    gen = views.generation_view(runtime, await _generation(runtime, viewer, generation_id))
+    gen = await views.live_view(runtime, await _generation(runtime, viewer, generation_id))
     body = {"model": gen["model"], **gen["params"]}
     if gen["metadata"]:
         body["metadata"] = gen["metadata"]
@@ -147,7 +147,7 @@ async def run_card(request: Request, generation_id: str) -> Response:
     """The live card (htmx polls it while the generation runs), with the wallet."""
     viewer = await require_viewer(request)
     runtime = runtime_of(request)
-    gen = views.generation_view(runtime, await _generation(runtime, viewer, generation_id))
+    gen = await views.live_view(runtime, await _generation(runtime, viewer, generation_id))
     return web_of(request).fragment(request, "partials/run_card_live.html", {"gen": gen}, viewer)
 
 

@@ -64,9 +64,15 @@
     });
   }
 
-  // Elapsed time on running cards ticks every second between server updates.
+  // Elapsed time and the time left on running cards tick every second between updates.
   function tick() {
     var now = Date.now();
+    document.querySelectorAll("[data-eta-until]").forEach(function (node) {
+      var until = Date.parse(node.getAttribute("data-eta-until"));
+      if (isNaN(until)) return;
+      var left = Math.round((until - now) / 1000);
+      node.textContent = left > 0 ? " · about " + left + " s left" : " · almost done";
+    });
     document.querySelectorAll("[data-elapsed-since]").forEach(function (node) {
       var started = Date.parse(node.getAttribute("data-elapsed-since"));
       if (isNaN(started)) return;
@@ -123,8 +129,17 @@
     liveCards(generation.generation_id).forEach(function (card) {
       var bar = card.querySelector("progress");
       var label = card.querySelector("[data-percent]");
+      var eta = card.querySelector("[data-eta]");
       if (bar) bar.value = percent;
       if (label) label.textContent = " · " + percent + "%";
+      if (eta && "eta_ms" in generation) {
+        if (generation.eta_ms) {
+          eta.setAttribute("data-eta-until", new Date(Date.now() + generation.eta_ms).toISOString());
+        } else {
+          eta.removeAttribute("data-eta-until");
+          eta.textContent = "";
+        }
+      }
     });
   }
   function onChange(event) {
