@@ -18,6 +18,8 @@ OTHER_BENCHMARKS = (
     "bench.bench_render",
     "bench.bench_cli",
     "bench.bench_studio",
+    "bench.bench_webhooks",
+    "bench.bench_sse",
 )
 
 

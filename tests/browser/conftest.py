@@ -31,14 +31,25 @@ PASSWORD = "correct horse battery staple"
 MODELS = ("vivix-local-image", "vivix-local-audio", "vivix-local-video")
 DESKTOP = {"width": 1280, "height": 800}
 PHONE = {"width": 390, "height": 844}
+GROUP = "browser"
+# A render can wait behind others on a loaded 2-core machine: waits for a result allow this.
+RENDER_MS = 120_000
 SCREENSHOTS = Path(__file__).parents[2] / "docs" / "screenshots"
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+# One xdist group: one worker runs them all, with one server and one chromium. xdist 3.8
+# tells its scheduler the group by suffixing `item._nodeid`, which pytest 9 no longer reads
+# (the id lives in `item._id`): the suffix is set here so `--dist loadgroup` works.
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     here = Path(__file__).parent
     for item in items:
         if here in Path(str(item.fspath)).parents:
-            item.add_marker(pytest.mark.xdist_group("browser"))
+            item.add_marker(pytest.mark.xdist_group(GROUP))
+            if config.getoption("loadgroup", default=False) and hasattr(item, "_id"):
+                from _pytest.nodeid import coerce_node_id
+
+                item._id = coerce_node_id(f"{item.nodeid}@{GROUP}")
 
 
 @dataclass(frozen=True)

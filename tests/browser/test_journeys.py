@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 
-from tests.browser.conftest import Pages, Studio, sign_in, until
+from tests.browser.conftest import RENDER_MS, Pages, Studio, sign_in, until
 
 
 def _balance(page: Any) -> int:
@@ -61,7 +61,7 @@ def test_a_free_user_generates_and_the_result_and_charge_appear_without_a_reload
     page.fill("#param-prompt", "a lighthouse in fog")
     page.click("#generate-submit")
     card = page.locator("#runs-list article.run[data-status=completed]")
-    card.wait_for()
+    card.wait_for(timeout=RENDER_MS)
     image = card.locator("img").first
     image.wait_for()
     assert page.evaluate("(img) => img.complete && img.naturalWidth > 0", image.element_handle())
@@ -145,7 +145,7 @@ def test_history_filters_live_in_the_url_and_a_run_can_be_run_again(
             )
         )
         rerun_id = page.url.rsplit("/", 1)[1]
-        page.locator(f"#run-{rerun_id}[data-status=completed]").wait_for()
+        page.locator(f"#run-{rerun_id}[data-status=completed]").wait_for(timeout=RENDER_MS)
         rerun = api.get(f"/api/v1/generations/{rerun_id}").json()
         original = api.get(f"/api/v1/generations/{first_id}").json()
         assert rerun["source"] == "studio"
@@ -158,7 +158,7 @@ def test_the_usage_csv_download_adds_up_to_the_ledger(pages: Pages, studio: Stud
     page = pages.signed_in(user)
     page.fill("#param-prompt", "copper teapot")
     page.click("#generate-submit")
-    page.locator("#runs-list article.run[data-status=completed]").wait_for()
+    page.locator("#runs-list article.run[data-status=completed]").wait_for(timeout=RENDER_MS)
     granted = studio.admin.post(
         f"/admin/v1/accounts/{user.account}/credits", json={"amount": 40, "reason": "=1+1"}
     )

@@ -15,7 +15,16 @@ import httpx
 import pytest
 from PIL import Image, ImageChops
 
-from tests.browser.conftest import DESKTOP, PHONE, SCREENSHOTS, Pages, Studio, User, until
+from tests.browser.conftest import (
+    DESKTOP,
+    PHONE,
+    RENDER_MS,
+    SCREENSHOTS,
+    Pages,
+    Studio,
+    User,
+    until,
+)
 
 # (file name, path): the operator sees every page, so one person shows them all.
 PAGES = (
@@ -208,6 +217,6 @@ def test_generate_works_with_the_keyboard_alone(pages: Pages, studio: Studio) ->
     tab_to("generate-submit")
     page.keyboard.press("Enter")
     card = page.locator("#runs-list article.run[data-status=completed]")
-    card.wait_for()
+    card.wait_for(timeout=RENDER_MS)
     assert "a paper boat on a pond" in card.inner_text()
     assert re.search(r"/generate$", page.url)

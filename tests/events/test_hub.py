@@ -108,3 +108,29 @@ async def test_workers_delete_changes_older_than_the_kept_window(runtime: Runtim
     async with runtime.db.read() as session:
         left = list((await session.execute(select(GenerationEvent.id).order_by("id"))).scalars())
     assert left == ids[3:]
+
+
+async def test_streams_that_got_the_same_change_share_one_read(runtime: Runtime) -> None:
+    hub = EventHub(runtime.db, poll_interval_s=60, gap_wait_s=1.0)
+    loads: list[str] = []
+    release = asyncio.Event()
+
+    async def load(value: str) -> str:
+        loads.append(value)
+        await release.wait()
+        if value == "fails":
+            raise RuntimeError("the database went away")
+        return value
+
+    waiting = [asyncio.ensure_future(hub.shared(("g", 7), lambda: load("at 7"))) for _ in range(50)]
+    later = asyncio.ensure_future(hub.shared(("g", 8), lambda: load("at 8")))
+    await asyncio.sleep(0)
+    release.set()
+    assert set(await asyncio.gather(*waiting)) == {"at 7"}
+    assert await later == "at 8"
+    assert loads == ["at 7", "at 8"]  # one read per change, not one per stream
+    with pytest.raises(RuntimeError):
+        await hub.shared(("g", 9), lambda: load("fails"))
+    assert await hub.shared(("g", 9), lambda: load("at 9")) == "at 9"  # a failure is not kept
+    assert loads == ["at 7", "at 8", "fails", "at 9"]
+    await hub.close()
