@@ -36,7 +36,7 @@ from starlette.routing import Route
 from bench.common import uvicorn_settings
 
 ACCOUNT_ID = "00000000-0000-4000-8000-000000000001"
-# Vivix's defaults: pool_size 10 + max_overflow 20.
+# As many as Vivix (pool_size 30, no overflow).
 POSTGRES_POOL = 30
 SQLITE_READERS = 4
 BUSY_TIMEOUT_MS = 30_000

@@ -1,6 +1,6 @@
 """Scale-out: completed generations per second against the number of worker processes.
 
-    .venv/bin/python -m bench.bench_scale                 # N = 1, 2, 4, 8 (~20 min)
+    .venv/bin/python -m bench.bench_scale                 # N = 1, 2, 4, 8 (~50 min here)
     .venv/bin/python -m bench.bench_scale --workers 1 2 --in-flight 2000 --window 30
 
 The deployment is the production one, on one machine: PostgreSQL (a fresh database per
@@ -14,9 +14,11 @@ throughput, as with a real provider.
 For each N: one account (an operator-set limit of 1,000,000 calls a minute and 20,000
 concurrent jobs, so neither limit throttles the submits) submits `--in-flight` (10,000)
 generations through the two API processes, before any worker runs, so all of them are in
-flight at once. Then the N workers start; after `--warmup` seconds (the first jobs take up
-to 10 s) completions are counted over a steady `--window` (the queue never runs dry in
-it: nothing is drained, the run fits in ~20 minutes). Reported per N:
+flight at once. Then the N workers start; once every one of them runs (on a loaded machine
+N processes importing Vivix take minutes) and `--warmup` seconds later (the first jobs
+take up to 10 s) completions are counted over a steady `--window` (the queue never runs dry in
+it: nothing is drained). Each N takes ~12 minutes on a loaded 2-core machine, most of it
+the 10,000 submits. Reported per N:
 
 - completed/s in the window, and its ratio to N = 1 (ideal: N);
 - queue wait p50 / p99 (submit → first claim) and run time p50 / p99 (claim → completed)
@@ -137,6 +139,7 @@ class Figures:
     pending_at_end: int = 0
     lost: int = 0
     orphan_objects: int = 0  # outputs stored by a job the shutdown stopped before it committed
+    load_1m: float = 0.0  # the machine's 1-minute load average at the end of the window
     audit_ok: bool = False
     audit_problems: int = 0
 
@@ -273,6 +276,18 @@ async def wait_listening(process: ServerProcess, within_s: float = 60.0) -> None
     raise BenchError(f"{process.name} did not listen in {within_s:.0f}s:\n{process.log_tail()}")
 
 
+async def wait_worker_running(process: ServerProcess, within_s: float = 600.0) -> None:
+    """Until `vivix worker` says it runs (its first line: `worker <id> running N jobs`)."""
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        process.check_alive()
+        with contextlib.suppress(FileNotFoundError):
+            if " running " in process.log_path.read_text("utf-8", errors="replace"):
+                return
+        await asyncio.sleep(0.5)
+    raise BenchError(f"{process.name} did not start in {within_s:.0f}s:\n{process.log_tail()}")
+
+
 class Database:
     def __init__(self, url: str) -> None:
         import asyncpg  # type: ignore[import-untyped]
@@ -399,6 +414,11 @@ async def run_one(args: argparse.Namespace, workers: int, workdir: Path) -> Figu
                 log(f"N={workers}: {len(ids)} accepted in {submit_seconds:.0f} s; starting workers")
                 for process in worker_processes:
                     process.start()
+                # On a loaded machine N processes importing Vivix at once take minutes:
+                # the warm-up counts from the moment every worker runs.
+                for process in worker_processes:
+                    await wait_worker_running(process)
+                log(f"N={workers}: every worker runs; warming up {args.warmup:.0f} s")
                 db = Database(database_url)
                 await asyncio.sleep(args.warmup)
                 for process in everything:
@@ -414,6 +434,7 @@ async def run_one(args: argparse.Namespace, workers: int, workdir: Path) -> Figu
                         if size is not None:
                             rss[index].append(size)
                 window = time.monotonic() - t0
+                load_1m = os.getloadavg()[0]
                 done_after = await db.completed()
                 window_end_wall = time.time()
                 for process in everything:
@@ -484,6 +505,7 @@ async def run_one(args: argparse.Namespace, workers: int, workdir: Path) -> Figu
         pending_at_end=int(pending),
         lost=len(set(ids) - present) + missing_outputs,
         orphan_objects=orphans,
+        load_1m=round(load_1m, 1),
         audit_ok=bool(audit["ok"]),
         audit_problems=len(audit.get("problems", [])),
     )
@@ -492,8 +514,8 @@ async def run_one(args: argparse.Namespace, workers: int, workdir: Path) -> Figu
 def table(results: list[Figures]) -> str:
     base = results[0].completed_per_s if results else 0
     lines = [
-        "| N workers | completed/s | × N=1 | queue wait p50 / p99 | run p50 / p99 | RSS per worker (MiB) | lost | audit |",
-        "|---|---|---|---|---|---|---|---|",
+        "| N workers | completed/s | × N=1 | queue wait p50 / p99 | run p50 / p99 | RSS per worker (MiB) | lost | audit | load (1 min) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         ratio = r.completed_per_s / base if base else float("nan")
@@ -502,7 +524,7 @@ def table(results: list[Figures]) -> str:
             f"| {r.workers} | {r.completed_per_s:.2f} | {ratio:.2f} | "
             f"{r.queue_wait_p50_s:.0f} s / {r.queue_wait_p99_s:.0f} s | "
             f"{r.run_p50_s:.1f} s / {r.run_p99_s:.1f} s | {rss} | {r.lost} | "
-            f"{'ok' if r.audit_ok else f'{r.audit_problems} problems'} |"
+            f"{'ok' if r.audit_ok else f'{r.audit_problems} problems'} | {r.load_1m} |"
         )
     return "\n".join(lines)
 

@@ -48,8 +48,11 @@ def _default_tiers() -> dict[Tier, TierDefaults]:
 
 
 class DatabaseSettings(BaseModel):
-    pool_size: Annotated[int, Field(ge=1)] = 10
-    max_overflow: Annotated[int, Field(ge=0)] = 20
+    # At most 30 connections a process, all kept once opened: overflow connections are
+    # closed on return, and under load (more requests in flight than the pool) each new
+    # one costs a PostgreSQL connect (bench/README.md, issue 9).
+    pool_size: Annotated[int, Field(ge=1)] = 30
+    max_overflow: Annotated[int, Field(ge=0)] = 0
     sqlite_busy_timeout_ms: Annotated[int, Field(ge=0)] = 30_000
     echo: bool = False
 

@@ -12,19 +12,16 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import Counter
-from datetime import timedelta
 
 import httpx
 
 from tests.audit import assert_ledger_consistent, stored_counts
 from tests.billing.test_admission_races import IMAGE, error_of, price_of
+from tests.billing.test_ledger import admission
 from tests.factories import account_with_key
 from vivix.billing.audit import audit_money
 from vivix.billing.ledger import Admission, KeyTaken
-from vivix.kit.clock import utcnow
-from vivix.kit.ids import uuid7
 from vivix.kit.metrics import REGISTRY
-from vivix.models import NewGeneration
 from vivix.runtime import Runtime
 
 ACCOUNTS = 10
@@ -77,27 +74,6 @@ async def test_a_thousand_submits_over_ten_accounts_admit_exactly_n_each(
     batches, admissions = batch_metric()
     assert admissions - admissions_before == SUBMITS  # every submit asked the ledger once
     assert batches - batches_before < SUBMITS  # and some were written together
-
-
-def admission(
-    account_id: str, amount: int, *, limit: int = 100, key: str | None = None
-) -> Admission:
-    now = utcnow()
-    generation = NewGeneration(
-        id=uuid7(),
-        account_id=account_id,
-        api_key_id="key",
-        model="vivix-local-image",
-        is_test=False,
-        params={"prompt": "batch"},
-        metadata={},
-        credits_estimate=amount,
-        idempotency_key=key,
-        request_hash=None if key is None else "hash",
-        created_at=now,
-        run_after=now,
-    )
-    return Admission(generation, limit, now - timedelta(hours=24))
 
 
 async def hold_together(runtime: Runtime, admissions: list[Admission]) -> list[object]:

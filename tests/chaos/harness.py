@@ -285,6 +285,7 @@ class ChaosRun:
             PROVIDERS__RUNWARE__API_KEY=RUNWARE_KEY,
             PROVIDERS__RUNWARE__BASE_URL=f"http://127.0.0.1:{provider}",
             DB__POOL_SIZE="5",
+            DB__MAX_OVERFLOW="20",
             WORKER__CONCURRENCY="8",
             WORKER__LEASE_SECONDS="6",
             WORKER__HEARTBEAT_SECONDS="1.5",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 
 import pytest
@@ -148,15 +147,17 @@ async def test_streams_of_one_account_share_the_read_of_a_change(served: Served)
     engine = served.runtime.db.engine.sync_engine
     event.listen(engine, "before_cursor_execute", count)
     try:
+        await served.submit()  # pending: every stream opens with it
         async with contextlib.AsyncExitStack() as stack:
             streams = [
                 await stack.enter_async_context(served.stream("/api/v1/events")) for _ in range(5)
             ]
-            await asyncio.sleep(0.5)  # every stream has read where it starts
+            for stream in streams:  # each has read where it starts, and sent it
+                assert await stream.next() is not None
             before = len(reads)
             generation_id = await served.submit()
             for stream in streams:
-                seen = await stream.next()
+                seen = await stream.next()  # the second generation
                 assert seen is not None
                 assert seen.data["generation_id"] == generation_id
             shared = len(reads) - before

@@ -141,3 +141,19 @@ async def test_queue_position_changes_are_streamed(served: Served) -> None:
     assert moved.data["status"] == "pending"
     assert moved.data["queue_position"] == 1
     assert int(moved.id or 0) > int(opened.id or 0)
+
+
+async def test_a_cancel_ends_the_stream_with_the_canceled_state(served: Served) -> None:
+    generation_id = await served.submit()  # no worker: it stays pending until canceled
+    async with served.stream(f"/api/v1/generations/{generation_id}/events") as stream:
+        opened = await stream.next()
+        assert opened is not None
+        async with served.http() as http:
+            canceled = await http.post(
+                f"/api/v1/generations/{generation_id}/cancel", headers=served.headers
+            )
+        assert canceled.status_code == 200
+        rest = await stream.rest()
+    assert [event.data["status"] for event in rest] == ["canceled"]
+    assert rest[0].data == canceled.json()
+    assert int(rest[0].id or 0) > int(opened.id or 0)

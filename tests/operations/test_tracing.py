@@ -7,6 +7,7 @@ then neither the SDK nor the exporter is even imported."""
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import subprocess
 import sys
@@ -16,11 +17,14 @@ from pathlib import Path
 
 import httpx
 import pytest
+import structlog
 
 from tests.fakes.runware import FakeRunware
 from tests.operations.otlp_receiver import OtlpReceiver, ReceivedSpan
 from tests.operations.test_metrics import _start_worker, _wait_all_final
 from tests.processes import running_servers, server_env
+from vivix.kit import tracing
+from vivix.kit.logging import configure_logging
 from vivix.settings import SettingsError, load_settings
 
 TOKEN = "tracing-test-operator-token-0123456789abcdef"
@@ -215,3 +219,22 @@ def test_an_endpoint_that_is_not_an_http_url_is_refused_naming_it() -> None:
     assert "http://" in str(refused.value)
     assert load_settings(otel_endpoint="http://collector:4318").otel_endpoint
     assert load_settings(otel_endpoint="").otel_endpoint is None
+
+
+def test_log_lines_inside_a_span_carry_its_trace_id(
+    collector: OtlpReceiver, capsys: pytest.CaptureFixture[str]
+) -> None:
+    log = structlog.get_logger("test")
+    configure_logging("info", log_format="json")
+    tracing.configure_tracing(collector.url, "vivix-test")
+    try:
+        with tracing.span("outer"):
+            log.info("inside")
+        log.info("outside")
+    finally:
+        tracing.shutdown_tracing()
+        configure_logging("info")
+    inside, outside = (json.loads(line) for line in capsys.readouterr().err.splitlines())
+    (outer,) = collector.received()
+    assert inside["trace_id"] == outer.trace_id
+    assert "trace_id" not in outside

@@ -58,6 +58,7 @@ class Service:
                 "VIVIX_SECRET_KEY": SECRET,
                 "VIVIX_LOG_LEVEL": "warning",
                 "VIVIX_DB__POOL_SIZE": "3",
+                "VIVIX_DB__MAX_OVERFLOW": "20",
                 "VIVIX_WORKER__POLL_INTERVAL_SECONDS": "0.2",
                 "VIVIX_WORKER__RENDER_PROCESSES": "1",
                 "VIVIX_WEBHOOKS__ALLOW_INSECURE_TARGETS": "true",

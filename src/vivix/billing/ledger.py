@@ -47,7 +47,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as postgres_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DataError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.sql import Executable
 
@@ -304,8 +304,9 @@ def _committed(batch: Sequence[Admission], outcomes: list[Outcome]) -> list[Outc
 class AdmissionQueue:
     """Group commit: `admit` waits while one batch is being written; whatever waits when it
     is done goes into the next (at most MAX_BATCH). No timer: an admission alone is
-    written at once. A batch that fails as a whole (a row no constraint expected) is
-    written again one admission at a time, so one bad row fails only its own submit."""
+    written at once. A batch the database refuses for a row (a constraint no check
+    expected) is written again one admission at a time, so one bad row fails only its
+    own submit; any other failure is every admission's answer."""
 
     def __init__(self, write: Callable[[Sequence[Admission]], Awaitable[list[Outcome]]]) -> None:
         self._write = write
@@ -345,9 +346,14 @@ class AdmissionQueue:
     async def _outcomes(self, batch: Sequence[Admission]) -> list[Outcome]:
         try:
             return await self._write(batch)
-        except Exception as exc:
+        except (IntegrityError, DataError) as exc:
+            # A row the database refused: find it by writing them one at a time.
             if len(batch) == 1:
                 return [exc]
+        except Exception as exc:
+            # The database itself (unreachable, timed out): the same answer for all, at
+            # once, rather than one timeout after another.
+            return [exc] * len(batch)
         return [(await self._outcomes([admission]))[0] for admission in batch]
 
 

@@ -175,12 +175,12 @@ async def _generation_stream(
                 rows = [row for row in rows if row.id > cursor]
                 wait: float | None = None
                 if rows:
-                    current = await _read(runtime, account_id, generation_id, rows[-1].id)
-                    if current is None:
-                        return
                     for row in rows:
-                        cursor = row.id
-                        yield _event(cursor, row.kind, await _as_of(runtime, current, row))
+                        built = await _built(runtime, account_id, row)
+                        if built is None:
+                            return
+                        cursor, (current, event) = row.id, built
+                        yield event
                         if row.status in FINAL_STATUSES:
                             return
                     position, refreshed = current.queue_position, time.monotonic()
@@ -275,19 +275,31 @@ async def _account_events(
     model: str | None,
     status: str | None,
 ) -> AsyncIterator[ServerSentEvent]:
-    wanted = [row for row in rows if status is None or row.status == status]
-    newest: dict[str, int] = {}
-    for row in wanted:
-        newest[row.generation_id] = row.id
-    generations = {
-        generation_id: await _read(runtime, account_id, generation_id, at_least)
-        for generation_id, at_least in newest.items()
-    }
-    for row in wanted:
-        current = generations.get(row.generation_id)
-        if current is None or (model is not None and current.model != model):
+    for row in rows:
+        if status is not None and row.status != status:
             continue
-        yield _event(row.id, row.kind, await _as_of(runtime, current, row))
+        built = await _built(runtime, account_id, row)
+        if built is None:
+            continue
+        current, event = built
+        if model is None or current.model == model:
+            yield event
+
+
+async def _built(
+    runtime: Runtime, account_id: str, change: Row[Any]
+) -> tuple[Row[Any], ServerSentEvent] | None:
+    """`change` as an event, with the generation read for it (None: it is gone). Built
+    once for every stream that shows the change at the same moment (an account's streams
+    all do): one read, one rendering."""
+
+    async def build() -> tuple[Row[Any], ServerSentEvent] | None:
+        current = await _read(runtime, account_id, change.generation_id, change.id)
+        if current is None:
+            return None
+        return current, _event(change.id, change.kind, await _as_of(runtime, current, change))
+
+    return await runtime.events.shared(("event", account_id, change.id), build)
 
 
 async def _read_feed(

@@ -77,8 +77,8 @@ class Database:
         self,
         url: str,
         *,
-        pool_size: int = 10,
-        max_overflow: int = 20,
+        pool_size: int = 30,
+        max_overflow: int = 0,
         sqlite_busy_timeout_ms: int = 30_000,
         echo: bool = False,
     ) -> None:

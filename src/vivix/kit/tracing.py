@@ -20,6 +20,7 @@ import threading
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 _provider: Any = None
@@ -64,26 +65,52 @@ def enabled() -> bool:
     return _tracer is not None
 
 
-@contextlib.contextmanager
+_OFF = contextlib.nullcontext()
+
+
 def span(
     name: str,
     *,
     kind: str = "INTERNAL",
     traceparent: str | None = None,
     attributes: Mapping[str, str | int | float | bool] | None = None,
-) -> Iterator[None]:
+) -> contextlib.AbstractContextManager[None]:
     """A span around the block, current inside it; its parent is `traceparent` when given
     (a job's, stored at submit), else the current span. Exceptions mark it as an error."""
     if _tracer is None:
-        yield
-        return
+        return _OFF  # reusable, and no generator frame per call on the hot path
+    return _span(name, kind, traceparent, attributes or {})
+
+
+@contextlib.contextmanager
+def _span(
+    name: str,
+    kind: str,
+    traceparent: str | None,
+    attributes: Mapping[str, str | int | float | bool],
+) -> Iterator[None]:
     from opentelemetry.trace import SpanKind
 
     parent = _extract({"traceparent": traceparent}) if traceparent else None
-    with _tracer.start_as_current_span(
-        name, context=parent, kind=SpanKind[kind], attributes=dict(attributes or {})
+    with (
+        _tracer.start_as_current_span(
+            name, context=parent, kind=SpanKind[kind], attributes=dict(attributes)
+        ) as current,
+        _logged_trace_id(current),
     ):
         yield
+
+
+@contextlib.contextmanager
+def _logged_trace_id(current: Any) -> Iterator[None]:
+    """Log lines written inside the span carry its `trace_id`, to go from a line to its trace."""
+    tokens = structlog.contextvars.bind_contextvars(
+        trace_id=format(current.get_span_context().trace_id, "032x")
+    )
+    try:
+        yield
+    finally:
+        structlog.contextvars.reset_contextvars(**tokens)
 
 
 def annotate(**attributes: str | int | float | bool | None) -> None:
@@ -142,9 +169,12 @@ class TracingMiddleware:
                 status = message["status"]
             await send(message)
 
-        with _tracer.start_as_current_span(
-            method, context=_extract(headers), kind=SpanKind.SERVER
-        ) as server_span:
+        with (
+            _tracer.start_as_current_span(
+                method, context=_extract(headers), kind=SpanKind.SERVER
+            ) as server_span,
+            _logged_trace_id(server_span),
+        ):
             try:
                 await self.app(scope, receive, send_recording)
             finally:

@@ -19,7 +19,7 @@ import asyncio
 import random
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -475,9 +475,15 @@ class ReferenceRefused(Exception):
         self.failure = failure
 
 
-@contextmanager
-def _provider_call(provider: str, route: str, operation: str) -> Iterator[None]:
+def _provider_call(provider: str, route: str, operation: str) -> AbstractContextManager[None]:
     """One adapter call: timed and counted (metrics), and a CLIENT span when tracing."""
+    if not tracing.enabled():
+        return provider_call(provider, route, operation)
+    return _traced_provider_call(provider, route, operation)
+
+
+@contextmanager
+def _traced_provider_call(provider: str, route: str, operation: str) -> Iterator[None]:
     attributes = {"vivix.provider": provider, "vivix.route": route}
     with (
         tracing.span(f"{provider} {operation}", kind="CLIENT", attributes=attributes),
