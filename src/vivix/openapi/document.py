@@ -158,10 +158,27 @@ def _success(success: Success, operation: Operation) -> dict[str, Any]:
     if success.binary:
         out["content"] = {"*/*": {"schema": {"type": "string", "format": "binary"}}}
     elif success.stream:
-        out["content"] = {"text/event-stream": {"schema": {"type": "string"}}}
+        out["content"] = {"text/event-stream": {"schema": _event_schema(success.body)}}
     elif success.body is not None:
         out["content"] = {"application/json": {"schema": _ref(success.body)}}
     return out
+
+
+def _event_schema(data: type[BaseModel] | None) -> dict[str, Any]:
+    """One server-sent event (OpenAPI 3.1 has `schema` of an event stream describe each
+    event); its `data` is JSON of the given shape."""
+    payload: dict[str, Any] = {"type": "string"}
+    if data is not None:
+        payload |= {"contentMediaType": "application/json", "contentSchema": _ref(data)}
+    return {
+        "type": "object",
+        "required": ["data"],
+        "properties": {
+            "id": {"type": "string", "description": "Usable as `Last-Event-ID`."},
+            "event": {"type": "string", "enum": ["generation", "progress"]},
+            "data": payload,
+        },
+    }
 
 
 def _errors(operation: Operation, statuses: dict[str, int]) -> dict[str, Any]:

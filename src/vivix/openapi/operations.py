@@ -438,7 +438,7 @@ EVENT_OPERATIONS: tuple[Operation, ...] = (
         "processing, progress, the final state); the stream ends after the final state."
         + _STREAM_FORMAT,
         responses=(
-            Success(200, None, "The event stream.", stream=True),
+            Success(200, shapes.Generation, "The event stream.", stream=True),
             Success(
                 204,
                 None,
@@ -458,7 +458,7 @@ EVENT_OPERATIONS: tuple[Operation, ...] = (
         "Server-sent events: the account's pending and processing generations first, then "
         "every change of any of its generations (queue positions only on a generation's "
         "own stream); it stays open." + _STREAM_FORMAT,
-        responses=(Success(200, None, "The event stream.", stream=True),),
+        responses=(Success(200, shapes.Generation, "The event stream.", stream=True),),
         errors=(*GATE_ERRORS, "INVALID_PARAMS"),
         params=(
             Param("model", "query", {"type": "string"}, "Only generations of this model."),
