@@ -98,30 +98,48 @@
     lastBalance = value;
   }
 
-  // Live cards (Generate, a generation's page) and gallery tiles (History): a running one
-  // polls its own URL every second (htmx, in the markup). Here
-  // the account's event stream takes over, one connection for every card on the page (a
-  // stream per card would use up the browser's six connections to this site): while it
-  // is open the cards stop polling; a status or queue change refreshes its card, progress
-  // moves the bar in place. Without EventSource, or while the stream is down, cards poll.
-  var POLL = "every 1s, vivix:changed";
-  var QUIET = "vivix:changed";
+  // Live cards (Generate, a generation's page) and gallery tiles (History) re-read
+  // themselves (htmx, hx-get) on "vivix:changed". The account's event stream says when:
+  // one connection for every card on the page (a stream per card would use up the
+  // browser's six connections to this site); a status or queue change re-reads its card,
+  // progress moves the bar in place. Without EventSource, or while the stream is down,
+  // cards are re-read every second instead; while it is open, every 30 s as well, in case
+  // a change went by unseen. The markup's hx-trigger never changes (htmx.process would
+  // forget a read in flight and let a stale answer land after a fresh one), and a card
+  // syncs with "this:replace": a change seen during a read aborts it and reads again, so
+  // an answer rendered before the change can never be the last word.
   var FINAL = { completed: true, failed: true, canceled: true };
+  var SAFETY_READ_S = 30;
   var stream = null;
   var streamRefused = false;
+  var sinceRead = 0;
 
   function liveCards(id) {
     return document.querySelectorAll(
       id ? '[data-live-generation="' + id + '"]' : "[data-live-generation]"
     );
   }
-  function setTrigger(card, trigger) {
-    if (card.getAttribute("hx-trigger") === trigger) return;
-    card.setAttribute("hx-trigger", trigger);
-    window.htmx.process(card);  // re-initialises the element: its poll timer is cleared
+  function read(card) {
+    window.htmx.trigger(card, "vivix:changed");
   }
   function refresh(id) {
-    liveCards(id).forEach(function (card) { window.htmx.trigger(card, "vivix:changed"); });
+    liveCards(id).forEach(read);
+  }
+  function streaming() {
+    return stream !== null && stream.open;
+  }
+  function showLiveMode() {
+    document.documentElement.dataset.live = streaming() ? "stream" : "poll";
+  }
+  function pollTick() {
+    if (!window.htmx) return;
+    sinceRead += 1;
+    if (streaming() && sinceRead < SAFETY_READ_S) return;
+    sinceRead = 0;
+    liveCards().forEach(function (card) {
+      // A read still in flight is let finish: replacing it every second would starve it.
+      if (!card.classList.contains("htmx-request")) read(card);
+    });
   }
   function showProgress(generation) {
     if (typeof generation.progress !== "number") return;
@@ -165,11 +183,10 @@
     stream = { source: source, open: false };
     source.addEventListener("open", function () {
       stream.open = true;
-      liveCards().forEach(function (card) {
-        setTrigger(card, QUIET);
-        // Anything that changed between the page and the stream: read it once.
-        window.htmx.trigger(card, "vivix:changed");
-      });
+      sinceRead = 0;
+      showLiveMode();
+      // Anything that changed between the page and the stream: read it once.
+      liveCards().forEach(read);
     });
     source.addEventListener("generation", onChange);
     source.addEventListener("progress", onChange);
@@ -178,22 +195,20 @@
       // (CLOSED): they poll for good.
       if (!stream || stream.source !== source) return;
       stream.open = false;
-      liveCards().forEach(function (card) { setTrigger(card, POLL); });
       if (source.readyState === EventSource.CLOSED) {
         stream = null;
         streamRefused = true;
       }
+      showLiveMode();
     });
   }
   function watchLiveCards() {
     if (!window.EventSource || !window.htmx || streamRefused) return;
-    var cards = liveCards();
-    if (!cards.length) {
-      if (stream) { stream.source.close(); stream = null; }  // nothing left to watch
+    if (!liveCards().length) {
+      if (stream) { stream.source.close(); stream = null; showLiveMode(); }  // nothing left to watch
       return;
     }
-    if (!stream) { openStream(); return; }
-    if (stream.open) cards.forEach(function (card) { setTrigger(card, QUIET); });
+    if (!stream) openStream();
   }
 
   // Close open menus with Escape, and when clicking elsewhere.
@@ -222,7 +237,9 @@
     if (event.key === "Escape") closeMenus(null);
   });
   document.addEventListener("DOMContentLoaded", function () {
+    showLiveMode();
     watchLiveCards();
+    setInterval(pollTick, 1000);
     armSecrets(document);
     watchWallet();
     tick();
