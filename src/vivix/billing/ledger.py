@@ -27,8 +27,11 @@ with each other or with admission (which locks only accounts, in id order).
 from __future__ import annotations
 
 import asyncio
+import functools
+import json
+import sqlite3
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable, Generator, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeAlias
@@ -37,27 +40,30 @@ from sqlalchemy import (
     BigInteger,
     Connection,
     String,
+    Table,
     bindparam,
     func,
     insert,
     select,
+    text,
     true,
     update,
 )
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import ARRAY
-from sqlalchemy.dialects.postgresql import insert as postgres_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DataError, IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
-from sqlalchemy.sql import Executable
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql.elements import TextClause
 
-from vivix.events.feed import INSERT_EVENT, event_row
+from vivix.events.feed import EVENTS, event_row
+from vivix.events.feed import GENERATION as GENERATION_EVENT
 from vivix.kit.bounds import MAX_BALANCE, MAX_CREDIT_AMOUNT
 from vivix.kit.clock import add_months, utcnow
 from vivix.kit.db import Database, mark_events_written
 from vivix.kit.errors import AdminInvalid
 from vivix.kit.metrics import count_credits, credits_on_commit, observe_admission
-from vivix.models import Base, LedgerKind, NewGeneration
+from vivix.models import NEW_GENERATION_COLUMNS, Base, LedgerKind, NewGeneration
 
 # Core tables, not ORM entities: these statements must not touch any session's identity map.
 _ACCOUNTS = Base.metadata.tables["accounts"]
@@ -154,13 +160,11 @@ _TAKE_SLOTS_AND_HOLD = (
 _WALLETS = select(_ACCOUNTS.c.id, _ACCOUNTS.c.balance, _ACCOUNTS.c.active_jobs).where(
     _ACCOUNTS.c.id.in_(bindparam("ids", expanding=True))
 )
-# A generation whose Idempotency-Key is taken is not inserted (no error: the others in
-# the batch go on); RETURNING names the ones that were.
-_SQLITE_INSERT_GENERATIONS = (
-    sqlite_insert(_GENERATIONS).on_conflict_do_nothing().returning(_GENERATIONS.c.id)
-)
-_POSTGRES_INSERT_GENERATIONS = (
-    postgres_insert(_GENERATIONS).on_conflict_do_nothing().returning(_GENERATIONS.c.id)
+_USED_KEYS = select(
+    _GENERATIONS.c.account_id, _GENERATIONS.c.is_test, _GENERATIONS.c.idempotency_key
+).where(
+    _GENERATIONS.c.account_id.in_(bindparam("ids", expanding=True)),
+    _GENERATIONS.c.idempotency_key.in_(bindparam("keys", expanding=True)),
 )
 # Most admissions a transaction takes.
 MAX_BATCH = 256
@@ -210,86 +214,42 @@ class KeyTaken(IntegrityError):
 # What a hold comes to: the balance after it, None (refused: no slot or no credits), or
 # the exception to raise in its caller.
 Outcome: TypeAlias = int | Exception | None
-# A batch as a sequence of statements: each step is (statement, parameters); the driver
-# sends back the statement's rows (or None).
-Steps: TypeAlias = Generator[tuple[Executable, Any], Any, list[Outcome]]
+# An Idempotency-Key in the unique index's terms: (account, key mode, key).
+UsedKey: TypeAlias = tuple[str, bool, str]
+
+
+def _key_of(admission: Admission) -> UsedKey | None:
+    generation = admission.generation
+    if generation.idempotency_key is None:
+        return None
+    return generation.account_id, generation.is_test, generation.idempotency_key
 
 
 def _in_order(
-    batch: Sequence[Admission], wallets: dict[str, tuple[int, int]], skipped: set[int]
-) -> list[int | None]:
+    batch: Sequence[Admission], wallets: dict[str, tuple[int, int]], used: set[UsedKey]
+) -> list[Outcome]:
     """One-by-one admission, in arrival order, from the accounts' (balance, active jobs)
-    as locked: each admission's balance after its hold, or None where a limit refused it
-    (or it is in `skipped`)."""
+    as locked and the Idempotency-Keys already `used`: each admission's balance after its
+    hold, None where a limit refused it, KeyTaken where its key was used (before, or by
+    an admission earlier in the batch). A refused admission takes nothing, key included."""
     left = dict(wallets)
-    outcomes: list[int | None] = []
-    for index, admission in enumerate(batch):
+    used = set(used)
+    outcomes: list[Outcome] = []
+    for admission in batch:
         account_id = admission.generation.account_id
+        key = _key_of(admission)
+        if key is not None and key in used:
+            outcomes.append(KeyTaken())
+            continue
         balance, active = left.get(account_id, (0, admission.concurrent_limit))
-        if index in skipped or active >= admission.concurrent_limit or balance < admission.amount:
+        if active >= admission.concurrent_limit or balance < admission.amount:
             outcomes.append(None)
             continue
         left[account_id] = (balance - admission.amount, active + 1)
+        if key is not None:
+            used.add(key)
         outcomes.append(balance - admission.amount)
     return outcomes
-
-
-def _admit_batch(
-    batch: Sequence[Admission], lock_wallets: Executable, insert_generations: Executable
-) -> Steps:
-    """Admission of a batch in one transaction (the driver's): read (PostgreSQL: lock) the
-    accounts, decide in arrival order, insert the admitted generations, move the accounts,
-    write the hold entries. A generation whose Idempotency-Key turns out taken is left out
-    and the decisions are made again without it (leaving one out only frees credits and
-    slots, so every generation already inserted stays admitted)."""
-    ids = sorted({admission.generation.account_id for admission in batch})
-    rows = yield lock_wallets, {"ids": ids}
-    wallets = {row.id: (int(row.balance), int(row.active_jobs)) for row in rows}
-    taken: set[int] = set()
-    inserted: set[int] = set()
-    while True:
-        balances = _in_order(batch, wallets, taken)
-        new = [i for i, after in enumerate(balances) if after is not None and i not in inserted]
-        if not new:
-            break
-        rows = yield insert_generations, [batch[i].generation.row() for i in new]
-        ids_in = {row.id for row in rows}
-        for i in new:
-            (inserted if batch[i].generation.id in ids_in else taken).add(i)
-    assert inserted == {i for i, after in enumerate(balances) if after is not None}
-    moves: dict[str, list[int]] = {}
-    entries = []
-    for i in sorted(inserted):
-        generation = batch[i].generation
-        move = moves.setdefault(generation.account_id, [0, 0])
-        move[0] += batch[i].amount
-        move[1] += 1
-        if batch[i].amount:
-            entries += Movement(
-                generation.account_id,
-                ((LedgerKind.HOLD, -batch[i].amount),),
-                generation_id=generation.id,
-            ).entry_rows(generation.created_at)
-    if moves:
-        yield (
-            _TAKE_SLOTS_AND_HOLD,
-            [
-                {"account_id": account_id, "amount": amount, "slots": slots}
-                for account_id, (amount, slots) in moves.items()
-            ],
-        )
-    if entries:
-        yield _INSERT_ENTRY, entries
-    if inserted:
-        # Each one's first change-feed event (`events.feed`), next to its hold; not money.
-        yield (
-            INSERT_EVENT,
-            [
-                event_row(g.account_id, g.id, g.status)
-                for g in (batch[i].generation for i in sorted(inserted))
-            ],
-        )
-    return [KeyTaken() if i in taken else after for i, after in enumerate(balances)]
 
 
 def _committed(batch: Sequence[Admission], outcomes: list[Outcome]) -> list[Outcome]:
@@ -524,24 +484,110 @@ class Ledger(ABC):
         return True
 
 
+def _write_admitted(connection: Connection, admitted: Sequence[Admission]) -> None:
+    """SQLite: the admitted generations, the accounts' slots and credits, the hold entries
+    and the first change-feed events. Each INSERT is one multi-row statement: the writer
+    thread gives up the GIL around every step of SQLite, and on a busy event loop it waits
+    up to the switch interval (5 ms) to get it back, so a statement per row (executemany)
+    made a batch of 30 take 20+ ms."""
+    moves: dict[str, list[int]] = {}
+    for admission in admitted:
+        move = moves.setdefault(admission.generation.account_id, [0, 0])
+        move[0] += admission.amount
+        move[1] += 1
+    _insert_rows(connection, _GENERATIONS, [a.generation.row() for a in admitted])
+    connection.execute(
+        _TAKE_SLOTS_AND_HOLD,
+        [
+            {"account_id": account_id, "amount": amount, "slots": slots}
+            for account_id, (amount, slots) in moves.items()
+        ],
+    )
+    _insert_rows(
+        connection,
+        _LEDGER,
+        [
+            row
+            for a in admitted
+            if a.amount
+            for row in Movement(
+                a.generation.account_id,
+                ((LedgerKind.HOLD, -a.amount),),
+                generation_id=a.generation.id,
+            ).entry_rows(a.generation.created_at)
+        ],
+    )
+    # Each one's first change-feed event (`events.feed`), next to its hold; not money.
+    _insert_rows(
+        connection,
+        EVENTS,
+        [
+            event_row(a.generation.account_id, a.generation.id, a.generation.status)
+            for a in admitted
+        ],
+    )
+
+
+# Most bound parameters in one SQLite statement (SQLITE_MAX_VARIABLE_NUMBER).
+_SQLITE_MAX_PARAMETERS = 32_766 if sqlite3.sqlite_version_info >= (3, 32, 0) else 999
+
+
+def _insert_rows(connection: Connection, table: Table, rows: Sequence[dict[str, Any]]) -> None:
+    """SQLite: `rows` (all with the same keys) inserted by multi-row INSERTs, values
+    converted by the columns' own types as SQLAlchemy would."""
+    if not rows:
+        return
+    names = tuple(rows[0])
+    processors = _bind_processors(table, names, connection.dialect)
+    per_statement = max(1, _SQLITE_MAX_PARAMETERS // len(names))
+    for start in range(0, len(rows), per_statement):
+        chunk = rows[start : start + per_statement]
+        values: list[Any] = []
+        for row in chunk:
+            values += [
+                value if process is None else process(value)
+                for process, value in zip(processors, (row[name] for name in names), strict=True)
+            ]
+        connection.exec_driver_sql(_multi_row_insert(table.name, names, len(chunk)), tuple(values))
+
+
+@functools.cache
+def _bind_processors(
+    table: Table, names: tuple[str, ...], dialect: Dialect
+) -> tuple[Callable[[Any], Any] | None, ...]:
+    return tuple(table.c[name].type.dialect_impl(dialect).bind_processor(dialect) for name in names)
+
+
+@functools.lru_cache(maxsize=1024)
+def _multi_row_insert(table: str, names: tuple[str, ...], rows: int) -> str:
+    row = "(" + ", ".join("?" * len(names)) + ")"
+    columns = ", ".join(f'"{name}"' for name in names)
+    return f'INSERT INTO "{table}" ({columns}) VALUES ' + ", ".join([row] * rows)
+
+
 class SqliteLedger(Ledger):
     """SQLite: every write transaction holds the database write lock, so statements run
     one after the other inside it; admission is one hand-off to the writer thread."""
 
     async def _write_batch(self, batch: Sequence[Admission]) -> list[Outcome]:
         def write(connection: Connection) -> list[Outcome]:
-            keyed = [_expiry_params(a) for a in batch if a.generation.idempotency_key]
+            ids = sorted({admission.generation.account_id for admission in batch})
+            keyed = [a for a in batch if a.generation.idempotency_key]
+            used: set[UsedKey] = set()
             if keyed:
-                connection.execute(_EXPIRE_IDEMPOTENCY_KEY, keyed)
-            steps = _admit_batch(batch, _WALLETS, _SQLITE_INSERT_GENERATIONS)
-            try:
-                statement, params = next(steps)
-                while True:
-                    result = connection.execute(statement, params)
-                    statement, params = steps.send(result.all() if result.returns_rows else None)
-            except StopIteration as done:
-                outcomes: list[Outcome] = done.value
-            if any(isinstance(outcome, int) for outcome in outcomes):
+                connection.execute(_EXPIRE_IDEMPOTENCY_KEY, [_expiry_params(a) for a in keyed])
+                # Under the write lock nobody else inserts: the keys read are all there are.
+                keys = sorted({key for _, _, key in filter(None, map(_key_of, keyed))})
+                rows = connection.execute(_USED_KEYS, {"ids": ids, "keys": keys})
+                used = {(row.account_id, bool(row.is_test), row.idempotency_key) for row in rows}
+            wallets = {
+                row.id: (int(row.balance), int(row.active_jobs))
+                for row in connection.execute(_WALLETS, {"ids": ids})
+            }
+            outcomes = _in_order(batch, wallets, used)
+            admitted = [a for a, o in zip(batch, outcomes, strict=True) if isinstance(o, int)]
+            if admitted:
+                _write_admitted(connection, admitted)
                 mark_events_written(connection)
             return outcomes
 
@@ -600,6 +646,108 @@ def _postgres_move() -> Any:
 _POSTGRES_MOVE = _postgres_move()
 
 
+def _postgres_admit() -> TextClause:
+    """Admission of a batch in one statement. The batch comes in as arrays, one element
+    per admission in arrival order (`unnest … WITH ORDINALITY`); the accounts are locked
+    in id order (NO KEY UPDATE: inserts referencing them needn't wait) and read as
+    locked; `decided` walks each account's admissions in arrival order (a recursive CTE
+    carrying the balance, the active jobs and the keys taken so far), deciding each
+    exactly as one-by-one admission would; the admitted ones' generation rows, account
+    change, hold entries and first change-feed events are data-modifying CTEs. Answers
+    one row per admission, in order: admitted (with the balance after its hold), refused,
+    or its Idempotency-Key taken (used by a committed generation or one earlier in the
+    batch). A key committed by another process after the statement's snapshot makes the
+    INSERT fail (unique index): the whole batch is then written again one by one."""
+    dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
+    arrays: list[str] = []
+    values: list[str] = []
+    for name in NEW_GENERATION_COLUMNS:
+        sql_type = _GENERATIONS.c[name].type.compile(dialect=dialect)
+        as_text = sql_type == "JSONB" or sql_type.startswith("VARCHAR")
+        arrays.append(f"CAST(:{name} AS {'text' if as_text else sql_type}[])")
+        values.append(f"b.{name}::jsonb" if sql_type == "JSONB" else f"b.{name}")
+    columns = ", ".join(NEW_GENERATION_COLUMNS)
+    taken = "(r.key IS NOT NULL AND (r.key_used OR r.key = ANY(d.keys)))"
+    admitted = f"(NOT {taken} AND d.active < r.lim AND d.balance >= r.amount)"
+    return text(
+        f"""
+WITH RECURSIVE batch AS (
+    SELECT * FROM unnest({", ".join(arrays)}, CAST(:lim AS integer[]))
+        WITH ORDINALITY AS b({columns}, lim, ord)
+), wallet AS (
+    SELECT id, balance, active_jobs FROM accounts
+    WHERE id = ANY(CAST(:account_ids AS text[]))
+    ORDER BY id
+    FOR NO KEY UPDATE
+), ranked AS MATERIALIZED (
+    SELECT b.ord, b.account_id, b.credits_estimate AS amount, b.lim,
+        CASE WHEN b.idempotency_key IS NOT NULL
+            THEN b.is_test::text || ':' || b.idempotency_key END AS key,
+        b.idempotency_key IS NOT NULL AND EXISTS (
+            SELECT FROM generations g
+            WHERE g.account_id = b.account_id AND g.is_test = b.is_test
+                AND g.idempotency_key = b.idempotency_key
+        ) AS key_used,
+        row_number() OVER (PARTITION BY b.account_id ORDER BY b.ord) AS rn
+    FROM batch b
+), decided(account_id, rn, ord, admitted, taken, balance, active, keys) AS (
+    SELECT id, 0::bigint, NULL::bigint, false, false, balance, active_jobs, ARRAY[]::text[]
+    FROM wallet
+    UNION ALL
+    SELECT d.account_id, r.rn, r.ord, {admitted}, {taken},
+        d.balance - CASE WHEN {admitted} THEN r.amount ELSE 0 END,
+        d.active + CASE WHEN {admitted} THEN 1 ELSE 0 END,
+        CASE WHEN {admitted} AND r.key IS NOT NULL THEN d.keys || r.key ELSE d.keys END
+    FROM decided d JOIN ranked r ON r.account_id = d.account_id AND r.rn = d.rn + 1
+), admitted AS (
+    SELECT b.* FROM batch b JOIN decided d ON d.ord = b.ord WHERE d.admitted
+), generation AS (
+    INSERT INTO generations ({columns})
+    SELECT {", ".join(values)} FROM admitted b ORDER BY b.ord
+), account AS (
+    UPDATE accounts a
+    SET balance = a.balance - m.amount, held = a.held + m.amount,
+        active_jobs = a.active_jobs + m.slots
+    FROM (
+        SELECT account_id, sum(credits_estimate)::bigint AS amount, count(*)::integer AS slots
+        FROM admitted GROUP BY account_id
+    ) m
+    WHERE a.id = m.account_id
+), hold AS (
+    INSERT INTO ledger_entries (account_id, kind, amount, generation_id, created_at)
+    SELECT account_id, '{LedgerKind.HOLD.value}', -credits_estimate, id, created_at
+    FROM admitted WHERE credits_estimate > 0 ORDER BY ord
+), event AS (
+    INSERT INTO generation_events (account_id, generation_id, kind, status, created_at)
+    SELECT account_id, id, '{GENERATION_EVENT}', status, CAST(:event_at AS timestamptz)
+    FROM admitted ORDER BY ord
+)
+SELECT coalesce(d.admitted, false) AS admitted, coalesce(d.taken, false) AS taken, d.balance
+FROM batch b LEFT JOIN decided d ON d.ord = b.ord
+ORDER BY b.ord
+"""
+    )
+
+
+_POSTGRES_ADMIT = _postgres_admit()
+
+
+def _postgres_admit_params(batch: Sequence[Admission]) -> dict[str, Any]:
+    rows = [admission.generation.row() for admission in batch]
+    params: dict[str, Any] = {name: [row[name] for row in rows] for name in NEW_GENERATION_COLUMNS}
+    for name in _POSTGRES_JSON_COLUMNS:
+        params[name] = [json.dumps(value) for value in params[name]]
+    params["lim"] = [admission.concurrent_limit for admission in batch]
+    params["account_ids"] = sorted(set(params["account_id"]))
+    params["event_at"] = utcnow()
+    return params
+
+
+_POSTGRES_JSON_COLUMNS = tuple(
+    name for name in NEW_GENERATION_COLUMNS if "JSON" in repr(_GENERATIONS.c[name].type)
+)
+
+
 class PostgresLedger(Ledger):
     """PostgreSQL: each operation is one statement (data-modifying CTEs) on the account
     row, which it locks (row lock) until the transaction ends."""
@@ -607,21 +755,18 @@ class PostgresLedger(Ledger):
     async def _write_batch(self, batch: Sequence[Admission]) -> list[Outcome]:
         keyed = [_expiry_params(a) for a in batch if a.generation.idempotency_key]
         if keyed:
-            # Before the transaction, in autocommit: it locks old generation rows, which
+            # Before the admission, in autocommit: it locks old generation rows, which
             # must not be taken after account rows (settlements lock generation → account).
             async with self.db.autocommit() as connection:
                 await connection.execute(_EXPIRE_IDEMPOTENCY_KEY, keyed)
-        async with self.db.write_connection() as connection:
-            outcomes = await _drive(
-                connection,
-                _admit_batch(
-                    batch,
-                    # NO KEY UPDATE: inserts referencing the accounts needn't wait.
-                    _WALLETS.order_by(_ACCOUNTS.c.id).with_for_update(key_share=True),
-                    _POSTGRES_INSERT_GENERATIONS,
-                ),
-            )
-            if any(isinstance(outcome, int) for outcome in outcomes):
+        # One statement, its own transaction: one round trip for the whole batch.
+        async with self.db.autocommit() as connection:
+            rows = (await connection.execute(_POSTGRES_ADMIT, _postgres_admit_params(batch))).all()
+            outcomes: list[Outcome] = [
+                KeyTaken() if row.taken else int(row.balance) if row.admitted else None
+                for row in rows
+            ]
+            if any(row.admitted for row in rows):
                 mark_events_written(connection)
         return _committed(batch, outcomes)
 
@@ -637,17 +782,6 @@ class PostgresLedger(Ledger):
         )
         balance = (await session.execute(_POSTGRES_MOVE, params)).scalar_one_or_none()
         return None if balance is None else int(balance)
-
-
-async def _drive(connection: AsyncConnection, steps: Steps) -> list[Outcome]:
-    try:
-        statement, params = next(steps)
-        while True:
-            result = await connection.execute(statement, params)
-            statement, params = steps.send(result.all() if result.returns_rows else None)
-    except StopIteration as done:
-        outcomes: list[Outcome] = done.value
-    return outcomes
 
 
 def open_ledger(db: Database) -> Ledger:
