@@ -5,11 +5,13 @@ errors) open a route's circuit for `cooldown_seconds`: workers skip it and move 
 next mirror, and admission answers 503 PROVIDER_DOWN when every route is open. After the
 cooldown the route is tried again (half-open); one more failure re-opens it at once, a
 success closes it. Rejections of the client's input are not the provider's fault and
-don't count. Admission reads a per-process snapshot refreshed every second.
+don't count. Admission reads a per-process snapshot refreshed every second (one read for
+every caller; while it runs they go on with the last one).
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -45,20 +47,26 @@ class CircuitBreakers:
         self.settings = settings
         self._snapshot: dict[str, CircuitState] = {}
         self._snapshot_at = float("-inf")
+        # The one read of the table in flight, and which snapshot it is for (a read
+        # started before `forget_snapshot` must not be taken as current).
+        self._reading: asyncio.Future[None] | None = None
+        self._epoch = 0
 
     async def open_routes(self) -> dict[str, datetime]:
-        """Routes whose circuit is open now, with when they may close (cached ~1 s)."""
+        """Routes whose circuit is open now, with when they may close (cached ~1 s).
+
+        One read refreshes the snapshot for every caller: when it is due, callers go on
+        with the last snapshot while the read runs, instead of each reading the table
+        (at 64 concurrent submits, every one arriving in the read's ~10-200 ms read it
+        again: the submit's p99). After `forget_snapshot` (a circuit of this process
+        changed) or before the first read, callers wait for a read started after it."""
         if time.monotonic() - self._snapshot_at > SNAPSHOT_TTL_S:
-            async with self.db.read() as session:
-                rows = (
-                    await session.execute(
-                        select(ProviderCircuit.route, ProviderCircuit.open_until).where(
-                            ProviderCircuit.open_until.is_not(None)
-                        )
-                    )
-                ).all()
-            self._snapshot = {route: CircuitState(until) for route, until in rows}
-            self._snapshot_at = time.monotonic()
+            if self._reading is None:
+                self._reading = asyncio.ensure_future(self._read(self._epoch))
+                # A failed read nobody waited for is retried by the next call.
+                self._reading.add_done_callback(lambda read: read.cancelled() or read.exception())
+            if self._snapshot_at == float("-inf"):
+                await asyncio.shield(self._reading)
         now = utcnow()
         return {
             route: state.open_until
@@ -66,8 +74,27 @@ class CircuitBreakers:
             if state.open_until is not None and state.is_open(now)
         }
 
+    async def _read(self, epoch: int) -> None:
+        try:
+            async with self.db.reader() as connection:
+                rows = (
+                    await connection.execute(
+                        select(ProviderCircuit.route, ProviderCircuit.open_until).where(
+                            ProviderCircuit.open_until.is_not(None)
+                        )
+                    )
+                ).all()
+            if epoch == self._epoch:
+                self._snapshot = {row.route: CircuitState(row.open_until) for row in rows}
+                self._snapshot_at = time.monotonic()
+        finally:
+            if epoch == self._epoch:
+                self._reading = None
+
     def forget_snapshot(self) -> None:
         self._snapshot_at = float("-inf")
+        self._epoch += 1
+        self._reading = None
 
     async def record_failure(self, route: str, error: str) -> bool:
         """Count a failure; returns True when this opened the circuit."""
