@@ -534,8 +534,9 @@ VIVIX_SPANS = (
     ("  RateLimiter.hit", "vivix.limits.service", "RateLimiter.hit"),
     ("read_json_object", "vivix.generations.endpoints", "read_json_object"),
     ("service.submit", "vivix.generations.service", "submit"),
-    ("  PostgresLedger.hold (PostgreSQL)", "vivix.billing.ledger", "PostgresLedger.hold"),
-    ("  run_sqlite_write (SQLite)", "vivix.kit.db", "Database.run_sqlite_write"),
+    ("  Ledger.hold (admission: queue + batch)", "vivix.billing.ledger", "Ledger.hold"),
+    ("    one batch written", "vivix.billing.ledger", "AdmissionQueue._outcomes"),
+    ("    run_sqlite_write (SQLite)", "vivix.kit.db", "Database.run_sqlite_write"),
     ("  notify_enqueued", "vivix.runtime", "Runtime.notify_enqueued"),
     ("read_with_caller", "vivix.generations.repository", "read_with_caller"),
 )
@@ -561,7 +562,8 @@ class ProfileProbe:
         self.mode: str | None = None
         self.requests = 0
         self.events: Counter[str] = Counter()
-        self.spans: defaultdict[str, list[float]] = defaultdict(lambda: [0, 0.0])
+        # label → [calls, seconds, [each call's seconds]] (the list for percentiles)
+        self.spans: defaultdict[str, list[Any]] = defaultdict(lambda: [0, 0.0, []])
         self.profiler: Any = None
         self._swaps: list[tuple[Any, str, Any, Any]] = []
         self._install_sql_counters()
@@ -589,11 +591,15 @@ class ProfileProbe:
             try:
                 return await original(*args, **kwargs)
             finally:
-                span = self.spans[label]
-                span[0] += 1
-                span[1] += time.perf_counter() - started
+                self._record(label, time.perf_counter() - started)
 
         self._swaps.append((owner, name, original, timed))
+
+    def _record(self, label: str, seconds: float) -> None:
+        span = self.spans[label]
+        span[0] += 1
+        span[1] += seconds
+        span[2].append(seconds)
 
     def _swap_timers(self, on: bool) -> None:
         for owner, name, original, timed in self._swaps:
@@ -655,9 +661,7 @@ class ProfileProbe:
                 try:
                     return await super().acquire()
                 finally:
-                    span = probe.spans["sqlite write lock wait"]
-                    span[0] += 1
-                    span[1] += time.perf_counter() - started
+                    probe._record("sqlite write lock wait", time.perf_counter() - started)
 
         db._sqlite_write_lock = TimedLock()
 
@@ -679,9 +683,7 @@ class ProfileProbe:
             await self.app(scope, receive, send)
         finally:
             if self.mode == "spans":
-                span = self.spans["request (whole ASGI app)"]
-                span[0] += 1
-                span[1] += time.perf_counter() - started
+                self._record("request (whole ASGI app)", time.perf_counter() - started)
 
     async def _control(self, scope: Any, send: Any) -> None:
         import cProfile
@@ -824,14 +826,23 @@ def render_profile(
     ]
     for event_name, n in sorted(spans["events"].items(), key=lambda kv: (-kv[1], kv[0])):
         lines.append(f"  {n / requests:6.2f}  {event_name}")
-    lines += ["", "where a request's wall time goes (ms per request = calls × mean):"]
+    lines += [
+        "",
+        "where a request's wall time goes (ms per request = calls × mean; then each call's "
+        "p50 / p99 / max, ms):",
+    ]
     order = ["request (whole ASGI app)"] + [label for label, _, _ in VIVIX_SPANS + COMMON_SPANS]
     for label in order:
         if label in spans["spans"]:
-            calls, seconds = spans["spans"][label]
+            calls, seconds, each = spans["spans"][label]
+            each = sorted(each) or [0.0]
+            tail = " / ".join(
+                f"{each[min(len(each) - 1, int(len(each) * q))] * 1000:.1f}" for q in (0.5, 0.99)
+            )
             lines.append(
                 f"  {seconds / requests * 1000:7.2f} ms  {calls / requests:4.1f} × "
-                f"{seconds / max(calls, 1) * 1000:6.2f} ms  {label}"
+                f"{seconds / max(calls, 1) * 1000:6.2f} ms  {label:<44} {tail} / "
+                f"{each[-1] * 1000:.1f}"
             )
 
     stats = pstats.Stats(profiled["stats"])
