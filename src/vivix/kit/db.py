@@ -227,7 +227,11 @@ class AsyncpgReader:
         async with self._opening:
             if self._pool is None:
                 self._pool = await asyncpg.create_pool(
-                    self._dsn, min_size=1, max_size=self._size, init=self._set_codecs
+                    self._dsn,
+                    min_size=1,
+                    max_size=self._size,
+                    init=self._set_codecs,
+                    reset=_keep_session,
                 )
             return self._pool
 
@@ -256,6 +260,12 @@ class AsyncpgReader:
                 await asyncio.wait_for(pool.close(), 10)
             except TimeoutError:
                 pool.terminate()
+
+
+async def _keep_session(_connection: asyncpg.Connection) -> None:
+    """asyncpg's default reset on release (`RESET ALL`, `UNLISTEN *`, …) is one more round
+    trip per read; single SELECTs leave no session state to reset (a transaction left
+    open is still rolled back by the pool)."""
 
 
 # What `Database.reader()` yields: each executes one statement and buffers its rows.
