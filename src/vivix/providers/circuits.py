@@ -27,6 +27,10 @@ from vivix.models import ProviderCircuit
 from vivix.settings import CircuitSettings
 
 SNAPSHOT_TTL_S = 1.0
+# A constant: `Database.reader()` compiles each statement once, by identity.
+_OPEN_OR_HALF_OPEN = select(ProviderCircuit.route, ProviderCircuit.open_until).where(
+    ProviderCircuit.open_until.is_not(None)
+)
 
 
 def route_key(provider: str, upstream_model: str) -> str:
@@ -77,13 +81,7 @@ class CircuitBreakers:
     async def _read(self, epoch: int) -> None:
         try:
             async with self.db.reader() as connection:
-                rows = (
-                    await connection.execute(
-                        select(ProviderCircuit.route, ProviderCircuit.open_until).where(
-                            ProviderCircuit.open_until.is_not(None)
-                        )
-                    )
-                ).all()
+                rows = (await connection.execute(_OPEN_OR_HALF_OPEN)).all()
             if epoch == self._epoch:
                 self._snapshot = {row.route: CircuitState(row.open_until) for row in rows}
                 self._snapshot_at = time.monotonic()
