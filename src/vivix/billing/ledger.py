@@ -168,6 +168,9 @@ _USED_KEYS = select(
 )
 # Most admissions a transaction takes.
 MAX_BATCH = 256
+# Admissions waiting that start one more writer while others write (`AdmissionQueue`):
+# fewer, and a statement per one or two admissions costs more than the wait it saves.
+PIPELINED_BATCH = 8
 
 _INSERT_GENERATION = insert(_GENERATIONS)
 _INSERT_ENTRY = insert(_LEDGER)
@@ -265,12 +268,13 @@ class AdmissionQueue:
     """Group commit: `admit` waits while a batch is being written; whatever waits when a
     writer is free goes into its next batch (at most MAX_BATCH). No timer: an admission
     alone is written at once. Up to `writers` batches are written at the same time, each
-    taking what waited when it started (PostgreSQL: while one batch's statement is on the
-    wire and its answer waits its turn on the event loop, the next one is already sent;
-    batches of the same account then queue on its row lock in the database). A batch the
-    database refuses for a row (a constraint no check expected) is written again one
-    admission at a time, so one bad row fails only its own submit; any other failure is
-    every admission's answer."""
+    taking what waited when it started; a further writer starts once PIPELINED_BATCH
+    admissions wait (PostgreSQL: while one batch's statement is on the wire and its
+    answer waits its turn on the event loop, the next is already sent; batches for the
+    same account then queue on its row lock in the database). A batch the database
+    refuses for a row (a constraint no check expected) is written again one admission at
+    a time, so one bad row fails only its own submit; any other failure is every
+    admission's answer."""
 
     def __init__(
         self, write: Callable[[Sequence[Admission]], Awaitable[list[Outcome]]], writers: int = 1
@@ -283,7 +287,9 @@ class AdmissionQueue:
     async def admit(self, admission: Admission) -> int | None:
         future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
         self._waiting.append((admission, future))
-        if len(self._writers) < self._max_writers:
+        if not self._writers or (
+            len(self._writers) < self._max_writers and len(self._waiting) >= PIPELINED_BATCH
+        ):
             writer = asyncio.create_task(self._write_batches())
             self._writers.add(writer)
             # (Also if it is canceled before it starts and never reaches its `finally`.)
