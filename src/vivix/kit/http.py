@@ -29,6 +29,11 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 _SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}$")
 _SURROGATE = re.compile("[\ud800-\udfff]")
+# A surrogate can only come out of JSON written as an escape (UTF-8 cannot encode one: the
+# body's decoding refuses it), so a body without `\uD8xx`-`\uDFxx` needs no walk.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+# One encoder: json.dumps builds a new one for every call with these options.
+_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
 
 @dataclass(slots=True)
@@ -215,7 +220,7 @@ class ResponseHeadersMiddleware:
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     return Response(
-        content=json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode(),
+        content=_JSON.encode(body).encode(),
         status_code=status,
         media_type="application/json",
         headers=headers,
@@ -246,7 +251,9 @@ async def read_json_object(request: Request, max_bytes: int) -> tuple[dict[str, 
     except (ValueError, RecursionError):
         # ValueError covers bad UTF-8, bad JSON and integer literals over Python's digit limit.
         raise InvalidJson() from None
-    if not isinstance(data, dict) or _has_lone_surrogate(data):
+    if not isinstance(data, dict) or (
+        _SURROGATE_ESCAPE.search(raw) is not None and _has_lone_surrogate(data)
+    ):
         raise InvalidJson()
     return data, raw
 
