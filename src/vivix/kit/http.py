@@ -21,7 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from vivix.kit.errors import InvalidJson, PayloadTooLarge, UnsupportedMediaType
 from vivix.kit.ids import request_id as new_request_id
-from vivix.kit.logging import bind_request, reset_context
+from vivix.kit.logging import bind_request, debug_enabled, reset_context
 
 if TYPE_CHECKING:
     from vivix.runtime import Runtime
@@ -206,15 +206,16 @@ class ResponseHeadersMiddleware:
         try:
             await self.app(scope, receive, send_with_headers)
         finally:
-            # An access line at debug level (free when filtered out): the path without
-            # its query string, which may carry cursors or filters.
-            log.debug(
-                "http_request",
-                method=scope["method"],
-                path=scope["path"],
-                status=status,
-                duration_ms=round((time.perf_counter() - start) * 1000, 1),
-            )
+            # An access line at debug level: the path without its query string, which may
+            # carry cursors or filters.
+            if debug_enabled():
+                log.debug(
+                    "http_request",
+                    method=scope["method"],
+                    path=scope["path"],
+                    status=status,
+                    duration_ms=round((time.perf_counter() - start) * 1000, 1),
+                )
             reset_context(tokens)
 
 
