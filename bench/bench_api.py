@@ -538,6 +538,10 @@ VIVIX_SPANS = (
     ("  run_sqlite_write (SQLite)", "vivix.kit.db", "Database.run_sqlite_write"),
     ("  notify_enqueued", "vivix.runtime", "Runtime.notify_enqueued"),
     ("read_with_caller", "vivix.generations.repository", "read_with_caller"),
+    # Database.reader()'s statements (the caller lookup, the status read) on the bare
+    # driver: SQLAlchemy's statement events don't see them, these spans count them.
+    ("driver read: SqliteLoopReader.execute", "vivix.kit.db", "SqliteLoopReader.execute"),
+    ("driver read: AsyncpgReader.execute", "vivix.kit.db", "AsyncpgReader.execute"),
 )
 COMMON_SPANS = (
     ("sqlite write lock wait", "", ""),

@@ -62,6 +62,7 @@ from bench.common import (
     machine_description,
     percentile,
     process_tree_rss,
+    wait_listening,
 )
 
 MODEL = "scale-image"
@@ -261,19 +262,6 @@ async def submit_all(
             *(sender(http, api_urls[i % len(api_urls)]) for i in range(concurrency))
         )
     return ids
-
-
-async def wait_listening(process: ServerProcess, within_s: float = 60.0) -> None:
-    """Until the process answers HTTP at all (the fake has no health route)."""
-    deadline = time.monotonic() + within_s
-    async with httpx.AsyncClient(base_url=process.base_url, timeout=2.0) as client:
-        while time.monotonic() < deadline:
-            process.check_alive()
-            with contextlib.suppress(httpx.HTTPError):
-                await client.get(process.health_path)
-                return
-            await asyncio.sleep(0.1)
-    raise BenchError(f"{process.name} did not listen in {within_s:.0f}s:\n{process.log_tail()}")
 
 
 async def wait_worker_running(process: ServerProcess, within_s: float = 600.0) -> None:

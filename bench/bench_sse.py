@@ -47,7 +47,7 @@ from typing import Any
 
 import httpx
 
-from bench.bench_webhooks import database_for, vivix_cli
+from bench.bench_webhooks import database_for, migrated_with_account
 from bench.common import (
     BenchError,
     PostgresUnavailable,
@@ -348,13 +348,7 @@ async def run_vivix(kind: str, args: argparse.Namespace, workdir: Path) -> Figur
             VIVIX_LOG_LEVEL="warning",
             VIVIX_WORKER__RENDER_PROCESSES="1",
         )
-        vivix_cli(env, "migrate")
-        vivix_cli(env, "accounts", "create", "streams", "--credits", "100000000")
-        vivix_cli(
-            env, "accounts", "update", "streams",
-            "--calls-per-minute", "1000000", "--concurrent-jobs", "10000",
-        )  # fmt: skip
-        key = vivix_cli(env, "keys", "create", "streams", "--name", "bench")["key"]
+        key = migrated_with_account(env, "streams")
         port = free_port()
         serve = [sys.executable, "-m", "vivix", "serve", "--port", str(port), "--json"]
         processes = []

@@ -63,6 +63,7 @@ from bench.common import (
     fresh_postgres_database,
     machine_description,
     percentile,
+    wait_listening,
 )
 
 TARGET_P50_MS = 50.0
@@ -126,18 +127,6 @@ async def arrivals(receiver: ServerProcess) -> list[dict[str, Any]]:
         response.raise_for_status()
         found: list[dict[str, Any]] = response.json()
         return found
-
-
-async def wait_listening(process: ServerProcess, within_s: float = 60.0) -> None:
-    deadline = time.monotonic() + within_s
-    async with httpx.AsyncClient(base_url=process.base_url, timeout=2.0) as client:
-        while time.monotonic() < deadline:
-            process.check_alive()
-            with contextlib.suppress(httpx.HTTPError):
-                await client.get("/arrivals")
-                return
-            await asyncio.sleep(0.1)
-    raise BenchError(f"{process.name} did not listen in {within_s:.0f}s:\n{process.log_tail()}")
 
 
 # -- the baseline ---------------------------------------------------------------------------------
@@ -205,6 +194,19 @@ def vivix_cli(env: dict[str, str], *args: str) -> Any:
     if done.returncode != 0:
         raise BenchError(f"vivix {' '.join(args)} failed: {done.stdout}\n{done.stderr}")
     return json.loads(done.stdout) if done.stdout.strip() else None
+
+
+def migrated_with_account(env: dict[str, str], account: str) -> str:
+    """Migrates the database `env` names and creates `account` with credits and limits no
+    benchmark reaches; returns a live API key of it."""
+    vivix_cli(env, "migrate")
+    vivix_cli(env, "accounts", "create", account, "--credits", "100000000")
+    vivix_cli(
+        env, "accounts", "update", account,
+        "--calls-per-minute", "1000000", "--concurrent-jobs", "10000",
+    )  # fmt: skip
+    key: str = vivix_cli(env, "keys", "create", account, "--name", "bench")["key"]
+    return key
 
 
 @contextlib.asynccontextmanager
@@ -294,6 +296,7 @@ async def run_one(kind: str, args: argparse.Namespace, workdir: Path) -> Figures
         env=clean_environment(),
         port=receiver_port,
         log_path=workdir / "receiver.log",
+        health_path="/arrivals",
     )
     async with database_for(kind, workdir) as database_url:
         env = clean_environment(
@@ -304,13 +307,7 @@ async def run_one(kind: str, args: argparse.Namespace, workdir: Path) -> Figures
             VIVIX_WEBHOOKS__ALLOW_INSECURE_TARGETS="true",
             VIVIX_WORKER__RENDER_PROCESSES="1",
         )
-        vivix_cli(env, "migrate")
-        vivix_cli(env, "accounts", "create", "hooks", "--credits", "100000000")
-        vivix_cli(
-            env, "accounts", "update", "hooks",
-            "--calls-per-minute", "1000000", "--concurrent-jobs", "10000",
-        )  # fmt: skip
-        key = vivix_cli(env, "keys", "create", "hooks", "--name", "bench")["key"]
+        key = migrated_with_account(env, "hooks")
         api_port = free_port()
         serve = [sys.executable, "-m", "vivix", "serve", "--port", str(api_port), "--json"]
         processes = [receiver]

@@ -487,6 +487,20 @@ class ServerProcess:
         return "\n".join(text.splitlines()[-lines:])
 
 
+async def wait_listening(process: ServerProcess, within_s: float = 60.0) -> None:
+    """Until the process answers HTTP at all on its health path (any status: a fake with no
+    health route answers 404 once it listens)."""
+    deadline = time.monotonic() + within_s
+    async with httpx.AsyncClient(base_url=process.base_url, timeout=2.0) as client:
+        while time.monotonic() < deadline:
+            process.check_alive()
+            with contextlib.suppress(httpx.HTTPError):
+                await client.get(process.health_path)
+                return
+            await asyncio.sleep(0.1)
+    raise BenchError(f"{process.name} did not listen in {within_s:.0f}s:\n{process.log_tail()}")
+
+
 def uvicorn_settings() -> dict[str, Any]:
     """The uvicorn settings `vivix serve` uses, for the baseline to copy: uvicorn's own
     defaults (loop/http "auto" pick uvloop and httptools from uvicorn[standard]), one

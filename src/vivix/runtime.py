@@ -115,6 +115,7 @@ async def build_runtime(settings: Settings) -> Runtime:
         max_overflow=settings.db.max_overflow,
         sqlite_busy_timeout_ms=settings.db.sqlite_busy_timeout_ms,
         echo=settings.db.echo,
+        read_pool_size=settings.db.read_pool_size,
     )
     events = EventHub(
         db,

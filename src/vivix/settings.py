@@ -53,6 +53,9 @@ class DatabaseSettings(BaseModel):
     # one costs a PostgreSQL connect (bench/README.md, issue 9).
     pool_size: Annotated[int, Field(ge=1)] = 30
     max_overflow: Annotated[int, Field(ge=0)] = 0
+    # PostgreSQL: a second, small asyncpg pool for the hot single-statement reads (status
+    # read, caller lookup), on top of pool_size (kit/db.py AsyncpgReader, issue 9).
+    read_pool_size: Annotated[int, Field(ge=1)] = 8
     sqlite_busy_timeout_ms: Annotated[int, Field(ge=0)] = 30_000
     echo: bool = False
 

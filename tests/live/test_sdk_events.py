@@ -1,10 +1,11 @@
 """The SDK's run() against a real `vivix serve`: it waits through the generation's event
-stream (not the polling fallback) and reports the render's progress as it streams."""
+stream (not the polling fallback) and reports the render's progress as it streams; a
+stream dropped mid-way is opened again after its last event."""
 
 from __future__ import annotations
 
 from tests.live.conftest import LiveServer
-from tests.live.sdk import AsyncRecordingTransport, RecordingTransport, Sent
+from tests.live.sdk import AsyncRecordingTransport, RecordingTransport, Sent, StreamCut
 from vivix_client import AsyncVivix, Generation, Vivix
 
 VIDEO = {"duration": 5, "resolution": "720p"}
@@ -58,3 +59,44 @@ async def test_async_run_receives_progress_events_from_the_stream(
     streams, polls = _streamed(transport.sent, generation.generation_id)
     assert streams == [200]
     assert polls == []
+
+
+def _resumed(sent: list[Sent], generation_id: str, cut: StreamCut) -> None:
+    streams = [s for s in sent if s.path == f"/api/v1/generations/{generation_id}/events"]
+    assert [s.status for s in streams] == [200, 200]  # dropped once, opened again
+    assert streams[0].last_event_id is None
+    assert cut.last_id_through is not None
+    assert streams[1].last_event_id == cut.last_id_through  # after the last event seen
+    assert _streamed(sent, generation_id)[1] == []  # never polled
+
+
+def test_a_dropped_stream_resumes_after_its_last_event(live_server: LiveServer) -> None:
+    account = live_server.account()
+    cut = StreamCut(after=3)
+    transport = RecordingTransport(cut=cut)
+    seen: list[Generation] = []
+    with Vivix(account.key, base_url=live_server.base_url, transport=transport) as client:
+        generation = client.run(
+            "vivix-local-video", "a slow tide", on_progress=seen.append, **VIDEO
+        )
+    assert generation.status == "completed"
+    _check_progress(seen)
+    _resumed(transport.sent, generation.generation_id, cut)
+
+
+async def test_async_a_dropped_stream_resumes_after_its_last_event(
+    live_server: LiveServer,
+) -> None:
+    account = live_server.account()
+    cut = StreamCut(after=3)
+    transport = AsyncRecordingTransport(cut=cut)
+    seen: list[Generation] = []
+    async with AsyncVivix(
+        account.key, base_url=live_server.base_url, transport=transport
+    ) as client:
+        generation = await client.run(
+            "vivix-local-video", "a slow tide", on_progress=seen.append, **VIDEO
+        )
+    assert generation.status == "completed"
+    _check_progress(seen)
+    _resumed(transport.sent, generation.generation_id, cut)

@@ -29,7 +29,12 @@ from vivix.providers.base import (
 )
 from vivix.providers.comfyui import ComfyUiAdapter
 from vivix.providers.comfyui.adapter import builtin_template
-from vivix.providers.comfyui.progress import fraction_of
+from vivix.providers.comfyui.progress import (
+    ProgressFeed,
+    StepReport,
+    report_of,
+    step_nodes,
+)
 from vivix.settings import ProviderSettings
 
 FAKE_HOST = "http://comfyui.test:8188"
@@ -694,13 +699,54 @@ async def test_a_running_run_reports_the_progress_events_of_its_websocket(
 
 def test_progress_events_are_read_as_comfyui_sends_them() -> None:
     progress = {"value": 3, "max": 12, "prompt_id": "p1", "node": "3"}
-    assert fraction_of({"type": "progress", "data": progress}) == ("p1", 0.25)
+    assert report_of({"type": "progress", "data": progress}) == StepReport("p1", 0.25, "3")
     state = {
         "prompt_id": "p2",
         "nodes": {"3": {"value": 10, "max": 10, "state": "finished"}, "8": {"value": 5, "max": 30}},
     }
-    assert fraction_of({"type": "progress_state", "data": state}) == ("p2", 0.375)
-    assert fraction_of({"type": "progress", "data": {**progress, "max": 0}}) is None
-    assert fraction_of({"type": "executing", "data": {"node": "3", "prompt_id": "p1"}}) is None
-    assert fraction_of({"type": "status", "data": {"status": {}, "sid": "x"}}) is None
-    assert fraction_of(["progress"]) is None
+    assert report_of({"type": "progress_state", "data": state}) == StepReport("p2", 0.375)
+    assert report_of({"type": "progress", "data": {**progress, "max": 0}}) is None
+    assert report_of({"type": "executing", "data": {"node": "3", "prompt_id": "p1"}}) is None
+    assert report_of({"type": "status", "data": {"status": {}, "sid": "x"}}) is None
+    assert report_of(["progress"]) is None
+
+
+def test_a_workflow_with_two_samplers_is_half_done_when_the_first_one_ends() -> None:
+    workflow = {
+        "3": {"class_type": "KSampler", "inputs": {}},
+        "5": {"class_type": "KSamplerSelect", "inputs": {}},
+        "8": {"class_type": "KSamplerAdvanced", "inputs": {}},
+        "9": {"class_type": "SaveImage", "inputs": {}},
+    }
+    assert step_nodes(workflow) == 2
+    feed = ProgressFeed("http://comfy.test", "client", None)
+
+    def step(node: str, value: int) -> None:
+        data = {"value": value, "max": 20, "prompt_id": "p1", "node": node}
+        feed.note(json.dumps({"type": "progress", "data": data}))
+
+    step("3", 5)  # an event may come before the answer to POST /prompt
+    feed.expect("p1", step_nodes(workflow))
+    assert feed.fraction("p1") == 0.125
+    step("3", 20)
+    assert feed.fraction("p1") == 0.5  # the base sampler is done, the refiner is not
+    step("8", 10)
+    assert feed.fraction("p1") == 0.75
+    step("8", 20)
+    assert feed.fraction("p1") == 1.0
+    # A run resumed from elsewhere (no workflow known) counts the nodes it has seen.
+    feed.note(
+        json.dumps(
+            {"type": "progress", "data": {"value": 20, "max": 20, "prompt_id": "p2", "node": "3"}}
+        )
+    )
+    assert feed.fraction("p2") == 1.0
+    # progress_state covers the whole graph: it wins over per-node events.
+    state = {
+        "prompt_id": "p1",
+        "nodes": {"3": {"value": 20, "max": 20}, "8": {"value": 0, "max": 20}},
+    }
+    feed.note(json.dumps({"type": "progress_state", "data": state}))
+    assert feed.fraction("p1") == 0.5
+    feed.forget("p1")
+    assert feed.fraction("p1") is None

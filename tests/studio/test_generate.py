@@ -61,7 +61,7 @@ async def test_htmx_submit_returns_the_live_card_and_the_new_balance(
     html = response.text
     assert 'hx-swap-oob="afterbegin:#runs-list"' in html
     assert 'class="card run run-pending"' in html
-    assert 'hx-trigger="every 1s' in html  # the card keeps itself current
+    assert "data-live-generation=" in html  # the card keeps itself current (studio.js)
     assert re.search(r'id="wallet-balance" data-balance="92"', html)
     card_id = re.search(r'data-generation-id="([0-9a-f-]{36})"', html)
     assert card_id is not None

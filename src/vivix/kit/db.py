@@ -13,14 +13,17 @@ concurrently.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+import sqlite3
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
-from sqlalchemy import Connection, Engine, Executable, Result, create_engine, event
-from sqlalchemy.engine import make_url
+from sqlalchemy import Connection, Engine, Executable, Result, Row, create_engine, event
+from sqlalchemy.engine import Dialect, make_url
+from sqlalchemy.engine.result import SimpleResultMetaData
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
     AsyncEngine,
@@ -29,6 +32,11 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 from sqlalchemy.pool import NullPool, StaticPool
+from sqlalchemy.sql import ClauseElement
+from sqlalchemy.sql.compiler import SQLCompiler
+
+if TYPE_CHECKING:
+    import asyncpg
 
 T = TypeVar("T")
 
@@ -58,8 +66,210 @@ class SqliteReader:
         return frozen()  # type: ignore[no-any-return]
 
 
-# What `Database.reader()` yields: both execute a statement and buffer its rows.
-ReadConnection = AsyncConnection | SqliteReader
+class CompiledRead:
+    """A Core SELECT compiled once for one dialect, to run on the bare driver: its SQL
+    with positional parameters, and the result processors SQLAlchemy would apply, so the
+    rows (SQLAlchemy `Row`s, same labels, same Python values) are what `execute` on a
+    SQLAlchemy connection returns. The statement stays the one source of the query."""
+
+    def __init__(self, statement: Executable, dialect: Dialect) -> None:
+        compiled = cast(ClauseElement, statement).compile(dialect=dialect)
+        assert isinstance(compiled, SQLCompiler)
+        if (
+            not compiled.positional
+            or compiled.positiontup is None
+            or compiled.post_compile_params
+            or compiled.literal_execute_params
+            or compiled.escaped_bind_names
+        ):
+            raise ValueError(f"not a plain positional statement: {compiled.string}")
+        self.sql = compiled.string
+        self._names = list(compiled.positiontup)
+        self._defaults = compiled.params  # values bound in the statement (literals, limits)
+        self._binders: dict[str, Any] = dict(compiled._bind_processors)
+        self._dialect = dialect
+        self._types = [column.type for column in compiled._result_columns]
+        self._metadata = SimpleResultMetaData(
+            [column.keyname for column in compiled._result_columns]
+        )
+        # Set by `describe` before the first rows: some processors depend on the type the
+        # driver reports (asyncpg: a float column's processor on its type oid).
+        self.processors: list[Any] | None = None
+
+    @property
+    def width(self) -> int:
+        return len(self._types)
+
+    def describe(self, driver_types: Sequence[Any]) -> None:
+        """The result columns' types as the driver reports them (what SQLAlchemy passes
+        as `coltype`: the type oid on asyncpg, None on pysqlite)."""
+        if len(driver_types) != len(self._types):
+            raise ValueError(f"{len(driver_types)} columns, expected {len(self._types)}")
+        self.processors = [
+            type_._cached_result_processor(self._dialect, driver_type)
+            for type_, driver_type in zip(self._types, driver_types, strict=True)
+        ]
+
+    def arguments(self, parameters: dict[str, Any] | None) -> list[Any]:
+        values = {**self._defaults, **parameters} if parameters else self._defaults
+        arguments = [values[name] for name in self._names]
+        if self._binders:
+            for index, name in enumerate(self._names):
+                binder = self._binders.get(name)
+                if binder is not None:
+                    arguments[index] = binder(arguments[index])
+        return arguments
+
+    def rows(self, raw: Iterable[Sequence[Any]]) -> list[Row[Any]]:
+        metadata = self._metadata
+        processors = self.processors
+        assert processors is not None, "describe() first"
+        index = metadata._key_to_index
+        return [Row(metadata, processors, index, tuple(values)) for values in raw]
+
+
+class BufferedRows:
+    """A driver read's rows, with the part of SQLAlchemy's `Result` the hot reads use."""
+
+    __slots__ = ("_rows",)
+
+    def __init__(self, rows: list[Row[Any]]) -> None:
+        self._rows = rows
+
+    def first(self) -> Row[Any] | None:
+        return self._rows[0] if self._rows else None
+
+    def all(self) -> list[Row[Any]]:
+        return self._rows
+
+
+class _CompiledReads:
+    """Statements compiled once each, by identity: hot reads are module-level constants.
+    A statement built per call would fill the cache; past its bound one is compiled and
+    not kept (still correct, only slower)."""
+
+    LIMIT = 64
+
+    def __init__(self, dialect: Dialect) -> None:
+        self._dialect = dialect
+        self._compiled: dict[int, tuple[Executable, CompiledRead]] = {}
+
+    def __call__(self, statement: Executable) -> CompiledRead:
+        found = self._compiled.get(id(statement))
+        if found is not None and found[0] is statement:
+            return found[1]
+        compiled = CompiledRead(statement, self._dialect)
+        if len(self._compiled) < self.LIMIT:
+            # The statement is kept alive with it, so its id is not reused.
+            self._compiled[id(statement)] = (statement, compiled)
+        return compiled
+
+
+_SQLITE_BUSY = {sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED}
+
+
+class SqliteLoopReader:
+    """Single-statement reads on SQLite run right on the event loop, on a connection of its
+    own: a primary-key read costs tens of microseconds in SQLite, less than handing it to
+    a thread and waking the loop again (the Future, the thread's queue and the GIL going
+    back and forth cost more than the read). WAL: the read sees the last commit and never
+    waits for the writer. The loop is blocked only while SQLite runs the statement, so
+    this is for reads bounded by an index (the status read, the caller lookup); with a
+    busy timeout of 0 a read that would wait (a checkpoint or recovery holding the WAL
+    index) goes to the reader threads instead of sleeping on the loop."""
+
+    def __init__(self, path: str, dialect: Dialect, fallback: SqliteReader) -> None:
+        self._connection = sqlite3.connect(
+            path, timeout=0, isolation_level=None, check_same_thread=False
+        )
+        self._connection.execute("PRAGMA busy_timeout=0")
+        self._connection.execute("PRAGMA query_only=ON")
+        self._compiled = _CompiledReads(dialect)
+        self._fallback = fallback
+
+    async def execute(
+        self, statement: Executable, parameters: dict[str, Any] | None = None
+    ) -> BufferedRows | Result[Any]:
+        compiled = self._compiled(statement)
+        if compiled.processors is None:
+            compiled.describe([None] * compiled.width)  # pysqlite reports no column types
+        try:
+            # fetchall ends the statement, and with it the read transaction (autocommit).
+            raw = self._connection.execute(compiled.sql, compiled.arguments(parameters)).fetchall()
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode & 0xFF not in _SQLITE_BUSY:
+                raise
+            return await self._fallback.execute(statement, parameters)
+        return BufferedRows(compiled.rows(raw))
+
+    def close(self) -> None:
+        self._connection.close()
+
+
+class AsyncpgReader:
+    """Single-statement reads on PostgreSQL through a small asyncpg pool of their own:
+    asyncpg's prepared statements, no SQLAlchemy execution path (its greenlet switches,
+    events and pool checkout cost more CPU than the statement). The connections decode
+    JSON as the SQLAlchemy engine's do (its dialect sets their codecs), and each
+    statement is its own transaction. The pool opens on first use, on the loop using it."""
+
+    def __init__(self, url: str, dialect: Dialect, size: int) -> None:
+        self._dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+        self._dialect = dialect
+        self._size = size
+        self._compiled = _CompiledReads(dialect)
+        self._pool: asyncpg.Pool | None = None
+        self._opening = asyncio.Lock()
+
+    async def _open(self) -> asyncpg.Pool:
+        import asyncpg
+
+        async with self._opening:
+            if self._pool is None:
+                self._pool = await asyncpg.create_pool(
+                    self._dsn,
+                    min_size=1,
+                    max_size=self._size,
+                    init=self._set_codecs,
+                    reset=_keep_session,
+                )
+            return self._pool
+
+    async def _set_codecs(self, connection: asyncpg.Connection) -> None:
+        dialect: Any = self._dialect
+        shim = SimpleNamespace(_connection=connection)
+        await dialect.setup_asyncpg_json_codec(shim)
+        await dialect.setup_asyncpg_jsonb_codec(shim)
+
+    async def execute(
+        self, statement: Executable, parameters: dict[str, Any] | None = None
+    ) -> BufferedRows:
+        compiled = self._compiled(statement)
+        pool = self._pool or await self._open()
+        async with pool.acquire() as connection:
+            if compiled.processors is None:
+                prepared = await connection.prepare(compiled.sql)
+                compiled.describe([column.type.oid for column in prepared.get_attributes()])
+            raw = await connection.fetch(compiled.sql, *compiled.arguments(parameters))
+        return BufferedRows(compiled.rows(raw))
+
+    async def close(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            try:
+                await asyncio.wait_for(pool.close(), 10)
+            except TimeoutError:
+                pool.terminate()
+
+
+async def _keep_session(_connection: asyncpg.Connection) -> None:
+    """asyncpg's default reset on release (`RESET ALL`, `UNLISTEN *`, …) is one more round
+    trip per read; single SELECTs leave no session state to reset (a transaction left
+    open is still rolled back by the pool)."""
+
+
+# What `Database.reader()` yields: each executes one statement and buffers its rows.
+ReadConnection = AsyncConnection | SqliteReader | SqliteLoopReader | AsyncpgReader
 
 _WRITE_OPTION = "vivix_write"
 _AUTOCOMMIT_OPTION = "vivix_autocommit"
@@ -81,6 +291,7 @@ class Database:
         max_overflow: int = 0,
         sqlite_busy_timeout_ms: int = 30_000,
         echo: bool = False,
+        read_pool_size: int = 8,
     ) -> None:
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
@@ -110,8 +321,15 @@ class Database:
         self._sqlite_write_lock = asyncio.Lock() if self.is_sqlite else None
         self._sqlite_writer: tuple[Engine, ThreadPoolExecutor] | None = None
         self._sqlite_reader: SqliteReader | None = None
+        # What `reader()` yields: the bare driver, the dialect chosen here once.
+        self._driver_reader: SqliteLoopReader | AsyncpgReader | None = None
         if self.is_sqlite:
             self._sqlite_reader = _sqlite_reader(url, sqlite_busy_timeout_ms, echo)
+            database = make_url(url).database
+            if database and database != ":memory:" and not echo:  # (echo: as below)
+                self._driver_reader = SqliteLoopReader(
+                    database, self._sqlite_reader._engine.dialect, self._sqlite_reader
+                )
             # One connection, used only from one thread (see run_sqlite_write).
             writer = create_engine(
                 make_url(url).set(drivername="sqlite+pysqlite"),
@@ -124,6 +342,8 @@ class Database:
             )
             _install_sqlite_hooks(writer, sqlite_busy_timeout_ms, always_immediate=True)
             self._sqlite_writer = (writer, ThreadPoolExecutor(1, "vivix-sqlite-writer"))
+        elif not echo:  # with echo on, the hot reads go through SQLAlchemy's logging too
+            self._driver_reader = AsyncpgReader(url, self.engine.dialect, read_pool_size)
         # Called (synchronously, on the event loop) after a transaction that appended
         # change-feed rows commits: wakes this process's event streams, NOTIFYs others.
         self.on_events_committed: list[Callable[[], None]] = []
@@ -167,9 +387,14 @@ class Database:
 
     @asynccontextmanager
     async def reader(self) -> AsyncIterator[ReadConnection]:
-        """For single-statement reads on hot paths: `autocommit()` on PostgreSQL; on SQLite
-        a `SqliteReader` (one hand-off per statement). Only `execute` is offered."""
-        if self._sqlite_reader is not None:
+        """For single-statement reads on hot paths (the status read, the caller lookup):
+        the statement runs on the bare driver, compiled once (`CompiledRead`), and gives
+        the rows SQLAlchemy would. PostgreSQL: `AsyncpgReader`; SQLite: `SqliteLoopReader`
+        (on the event loop: only for reads an index bounds). Only `execute` is offered,
+        and each statement is its own transaction."""
+        if self._driver_reader is not None:
+            yield self._driver_reader
+        elif self._sqlite_reader is not None:  # in-memory database, or echo on
             yield self._sqlite_reader
         else:
             async with self.autocommit() as connection:
@@ -221,6 +446,11 @@ class Database:
         return result
 
     async def dispose(self) -> None:
+        driver_reader, self._driver_reader = self._driver_reader, None
+        if isinstance(driver_reader, SqliteLoopReader):
+            driver_reader.close()
+        elif driver_reader is not None:
+            await driver_reader.close()
         if self._sqlite_reader is not None:
             reader, self._sqlite_reader = self._sqlite_reader, None
             reader._threads.shutdown(wait=True)

@@ -363,6 +363,37 @@ class ServerSentEvent:
     id: str | None = None
 
 
+# A dropped event stream is opened again this many times in a row (each resuming after
+# the last event seen) before `wait` falls back to polling.
+STREAM_RETRIES = 3
+
+
+@dataclass
+class StreamPosition:
+    """How far a generation's event stream got: a dropped one resumes after it."""
+
+    last_event_id: str | None = None
+    failures: int = 0  # drops in a row with no event in between
+
+    def seen(self, event_id: str | None) -> None:
+        if event_id is not None:
+            self.last_event_id = event_id
+        self.failures = 0
+
+    def headers(self) -> dict[str, str]:
+        headers = {"Accept": "text/event-stream"}
+        if self.last_event_id is not None:
+            headers["Last-Event-ID"] = self.last_event_id
+        return headers
+
+    def retry_delay(self) -> float | None:
+        """Seconds to wait before opening the stream again, or None: poll instead."""
+        self.failures += 1
+        if self.failures > STREAM_RETRIES:
+            return None
+        return min(0.5 * 2.0 ** (self.failures - 1), 4.0)
+
+
 class SSEParser:
     """Server-Sent Events, line by line (the WHATWG algorithm, minus reconnection time)."""
 

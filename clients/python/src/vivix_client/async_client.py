@@ -156,13 +156,21 @@ class AsyncVivix:
         )
         return await self._execute(call)
 
-    async def events(self, generation_id: str) -> AsyncIterator[Generation]:
+    async def events(
+        self, generation_id: str, *, last_event_id: str | None = None
+    ) -> AsyncIterator[Generation]:
         """The generation's states as the server streams them (Server-Sent Events), ending
-        after the final one."""
+        after the final one; with `last_event_id`, only those after that event."""
+        async for generation in self._events(generation_id, _core.StreamPosition(last_event_id)):
+            yield generation
+
+    async def _events(
+        self, generation_id: str, position: _core.StreamPosition
+    ) -> AsyncIterator[Generation]:
         request = self._http.build_request(
             "GET",
             f"/api/v1/generations/{generation_id}/events",
-            headers={"Accept": "text/event-stream"},
+            headers=position.headers(),
             timeout=httpx.Timeout(self._config.timeout.connect, read=45.0),
         )
         try:
@@ -178,6 +186,7 @@ class AsyncVivix:
                 for event in parser.feed(line):
                     generation = _core.generation_of(event)
                     if generation is not None:
+                        position.seen(event.id)
                         yield generation
                         if generation.finished:
                             return
@@ -196,22 +205,29 @@ class AsyncVivix:
         raise_on_failure: bool = True,
     ) -> Generation:
         """Until the generation is finished: through its event stream when the server
-        has one, else (or when the stream breaks) by polling. `on_progress` gets each
+        has one (a dropped stream resumes after its last event), else by polling. `on_progress` gets each
         new state (status, queue position, progress)."""
         deadline = time.monotonic() + timeout
         last: Generation | None = None
-        if self._streams is not False:
+        position = _core.StreamPosition()
+        while self._streams is not False:
             try:
-                async for generation in self.events(generation_id):
+                async for generation in self._events(generation_id, position):
                     last = await _report(on_progress, last, generation)
                     if generation.finished:
                         return _finished(generation, raise_on_failure)
                     if time.monotonic() > deadline:
                         break
+                break  # ended without a final state (or out of time): polling settles it
             except _core.STREAM_UNSUPPORTED:
                 self._streams = False
             except errors.APIConnectionError:
-                pass  # polling picks up where the stream stopped
+                # Dropped: open it again after the last event seen; after a few drops in
+                # a row, polling picks up where the stream stopped.
+                retry_in = position.retry_delay()
+                if retry_in is None or time.monotonic() + retry_in > deadline:
+                    break
+                await self._sleep(retry_in)
         delay = poll_interval
         while True:
             generation = await self.get(generation_id)

@@ -154,13 +154,18 @@ class Vivix:
         )
         return self._execute(call)
 
-    def events(self, generation_id: str) -> Iterator[Generation]:
+    def events(
+        self, generation_id: str, *, last_event_id: str | None = None
+    ) -> Iterator[Generation]:
         """The generation's states as the server streams them (Server-Sent Events), ending
-        after the final one."""
+        after the final one; with `last_event_id`, only those after that event."""
+        yield from self._events(generation_id, _core.StreamPosition(last_event_id))
+
+    def _events(self, generation_id: str, position: _core.StreamPosition) -> Iterator[Generation]:
         request = self._http.build_request(
             "GET",
             f"/api/v1/generations/{generation_id}/events",
-            headers={"Accept": "text/event-stream"},
+            headers=position.headers(),
             timeout=httpx.Timeout(self._config.timeout.connect, read=45.0),
         )
         try:
@@ -176,6 +181,7 @@ class Vivix:
                 for event in parser.feed(line):
                     generation = _core.generation_of(event)
                     if generation is not None:
+                        position.seen(event.id)
                         yield generation
                         if generation.finished:
                             return
@@ -194,22 +200,29 @@ class Vivix:
         raise_on_failure: bool = True,
     ) -> Generation:
         """Until the generation is finished: through its event stream when the server
-        has one, else (or when the stream breaks) by polling. `on_progress` gets each
+        has one (a dropped stream resumes after its last event), else by polling. `on_progress` gets each
         new state (status, queue position, progress)."""
         deadline = time.monotonic() + timeout
         last: Generation | None = None
-        if self._streams is not False:
+        position = _core.StreamPosition()
+        while self._streams is not False:
             try:
-                for generation in self.events(generation_id):
+                for generation in self._events(generation_id, position):
                     last = _report(on_progress, last, generation)
                     if generation.finished:
                         return _finished(generation, raise_on_failure)
                     if time.monotonic() > deadline:
                         break
+                break  # ended without a final state (or out of time): polling settles it
             except _core.STREAM_UNSUPPORTED:
                 self._streams = False
             except errors.APIConnectionError:
-                pass  # polling picks up where the stream stopped
+                # Dropped: open it again after the last event seen; after a few drops in
+                # a row, polling picks up where the stream stopped.
+                retry_in = position.retry_delay()
+                if retry_in is None or time.monotonic() + retry_in > deadline:
+                    break
+                self._sleep(retry_in)
         delay = poll_interval
         while True:
             generation = self.get(generation_id)

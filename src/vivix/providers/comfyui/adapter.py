@@ -105,7 +105,7 @@ from vivix.providers.base import (
     RenderResult,
     UpstreamHandle,
 )
-from vivix.providers.comfyui.progress import ProgressFeed
+from vivix.providers.comfyui.progress import ProgressFeed, step_nodes
 from vivix.providers.http import (
     json_object_or_empty,
     parse_retry_after,
@@ -262,7 +262,8 @@ class ComfyUiAdapter(UpstreamAdapter):
         uploaded = await self._upload_references(request, template.placeholders)
         values = placeholder_values(request, options, template.placeholders, uploaded)
         self._progress.start()  # listening before the run can start
-        body: dict[str, Any] = {"prompt": template.render(values), "client_id": self._client_id}
+        workflow = template.render(values)
+        body: dict[str, Any] = {"prompt": workflow, "client_id": self._client_id}
         if request.request_key:
             # ComfyUI takes the client's prompt_id: a retried attempt finds the run by it.
             body["prompt_id"] = request.request_key
@@ -280,6 +281,7 @@ class ComfyUiAdapter(UpstreamAdapter):
             log.warning(
                 "comfyui_node_errors", prompt_id=prompt_id, node_errors=answer["node_errors"]
             )
+        self._progress.expect(prompt_id, step_nodes(workflow))
         return {"prompt_id": prompt_id}
 
     async def find(self, request: RenderRequest) -> UpstreamHandle | None:
