@@ -253,6 +253,12 @@ class AsyncpgReader:
             raw = await connection.fetch(compiled.sql, *compiled.arguments(parameters))
         return BufferedRows(compiled.rows(raw))
 
+    async def notify(self, channel: str) -> None:
+        """`NOTIFY channel`, on its own (delivered at once): the after-commit wake-ups of
+        submits and change-feed rows, one every few requests under load."""
+        pool = self._pool or await self._open()
+        await pool.execute(f"NOTIFY {channel}")
+
     async def close(self) -> None:
         pool, self._pool = self._pool, None
         if pool is not None:
@@ -399,6 +405,15 @@ class Database:
         else:
             async with self.autocommit() as connection:
                 yield connection
+
+    async def notify(self, channel: str) -> None:
+        """PostgreSQL: `NOTIFY channel` in its own transaction, on the hot-read pool's
+        bare driver (SQLAlchemy's path cost more CPU than the statement)."""
+        if isinstance(self._driver_reader, AsyncpgReader):
+            await self._driver_reader.notify(channel)
+            return
+        async with self.autocommit() as connection:
+            await connection.exec_driver_sql(f"NOTIFY {channel}")
 
     @asynccontextmanager
     async def write_connection(self) -> AsyncIterator[AsyncConnection]:
