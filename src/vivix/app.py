@@ -9,17 +9,21 @@ from contextlib import asynccontextmanager
 import structlog
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
 from vivix.admin.endpoints import router as admin_router
+from vivix.billing.endpoints import credits
 from vivix.billing.endpoints import router as credits_router
 from vivix.catalog.endpoints import router as models_router
+from vivix.generations.endpoints import generate, read_generation
 from vivix.generations.endpoints import router as generations_router
 from vivix.generations.streams import router as streams_router
 from vivix.kit.errors import InvalidParams, MethodNotAllowed, NotFound, VivixError
-from vivix.kit.http import RequestContext, ResponseHeadersMiddleware, json_response
+from vivix.kit.http import FastLane, RequestContext, ResponseHeadersMiddleware, json_response
 from vivix.kit.ids import request_id as new_request_id
 from vivix.kit.metrics import MetricsMiddleware
 from vivix.kit.tracing import TracingMiddleware, configure_tracing, shutdown_tracing
@@ -36,10 +40,32 @@ from vivix.webhooks.endpoints import router as webhooks_router
 
 log = structlog.get_logger(__name__)
 
+# The calls clients make most, served through the fast lane (`kit.http.FastLane`).
+HOT_ENDPOINTS = (generate, read_generation, credits)
+
+
+class VivixAPI(FastAPI):
+    """FastAPI, with the hot /api/v1 routes served by a `FastLane` (set by `create_app`).
+    FastAPI's native OpenTelemetry, when a global provider turns it on, needs its own
+    wrapping: requests then all go the usual way."""
+
+    fast_lane: FastLane | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        lane = self.fast_lane
+        keys = lane.match(scope) if lane is not None else None
+        if keys is None or self._native_telemetry.enabled():
+            await super().__call__(scope, receive, send)
+            return
+        assert lane is not None
+        scope["app"] = self
+        scope.update(keys)
+        await lane(scope, receive, send)
+
 
 def create_app(
     settings: Settings, *, runtime: Runtime | None = None, embedded_worker: bool = False
-) -> FastAPI:
+) -> VivixAPI:
     """The app. Pass `runtime` to share one (tests, benchmarks); otherwise the lifespan
     builds it from `settings` and closes it on shutdown."""
 
@@ -65,7 +91,7 @@ def create_app(
             if settings.otel_endpoint:
                 shutdown_tracing()
 
-    app = FastAPI(
+    app = VivixAPI(
         title="Vivix",
         version="1",
         lifespan=lifespan,
@@ -94,6 +120,15 @@ def create_app(
     app.add_middleware(MetricsMiddleware)
     if settings.otel_endpoint:  # outermost: the span covers the whole request
         app.add_middleware(TracingMiddleware)
+    app.fast_lane = FastLane(
+        app,
+        [
+            route
+            for router in (generations_router, credits_router)
+            for route in router.routes
+            if isinstance(route, APIRoute) and route.endpoint in HOT_ENDPOINTS
+        ],
+    )
     return app
 
 

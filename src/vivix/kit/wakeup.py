@@ -55,8 +55,7 @@ class JobsNotifier:
         try:
             while True:
                 self._again = False
-                async with self._db.autocommit() as connection:
-                    await connection.execute(text(f"NOTIFY {self._channel}"))
+                await self._db.notify(self._channel)
                 if not self._again:
                     return
         except Exception as exc:
