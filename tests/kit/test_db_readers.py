@@ -174,3 +174,22 @@ async def test_notify_on_the_driver_pool_is_heard_by_a_listener(runtime: Runtime
         await asyncio.wait_for(heard.wait(), 5)
     finally:
         await listener.close()
+
+
+async def test_driver_reads_without_prepared_statements_for_pgbouncer(
+    runtime: Runtime, acct: AccountWithKey
+) -> None:
+    if runtime.db.is_sqlite:
+        pytest.skip("a PostgreSQL URL option")
+    url = make_url(runtime.db.url).update_query_dict({"prepared_statement_cache_size": "0"})
+    db = Database(url.render_as_string(hide_password=False))
+    key_hash = hash_key(runtime.secret, acct.key)
+    try:
+        for _ in range(2):
+            async with db.reader() as reader:
+                assert isinstance(reader, AsyncpgReader)
+                row = await accounts_repository.get_caller(reader, key_hash)
+            assert row is not None
+            assert row.account_id == acct.id
+    finally:
+        await db.dispose()

@@ -214,7 +214,13 @@ class AsyncpgReader:
     statement is its own transaction. The pool opens on first use, on the loop using it."""
 
     def __init__(self, url: str, dialect: Dialect, size: int) -> None:
-        self._dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+        parsed = make_url(url)
+        # SQLAlchemy's own URL option for PgBouncer in transaction mode (no prepared
+        # statements) is asyncpg's statement cache size here.
+        cache_size = parsed.query.get("prepared_statement_cache_size")
+        self._statement_cache_size = 100 if cache_size is None else int(str(cache_size))
+        parsed = parsed.difference_update_query(["prepared_statement_cache_size"])
+        self._dsn = parsed.set(drivername="postgresql").render_as_string(hide_password=False)
         self._dialect = dialect
         self._size = size
         self._compiled = _CompiledReads(dialect)
@@ -232,6 +238,7 @@ class AsyncpgReader:
                     max_size=self._size,
                     init=self._set_codecs,
                     reset=_keep_session,
+                    statement_cache_size=self._statement_cache_size,
                 )
             return self._pool
 
@@ -331,8 +338,11 @@ class Database:
         self._driver_reader: SqliteLoopReader | AsyncpgReader | None = None
         if self.is_sqlite:
             self._sqlite_reader = _sqlite_reader(url, sqlite_busy_timeout_ms, echo)
-            database = make_url(url).database
-            if database and database != ":memory:" and not echo:  # (echo: as below)
+            parsed = make_url(url)
+            database = parsed.database
+            # A plain file (no URI options the loop's connection would ignore); with echo
+            # on, the statements go through SQLAlchemy's logging (as on PostgreSQL).
+            if database and database != ":memory:" and not parsed.query and not echo:
                 self._driver_reader = SqliteLoopReader(
                     database, self._sqlite_reader._engine.dialect, self._sqlite_reader
                 )
