@@ -64,7 +64,8 @@ async def test_opening_a_stream_counts_one_call_whatever_it_sends(served: Served
         before = await http.get("/api/v1/credits", headers=served.headers)
     remaining = int(before.headers["x-ratelimit-remaining"])
     path = f"/api/v1/generations/{generation_id}/events"
-    async with served.worker(), served.stream(path) as stream:
+    # The stream opens before the worker starts, so it sees the run from pending on.
+    async with served.stream(path) as stream, served.worker():
         assert int(stream.response.headers["x-ratelimit-remaining"]) == remaining - 1
         events = await stream.rest()
     assert len(events) >= 3

@@ -61,6 +61,10 @@ def servers(
     }
     if backend.redis_url:
         settings["REDIS_URL"] = backend.redis_url
+        # These tests are about the budget the replicas share, not about a Redis outage
+        # (tests/limits has those): on a loaded 2-core CI machine a Redis answer can come
+        # later than the 0.5 s default, and the fallback would count per process.
+        settings["REDIS__SOCKET_TIMEOUT_S"] = "5"
     # With an account in the database the servers skip the demo account and can start
     # together (each test's `runtime` empties the tables again before it runs).
     asyncio.run(create_placeholder_account(backend, data_dir))
