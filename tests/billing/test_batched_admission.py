@@ -139,6 +139,33 @@ async def test_a_taken_idempotency_key_in_a_batch_frees_its_credits_for_the_next
     await assert_ledger_consistent(runtime)
 
 
+async def test_a_refused_admission_in_a_batch_leaves_its_idempotency_key_free(
+    runtime: Runtime,
+) -> None:
+    # One by one: the first k-1 is refused (15 credits, it needs 20) and writes nothing,
+    # so the second k-1 (10 credits) is admitted; the key used by a committed
+    # generation (k-0) is taken even in a batch.
+    acct = await account_with_key(runtime, credits=25)
+    assert await runtime.ledger.hold(admission(acct.id, 10, key="k-0")) == 15
+
+    outcomes = await hold_together(
+        runtime,
+        [
+            admission(acct.id, 1, key="k-0"),
+            admission(acct.id, 20, key="k-1"),
+            admission(acct.id, 10, key="k-1"),
+            admission(acct.id, 5, key="k-1"),
+        ],
+    )
+
+    assert isinstance(outcomes[0], KeyTaken)
+    assert outcomes[1] is None
+    assert outcomes[2] == 5
+    assert isinstance(outcomes[3], KeyTaken)
+    assert await stored_counts(runtime, acct.id) == (5, 20, 2, 2)
+    await assert_ledger_consistent(runtime)
+
+
 async def test_random_batches_match_the_same_holds_made_one_at_a_time(runtime: Runtime) -> None:
     rng = random.Random(9)
     credits = [rng.randint(0, 60) for _ in range(3)]
