@@ -160,9 +160,8 @@ async def test_sqlite_read_that_would_wait_for_a_lock_leaves_the_loop_free(
         await db.dispose()
 
 
+@pytest.mark.parametrize("backend", ["postgres"], indirect=True)  # PostgreSQL's NOTIFY
 async def test_notify_on_the_driver_pool_is_heard_by_a_listener(runtime: Runtime) -> None:
-    if runtime.db.is_sqlite:
-        pytest.skip("PostgreSQL's NOTIFY")
     import asyncpg
 
     url = make_url(runtime.db.url).set(drivername="postgresql")
@@ -176,11 +175,10 @@ async def test_notify_on_the_driver_pool_is_heard_by_a_listener(runtime: Runtime
         await listener.close()
 
 
+@pytest.mark.parametrize("backend", ["postgres"], indirect=True)  # a PostgreSQL URL option
 async def test_driver_reads_without_prepared_statements_for_pgbouncer(
     runtime: Runtime, acct: AccountWithKey
 ) -> None:
-    if runtime.db.is_sqlite:
-        pytest.skip("a PostgreSQL URL option")
     url = make_url(runtime.db.url).update_query_dict({"prepared_statement_cache_size": "0"})
     db = Database(url.render_as_string(hide_password=False))
     key_hash = hash_key(runtime.secret, acct.key)
