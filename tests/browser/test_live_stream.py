@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 import httpx
+from playwright.sync_api import Error as PlaywrightError
 
 from tests.browser.conftest import Pages, Studio, until
 
@@ -121,18 +122,27 @@ def test_a_read_overtaken_by_the_completion_does_not_leave_the_card_stuck(
     held: list[tuple[Any, Any]] = []
 
     def hold_the_first_stale_read(route: Any) -> None:
-        answer = route.fetch()
-        if held or 'data-status="completed"' in answer.text():
-            route.fulfill(response=answer)
-        else:
-            held.append((route, answer))  # answered below, after the completion went by
+        try:
+            answer = route.fetch()
+            stale = 'data-status="completed"' not in answer.text()
+            if held or not stale:
+                route.fulfill(response=answer)
+            else:
+                held.append((route, answer))  # answered below, after the completion went by
+        except PlaywrightError:
+            pass  # the page is gone (the test is over): nobody waits for this read
 
     generation_id = _submit(studio, user.account, VIDEO)
     page.route(f"**/history/{generation_id}/card", hold_the_first_stale_read)
     page.goto("/generate")
     card = f"#run-{generation_id}"
     page.wait_for_selector(f"{card}[data-live-generation]")
-    until(lambda: held)
+    # Route handlers run only inside Playwright calls (sync API): wait in one, not in sleep.
+    for _ in range(600):
+        if held:
+            break
+        page.wait_for_timeout(100)
+    assert held, "no read of the running card was seen"
     page.wait_for_function(
         "id => window.__streamed.some(g => g.generation_id === id && g.status === 'completed')",
         arg=generation_id,
@@ -142,3 +152,6 @@ def test_a_read_overtaken_by_the_completion_does_not_leave_the_card_stuck(
     with contextlib.suppress(Exception):  # the page may have given up on it already
         route.fulfill(response=stale)
     page.wait_for_selector(f"{card}[data-status=completed]", timeout=30_000)
+    # No handler may outlive the test: one running while its page closes would raise
+    # in whatever Playwright call the next test makes.
+    page.unroute_all(behavior="ignoreErrors")
