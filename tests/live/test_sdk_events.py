@@ -27,27 +27,21 @@ def _check_progress(seen: list[Generation]) -> None:
     assert [order.index(g.status) for g in seen] == sorted(order.index(g.status) for g in seen)
 
 
-def test_run_receives_progress_events_from_the_stream(live_server: LiveServer) -> None:
-    account = live_server.account()
-    transport = RecordingTransport()
+def _run(live_server: LiveServer, transport: RecordingTransport) -> Generation:
     seen: list[Generation] = []
+    account = live_server.account()
     with Vivix(account.key, base_url=live_server.base_url, transport=transport) as client:
         generation = client.run(
             "vivix-local-video", "a slow tide", on_progress=seen.append, **VIDEO
         )
     assert generation.status == "completed"
     _check_progress(seen)
-    streams, polls = _streamed(transport.sent, generation.generation_id)
-    assert streams == [200]  # one stream, opened once, no reconnect
-    assert polls == []  # and never the polling fallback
+    return generation
 
 
-async def test_async_run_receives_progress_events_from_the_stream(
-    live_server: LiveServer,
-) -> None:
-    account = live_server.account()
-    transport = AsyncRecordingTransport()
+async def _run_async(live_server: LiveServer, transport: AsyncRecordingTransport) -> Generation:
     seen: list[Generation] = []
+    account = live_server.account()
     async with AsyncVivix(
         account.key, base_url=live_server.base_url, transport=transport
     ) as client:
@@ -56,6 +50,22 @@ async def test_async_run_receives_progress_events_from_the_stream(
         )
     assert generation.status == "completed"
     _check_progress(seen)
+    return generation
+
+
+def test_run_receives_progress_events_from_the_stream(live_server: LiveServer) -> None:
+    transport = RecordingTransport()
+    generation = _run(live_server, transport)
+    streams, polls = _streamed(transport.sent, generation.generation_id)
+    assert streams == [200]  # one stream, opened once, no reconnect
+    assert polls == []  # and never the polling fallback
+
+
+async def test_async_run_receives_progress_events_from_the_stream(
+    live_server: LiveServer,
+) -> None:
+    transport = AsyncRecordingTransport()
+    generation = await _run_async(live_server, transport)
     streams, polls = _streamed(transport.sent, generation.generation_id)
     assert streams == [200]
     assert polls == []
@@ -71,32 +81,16 @@ def _resumed(sent: list[Sent], generation_id: str, cut: StreamCut) -> None:
 
 
 def test_a_dropped_stream_resumes_after_its_last_event(live_server: LiveServer) -> None:
-    account = live_server.account()
     cut = StreamCut(after=3)
     transport = RecordingTransport(cut=cut)
-    seen: list[Generation] = []
-    with Vivix(account.key, base_url=live_server.base_url, transport=transport) as client:
-        generation = client.run(
-            "vivix-local-video", "a slow tide", on_progress=seen.append, **VIDEO
-        )
-    assert generation.status == "completed"
-    _check_progress(seen)
+    generation = _run(live_server, transport)
     _resumed(transport.sent, generation.generation_id, cut)
 
 
 async def test_async_a_dropped_stream_resumes_after_its_last_event(
     live_server: LiveServer,
 ) -> None:
-    account = live_server.account()
     cut = StreamCut(after=3)
     transport = AsyncRecordingTransport(cut=cut)
-    seen: list[Generation] = []
-    async with AsyncVivix(
-        account.key, base_url=live_server.base_url, transport=transport
-    ) as client:
-        generation = await client.run(
-            "vivix-local-video", "a slow tide", on_progress=seen.append, **VIDEO
-        )
-    assert generation.status == "completed"
-    _check_progress(seen)
+    generation = await _run_async(live_server, transport)
     _resumed(transport.sent, generation.generation_id, cut)
