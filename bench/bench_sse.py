@@ -47,10 +47,9 @@ from typing import Any
 
 import httpx
 
-from bench.bench_webhooks import database_for, migrated_with_account
+from bench.bench_webhooks import database_for, migrated_with_account, run_per_database
 from bench.common import (
     BenchError,
-    PostgresUnavailable,
     ServerProcess,
     clean_environment,
     free_port,
@@ -451,21 +450,15 @@ def main(argv: list[str]) -> int:
     machine = machine_description()
     kinds = ["sqlite", "postgres"] if args.db == "both" else [args.db]
     results: list[Figures] = []
-    notes: list[str] = []
     with tempfile.TemporaryDirectory(prefix="vivix-sse-") as tmp:
         root = args.workdir or Path(tmp)
         (root / "baseline").mkdir(parents=True, exist_ok=True)
         results.append(asyncio.run(run_baseline(args, root / "baseline")))
         log(table(results))
-        for kind in kinds:
-            workdir = root / kind
-            workdir.mkdir(parents=True, exist_ok=True)
-            try:
-                results.append(asyncio.run(run_vivix(kind, args, workdir)))
-            except PostgresUnavailable as exc:
-                notes.append(f"postgres skipped: {exc}")
-                continue
-            log(table(results))
+        notes = run_per_database(
+            kinds, root, lambda kind, workdir: asyncio.run(run_vivix(kind, args, workdir)),
+            results, table,
+        )  # fmt: skip
     if args.json:
         print(json.dumps({"machine": machine, "results": [asdict(f) for f in results]}, indent=2))
     else:

@@ -45,10 +45,10 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
@@ -194,6 +194,32 @@ def vivix_cli(env: dict[str, str], *args: str) -> Any:
     if done.returncode != 0:
         raise BenchError(f"vivix {' '.join(args)} failed: {done.stdout}\n{done.stderr}")
     return json.loads(done.stdout) if done.stdout.strip() else None
+
+
+FiguresT = TypeVar("FiguresT")
+
+
+def run_per_database(
+    kinds: Sequence[str],
+    root: Path,
+    run: Callable[[str, Path], FiguresT],
+    results: list[FiguresT],
+    table: Callable[[list[FiguresT]], str],
+) -> list[str]:
+    """`run(kind, workdir)` for each database into `results`, the table logged after each;
+    an unreachable PostgreSQL is a note (returned), not a failure."""
+    notes: list[str] = []
+    for kind in kinds:
+        workdir = root / kind
+        workdir.mkdir(parents=True, exist_ok=True)
+        try:
+            results.append(run(kind, workdir))
+        except PostgresUnavailable as exc:
+            notes.append(f"postgres skipped: {exc}")
+            log(notes[-1])
+            continue
+        log(table(results))
+    return notes
 
 
 def migrated_with_account(env: dict[str, str], account: str) -> str:
@@ -460,19 +486,12 @@ def main(argv: list[str]) -> int:
     machine = machine_description()
     kinds = ["sqlite", "postgres"] if args.db == "both" else [args.db]
     results: list[Figures] = []
-    notes: list[str] = []
     with tempfile.TemporaryDirectory(prefix="vivix-hooks-") as tmp:
         root = args.workdir or Path(tmp)
-        for kind in kinds:
-            workdir = root / kind
-            workdir.mkdir(parents=True, exist_ok=True)
-            try:
-                results.append(asyncio.run(run_one(kind, args, workdir)))
-            except PostgresUnavailable as exc:
-                notes.append(f"postgres skipped: {exc}")
-                log(notes[-1])
-                continue
-            log(table(results))
+        notes = run_per_database(
+            kinds, root, lambda kind, workdir: asyncio.run(run_one(kind, args, workdir)),
+            results, table,
+        )  # fmt: skip
     if args.json:
         print(
             json.dumps(
